@@ -1,0 +1,100 @@
+"""Console entry points: `captioner train` (LightningCLI) and the `captioner` command group."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
+DEFAULT_MODEL = "captioner.systems.captioning.CaptioningSystem"
+DEFAULT_DATA = "captioner.data.datamodule.CaptioningDataModule"
+
+
+def _has_config(args: list[str]) -> bool:
+    return any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
+
+
+def build_cli(args: Optional[list[str]] = None):
+    """Parse `args` (default: sys.argv) into a LightningCLI with model, data and trainer instantiated.
+
+    Model and data are given by class path, so the same entry point trains the captioner and the
+    sequence tasks. With no `--config`, the embedded default (`configs/synthetic.yaml`) is used.
+    """
+    from pytorch_lightning import LightningDataModule, LightningModule
+    from pytorch_lightning.cli import LightningCLI
+
+    args = list(sys.argv[1:] if args is None else args)
+    if not _has_config(args) and DEFAULT_CONFIG.exists():
+        args = ["--config", str(DEFAULT_CONFIG)] + args
+
+    class CaptionerCLI(LightningCLI):
+        def add_arguments_to_parser(self, parser) -> None:
+            # Class defaults reproduce the embedded synthetic job when no config file is found.
+            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+
+    cli = CaptionerCLI(
+        LightningModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_kwargs={"overwrite": True},
+        seed_everything_default=0,
+        args=args,
+        run=False,
+    )
+    if cli.config.trainer.get("logger") in (None, True):
+        cli.trainer.loggers = default_loggers(cli.trainer.default_root_dir)
+    return cli
+
+
+def default_loggers(root: str) -> list:
+    """CSV (metrics.csv, easy to read) and TensorBoard logs under `root`; checkpoints go beside the CSV logs."""
+    from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
+
+    csv = CSVLogger(root, name="logs")
+    return [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tensorboard")]
+
+
+def train_main(args: Optional[list[str]] = None) -> dict:
+    """Train, then test the best checkpoint; write its test metrics as JSON beside it.
+
+    Returns:
+        The test metrics (floats), also written to `<best checkpoint dir>/test_metrics.json`.
+    """
+    cli = build_cli(args)
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    trainer.fit(model, datamodule=data)
+    ckpt_cb = trainer.checkpoint_callback
+    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    results = trainer.test(model, datamodule=data, ckpt_path=best or None)
+    metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+    if trainer.is_global_zero:
+        out_dir = Path(best).parent if best else Path(trainer.log_dir or trainer.default_root_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        metrics_path = out_dir / "test_metrics.json"
+        clean = {k.split("/", 1)[-1] if k.startswith("test/") else k: v for k, v in metrics.items()}
+        metrics_path.write_text(json.dumps(clean, indent=2) + "\n")
+        print(f"\nBest checkpoint: {best or '(none saved)'}")
+        print(f"Test metrics:    {metrics_path}")
+        print(json.dumps(clean, indent=2))
+    return metrics
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `captioner` command: `captioner train ...` and further subcommands."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"train": "train a model with LightningCLI (see `captioner train --help`)"}
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: captioner COMMAND [ARGS]\n\ncommands:")
+        for name, text in commands.items():
+            print(f"  {name:10s} {text}")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "train":
+        train_main(rest)
+        return 0
+    print(f"captioner: unknown command {cmd!r} (choose from {', '.join(commands)})", file=sys.stderr)
+    return 2

@@ -1,0 +1,125 @@
+"""The on-disk feature cache: one `.npy` of per-frame CNN features per clip, written atomically."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from captioner.data.video import VideoReadError, read_frames
+
+_SAFE = re.compile(r"[^A-Za-z0-9._-]")
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything the cached features depend on; it names the cache folder and is stored in checkpoints."""
+
+    backbone: str = "efficientnet_lite0"
+    weights: Optional[str] = "DEFAULT"
+    num_frames: int = 8
+
+    @property
+    def key(self) -> str:
+        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f"
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class FeatureCache:
+    """Folder `root/<spec.key>/` holding `<video id>.npy` arrays `(T, D)` in float16.
+
+    Each file is written to a temporary name and renamed, so a crash never leaves a partial entry.
+    Files are read one at a time, so the cache can be far larger than memory.
+    """
+
+    def __init__(self, root: str | os.PathLike, spec: FeatureSpec):
+        self.spec = spec
+        self.dir = Path(root) / spec.key
+
+    def path(self, video_id: str) -> Path:
+        return self.dir / f"{_SAFE.sub('_', video_id)}.npy"
+
+    def has(self, video_id: str) -> bool:
+        return self.path(video_id).is_file()
+
+    def load(self, video_id: str) -> torch.Tensor:
+        """Features `(T, D)` as float32."""
+        return torch.from_numpy(np.load(self.path(video_id)).astype(np.float32))
+
+    def save(self, video_id: str, feats: torch.Tensor) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        final = self.path(video_id)
+        tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.npy")
+        np.save(tmp, feats.detach().to("cpu", torch.float16).numpy())
+        os.replace(tmp, final)
+
+
+class ClipFrames(Dataset):
+    """`(video id, path)` pairs -> `(id, frames (T, H, W, 3) uint8 or None, error message or None)`."""
+
+    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, short_side: int):
+        self.items, self.num_frames, self.short_side = list(items), num_frames, short_side
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int):
+        vid, path = self.items[i]
+        try:
+            return vid, read_frames(path, self.num_frames, self.short_side), None
+        except VideoReadError as err:
+            return vid, None, str(err)
+
+
+def _keep_list(batch):
+    return batch
+
+
+@torch.no_grad()
+def extract_features(
+    encoder,
+    items: Sequence[tuple[str, str]],
+    cache: FeatureCache,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Encode every clip not yet in `cache` and save its features; clips already cached are skipped.
+
+    Args:
+        encoder: a `FrameEncoder`.
+        items: `(video id, path)` pairs.
+
+    Returns:
+        `(video id, error message)` for each clip that could not be read; the others are all cached.
+    """
+    from tqdm.auto import tqdm
+
+    todo = [(vid, p) for vid, p in items if not cache.has(vid)]
+    if not todo:
+        return []
+    encoder = encoder.to(device).eval()
+    loader = DataLoader(ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size),
+                        batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
+    failures = []
+    with tqdm(total=len(todo), desc=f"Extracting features ({cache.spec.key})", unit="clip", disable=not progress) as bar:
+        for batch in loader:
+            good = [(vid, frames) for vid, frames, err in batch if err is None]
+            failures += [(vid, err) for vid, _, err in batch if err is not None]
+            if good:
+                # clips differ in size until cropped: preprocess each, then batch
+                x = torch.stack([encoder.preprocess(f.to(device)) for _, f in good])  # (B, T, 3, S, S)
+                feats = encoder(x)  # (B, T, D)
+                for (vid, _), f in zip(good, feats):
+                    cache.save(vid, f)
+            bar.update(len(batch))
+    return failures

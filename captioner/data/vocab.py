@@ -1,0 +1,72 @@
+"""Caption normalisation and the word vocabulary (saved inside every checkpoint)."""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from typing import Iterable, Sequence
+
+import torch
+from nltk.tokenize import TreebankWordTokenizer
+
+PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
+SPECIALS = (PAD, BOS, EOS, UNK)
+
+# Treebank's rules need no downloaded data (word_tokenize needs the punkt model).
+_TOKENIZER = TreebankWordTokenizer()
+_WORD = re.compile(r"\w")
+
+
+def tokenize(caption: str) -> list[str]:
+    """Lowercase and tokenise a caption, dropping punctuation-only tokens.
+
+    >>> tokenize("A man is riding a horse.")
+    ['a', 'man', 'is', 'riding', 'a', 'horse']
+    """
+    return [tok for tok in _TOKENIZER.tokenize(caption.lower()) if _WORD.search(tok)]
+
+
+class Vocabulary:
+    """Maps words to ids and back; ids 0..3 are `<pad> <bos> <eos> <unk>`."""
+
+    def __init__(self, words: Sequence[str]):
+        words = list(words)
+        if tuple(words[: len(SPECIALS)]) != SPECIALS:
+            raise ValueError(f"a vocabulary must start with {SPECIALS}, got {words[:4]}")
+        if len(set(words)) != len(words):
+            raise ValueError("a vocabulary must not repeat words")
+        self.itos = words
+        self.stoi = {w: i for i, w in enumerate(words)}
+
+    pad_id, bos_id, eos_id, unk_id = 0, 1, 2, 3
+
+    @classmethod
+    def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
+        """Build from raw captions, keeping words seen at least `min_count` times (sorted by count, then word)."""
+        counts = Counter(tok for cap in captions for tok in tokenize(cap))
+        kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
+        return cls(list(SPECIALS) + kept)
+
+    def __len__(self) -> int:
+        return len(self.itos)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Vocabulary) and self.itos == other.itos
+
+    def encode(self, caption: str, max_len: int | None = None) -> list[int]:
+        """Caption -> `[<bos>, w1, ..., wn, <eos>]` ids, truncating the words to `max_len`."""
+        words = tokenize(caption)[:max_len] if max_len else tokenize(caption)
+        return [self.bos_id] + [self.stoi.get(w, self.unk_id) for w in words] + [self.eos_id]
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """Ids -> text, stopping at `<eos>` and skipping `<bos>`/`<pad>`."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        words = []
+        for i in ids:
+            if i == self.eos_id:
+                break
+            if i in (self.pad_id, self.bos_id):
+                continue
+            words.append(self.itos[i])
+        return " ".join(words)

@@ -1,0 +1,152 @@
+"""`VideoCaptioner`: frame encoder + temporal pooling + caption decoder + vocabulary, usable without Lightning."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+from torch import nn
+
+from captioner.data.features import FeatureSpec
+from captioner.data.vocab import Vocabulary
+from captioner.models.decoder import CaptionDecoder
+from captioner.models.encoder import FrameEncoder, MeanPool
+
+
+class CheckpointError(ValueError):
+    """A file is missing or is not a captioner checkpoint."""
+
+
+class VideoCaptioner(nn.Module):
+    """Video in, sentence out.
+
+    Tensor shapes: frames `(B, T, H, W, 3)` uint8 -> `encoder` -> features `(B, T, D)` -> `pool` -> video vector
+    `(B, D)` -> `decoder` -> token ids `(B, L)` -> text through `vocab`.
+
+    Args:
+        vocab: the word vocabulary.
+        decoder: the caption decoder (its `feature_dim` is D).
+        spec: the backbone, weights and frame count the features come from.
+        pool: temporal pooling; mean pooling by default (the classic design).
+        encoder: the frame encoder; built from `spec` on first use when not given.
+    """
+
+    def __init__(
+        self,
+        vocab: Vocabulary,
+        decoder: CaptionDecoder,
+        spec: FeatureSpec,
+        pool: Optional[nn.Module] = None,
+        encoder: Optional[FrameEncoder] = None,
+    ):
+        super().__init__()
+        self.vocab, self.spec = vocab, spec
+        self.decoder = decoder
+        self.pool = pool if pool is not None else MeanPool()
+        self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
+
+    @property
+    def encoder(self) -> FrameEncoder:
+        if self._encoder is None:
+            self._encoder = FrameEncoder(self.spec.backbone, weights=self.spec.weights)
+            self._encoder.to(self.device)
+        return self._encoder
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.decoder.parameters()).device
+
+    def _apply(self, fn, *args, **kwargs):
+        if self._encoder is not None:
+            self._encoder._apply(fn, *args, **kwargs)
+        return super()._apply(fn, *args, **kwargs)
+
+    def generate(
+        self,
+        feats: torch.Tensor,
+        beam_size: int = 5,
+        max_len: int = 20,
+        length_penalty: float = 0.0,
+        mask: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """Per-frame features `(B, T, D)` -> token ids `(B, <=max_len)` (greedy when `beam_size` is 1)."""
+        video = self.pool(feats, mask)  # (B, T, D) -> (B, D)
+        if beam_size <= 1:
+            return self.decoder.greedy(video, max_len)
+        return self.decoder.beam_search(video, beam_size, max_len, length_penalty)
+
+    @torch.no_grad()
+    def caption_features(self, feats: torch.Tensor, **generate_kwargs) -> list[str]:
+        """Captions for per-frame features `(B, T, D)`."""
+        was_training = self.training
+        self.eval()
+        ids = self.generate(feats.to(self.device, torch.float32), **generate_kwargs)
+        self.train(was_training)
+        return [self.vocab.decode(row) for row in ids]
+
+    @torch.no_grad()
+    def caption_frames(self, frames: torch.Tensor, **generate_kwargs) -> list[str]:
+        """Captions for uint8 RGB frames `(B, T, H, W, 3)` (or one clip `(T, H, W, 3)`)."""
+        if frames.dim() == 4:
+            frames = frames.unsqueeze(0)
+        enc = self.encoder.eval()
+        x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in frames])  # (B, T, 3, S, S)
+        return self.caption_features(enc(x), **generate_kwargs)
+
+    def read_clip(self, path: str | os.PathLike) -> torch.Tensor:
+        """Frames `(T, H, W, 3)` of one video file, sampled as in training. Raises `VideoReadError`."""
+        from captioner.data.video import read_frames
+
+        return read_frames(path, self.spec.num_frames, self.encoder.preprocessing.resize_size)
+
+    def caption(self, paths: Sequence[str | os.PathLike], batch_size: int = 8, **generate_kwargs) -> list[str]:
+        """Captions for video files, in order. Raises `VideoReadError` naming the first unreadable file."""
+        captions: list[str] = []
+        for start in range(0, len(paths), batch_size):
+            clips = [self.read_clip(p) for p in paths[start : start + batch_size]]
+            enc = self.encoder.eval()
+            with torch.no_grad():
+                x = torch.stack([enc.preprocess(c.to(self.device)) for c in clips])
+                captions += self.caption_features(enc(x), **generate_kwargs)
+        return captions
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VideoCaptioner":
+        """Load a checkpoint written by training (`*.ckpt`), safely (`weights_only=True`: no code runs).
+
+        Raises:
+            CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
+        """
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        try:
+            ckpt = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: "
+                                  f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else ''})") from None
+        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+        if not isinstance(hp, dict) or not hp.get("vocab") or not hp.get("feature_spec") or "state_dict" not in ckpt:
+            raise CheckpointError(f"{path}: not a captioner checkpoint (no vocabulary or feature spec inside)")
+        model = build_captioner(hp)
+        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as err:
+            raise CheckpointError(f"{path}: weights do not match the model it describes ({err})") from None
+        return model.eval().to(map_location)
+
+
+DECODER_ARGS = ("embed_dim", "hidden_dim", "num_layers", "dropout")
+
+
+def build_captioner(hp: dict) -> VideoCaptioner:
+    """A `VideoCaptioner` from the hyperparameters a checkpoint stores (vocab, feature_spec, decoder sizes)."""
+    vocab = Vocabulary(hp["vocab"])
+    spec = FeatureSpec(**hp["feature_spec"])
+    feature_dim = int(hp["feature_dim"])
+    decoder = CaptionDecoder(len(vocab), feature_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
+                             pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    return VideoCaptioner(vocab, decoder, spec)

@@ -1,0 +1,131 @@
+"""LSTM caption decoder: one word per step, conditioned on the video vector; teacher forcing, greedy and beam search."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class CaptionDecoder(nn.Module):
+    """Word embedding + LSTM conditioned on a video vector.
+
+    The video vector sets the LSTM's initial state and is also fed, projected, beside every word embedding,
+    so the decoder sees the video at every step (as in Venugopalan et al., 2015).
+
+    Args:
+        vocab_size: number of words, specials included.
+        feature_dim: size D of the video vector.
+        embed_dim: word embedding size.
+        hidden_dim: LSTM hidden size.
+        num_layers: stacked LSTM layers.
+        dropout: dropout on the video vector, the embeddings and the LSTM output.
+        pad_id, bos_id, eos_id: special token ids of the vocabulary.
+    """
+
+    def __init__(
+        self,
+        vocab_size: int,
+        feature_dim: int,
+        embed_dim: int = 256,
+        hidden_dim: int = 512,
+        num_layers: int = 1,
+        dropout: float = 0.3,
+        pad_id: int = 0,
+        bos_id: int = 1,
+        eos_id: int = 2,
+    ):
+        super().__init__()
+        self.vocab_size, self.num_layers, self.hidden_dim = vocab_size, num_layers, hidden_dim
+        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.video_norm = nn.LayerNorm(feature_dim)
+        self.video_proj = nn.Linear(feature_dim, embed_dim)
+        self.init_state = nn.Linear(feature_dim, 2 * num_layers * hidden_dim)
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
+        self.lstm = nn.LSTM(2 * embed_dim, hidden_dim, num_layers, batch_first=True,
+                            dropout=dropout if num_layers > 1 else 0.0)
+        self.drop = nn.Dropout(dropout)
+        self.out = nn.Linear(hidden_dim, vocab_size)
+
+    def start(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Video vector `(B, D)` -> projected context `(B, E)` and the initial LSTM state, each `(L, B, H)`."""
+        v = self.drop(self.video_norm(video))
+        h, c = torch.tanh(self.init_state(v)).view(v.shape[0], 2, self.num_layers, self.hidden_dim).unbind(1)
+        state = (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())  # (B, L, H) -> (L, B, H)
+        return self.video_proj(v), state
+
+    def forward(self, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: video `(B, D)` and input tokens `(B, S)` (starting with `<bos>`) -> logits `(B, S, V)`."""
+        ctx, state = self.start(video)
+        emb = self.drop(self.embed(tokens))  # (B, S) -> (B, S, E)
+        x = torch.cat([emb, ctx.unsqueeze(1).expand_as(emb)], dim=-1)  # (B, S, 2E)
+        out, _ = self.lstm(x, state)
+        return self.out(self.drop(out))  # (B, S, H) -> (B, S, V)
+
+    def loss(self, video: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+        """Padding-masked cross-entropy of `<bos> w1 .. wn <eos> <pad>..` captions `(B, S)`."""
+        logits = self(video, captions[:, :-1])
+        return F.cross_entropy(logits.flatten(0, 1), captions[:, 1:].flatten(), ignore_index=self.pad_id)
+
+    def _step(self, ctx, tokens, state):
+        x = torch.cat([self.embed(tokens), ctx], dim=-1).unsqueeze(1)  # (N, 2E) -> (N, 1, 2E)
+        out, state = self.lstm(x, state)
+        return F.log_softmax(self.out(out.squeeze(1)), dim=-1), state  # (N, V)
+
+    @torch.no_grad()
+    def greedy(self, video: torch.Tensor, max_len: int = 20) -> torch.Tensor:
+        """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`."""
+        ctx, state = self.start(video)
+        b = video.shape[0]
+        tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=video.device)
+        done = torch.zeros(b, dtype=torch.bool, device=video.device)
+        out = []
+        for _ in range(max_len):
+            logp, state = self._step(ctx, tokens, state)
+            tokens = logp.argmax(-1).masked_fill(done, self.pad_id)
+            out.append(tokens)
+            done |= tokens == self.eos_id
+            if done.all():
+                break
+        return torch.stack(out, dim=1)
+
+    @torch.no_grad()
+    def beam_search(
+        self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0
+    ) -> torch.Tensor:
+        """Beam search batched over videos (all `B * K` hypotheses advance in one LSTM call per step).
+
+        A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
+        `log p / length ** length_penalty` (0 = plain log-probability, 1 = per-word average).
+
+        Returns:
+            token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`.
+        """
+        b, k, dev = video.shape[0], beam_size, video.device
+        ctx, (h, c) = self.start(video)
+        ctx = ctx.repeat_interleave(k, 0)  # (B, E) -> (B*K, E)
+        h, c = h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)  # (L, B, H) -> (L, B*K, H)
+        scores = torch.full((b, k), float("-inf"), device=dev)
+        scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates
+        tokens = torch.full((b * k,), self.bos_id, dtype=torch.long, device=dev)
+        done = torch.zeros(b * k, dtype=torch.bool, device=dev)
+        lengths = torch.zeros(b * k, device=dev)
+        history = torch.empty(b * k, 0, dtype=torch.long, device=dev)
+        finished_row = torch.full((self.vocab_size,), float("-inf"), device=dev)
+        finished_row[self.pad_id] = 0.0
+        for _ in range(max_len):
+            logp, (h, c) = self._step(ctx, tokens, (h, c))
+            logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
+            cand = (scores.view(-1, 1) + logp).view(b, k * self.vocab_size)
+            scores, flat = cand.topk(k, dim=1)  # (B, K)
+            src = (flat // self.vocab_size + torch.arange(b, device=dev).unsqueeze(1) * k).view(-1)
+            tokens = (flat % self.vocab_size).view(-1)
+            h, c = h[:, src], c[:, src]
+            lengths = lengths[src] + (~done[src]).float()
+            done = done[src] | (tokens == self.eos_id)
+            history = torch.cat([history[src], tokens.unsqueeze(1)], dim=1)
+            if done.all():
+                break
+        ranked = scores.view(-1) / lengths.clamp_min(1.0).pow(length_penalty)
+        best = ranked.view(b, k).argmax(1) + torch.arange(b, device=dev) * k
+        return history[best]

