@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
@@ -27,4 +28,7 @@ def bleu_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
         return {k: 0.0 for k in BLEU_WEIGHTS}
     hyps = [tokenize(h) for h in hypotheses]
     refs = [[tokenize(r) for r in rs] for rs in references]
-    return {k: float(corpus_bleu(refs, hyps, weights=w)) for k, w in BLEU_WEIGHTS.items()}
+    with warnings.catch_warnings():
+        # NLTK warns when an n-gram order has no match; the score is then 0, which is what we report
+        warnings.filterwarnings("ignore", message=".*counts of .*-gram overlaps", category=UserWarning)
+        return {k: float(corpus_bleu(refs, hyps, weights=w)) for k, w in BLEU_WEIGHTS.items()}

@@ -47,6 +47,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         backbone: str = "efficientnet_lite0",
         weights: Optional[str] = "DEFAULT",
         num_frames: int = 8,
+        image_size: Optional[int] = None,
         min_word_count: int = 1,
         max_caption_len: int = 20,
         batch_size: int = 64,
@@ -57,8 +58,9 @@ class CaptioningDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames)
-        self.cache = FeatureCache(features_dir, self.spec)
+        self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size)
+        # one cache per dataset folder: clip ids of different datasets may collide
+        self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
         self.vocab: Optional[Vocabulary] = None
         self.splits: dict[str, list[Clip]] = {}
 
@@ -80,23 +82,38 @@ class CaptioningDataModule(pl.LightningDataModule):
 
             generate_synthetic_dataset(self.data_dir, hp.num_train_clips, hp.num_val_clips, hp.num_test_clips,
                                        seed=hp.synthetic_seed)
+        elif hp.synthetic:
+            self._check_synthetic_matches()
         clips = load_annotations(self.annotations_path)
         if all(self.cache.has(c.id) for c in clips):
             return
         import torch
 
-        from captioner.models.encoder import FrameEncoder
-
         device = hp.extract_device
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder = FrameEncoder(hp.backbone, weights=hp.weights)
+        encoder = self.spec.build_encoder()
         failures = extract_features(encoder, [(c.id, c.path) for c in clips], self.cache,
                                     batch_size=hp.extract_batch_size, num_workers=hp.num_workers, device=device)
         if failures:
             report = self.cache.dir / "failed.txt"
             report.write_text("".join(f"{vid}\t{err}\n" for vid, err in failures))
             log.warning("%d clips could not be read and are left out (listed in %s)", len(failures), report)
+
+    def _check_synthetic_matches(self) -> None:
+        import json
+
+        hp = self.hparams
+        made = json.loads(self.annotations_path.read_text()).get("generator")
+        if made is None:
+            return  # not a generated set: a real dataset in data_dir wins
+        wanted = dict(num_train=hp.num_train_clips, num_val=hp.num_val_clips, num_test=hp.num_test_clips,
+                      seed=hp.synthetic_seed)
+        differs = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
+        if differs:
+            detail = ", ".join(f"{k}: has {a}, asked {b}" for k, (a, b) in differs.items())
+            raise ValueError(f"{self.data_dir} holds a synthetic set generated with other settings ({detail}); "
+                             f"delete that folder or choose another --data.data_dir")
 
     def setup(self, stage: Optional[str] = None) -> None:
         clips = load_annotations(self.annotations_path)

@@ -24,10 +24,18 @@ class FeatureSpec:
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = "DEFAULT"
     num_frames: int = 8
+    image_size: Optional[int] = None  # None: the weights' own crop size
 
     @property
     def key(self) -> str:
-        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f"
+        size = f"-{self.image_size}px" if self.image_size else ""
+        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}"
+
+    def build_encoder(self):
+        """The `FrameEncoder` these features come from."""
+        from captioner.models.encoder import FrameEncoder
+
+        return FrameEncoder(self.backbone, weights=self.weights, image_size=self.image_size)
 
     def to_dict(self) -> dict:
         return asdict(self)

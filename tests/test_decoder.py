@@ -1,0 +1,92 @@
+import torch
+
+from captioner.models.decoder import CaptionDecoder
+
+V, D = 10, 6  # a 10-word vocabulary (ids 0-3 are <pad> <bos> <eos> <unk>)
+
+
+def make_decoder(**kw) -> CaptionDecoder:
+    torch.manual_seed(0)
+    return CaptionDecoder(V, D, embed_dim=8, hidden_dim=16, **kw)
+
+
+def test_teacher_forcing_shapes_loss_and_gradients():
+    dec = make_decoder(num_layers=2)
+    video = torch.randn(4, D)
+    caps = torch.tensor([[1, 5, 6, 2, 0], [1, 7, 2, 0, 0], [1, 4, 4, 8, 2], [1, 9, 2, 0, 0]])
+    logits = dec(video, caps[:, :-1])
+    assert logits.shape == (4, 4, V)
+    loss = dec.loss(video, caps)
+    assert torch.isfinite(loss)
+    loss.backward()
+    for name, p in dec.named_parameters():
+        assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} gets no gradient"
+
+
+def test_padding_does_not_change_the_loss():
+    dec = make_decoder().eval()
+    video = torch.randn(1, D)
+    short = torch.tensor([[1, 5, 6, 2]])
+    padded = torch.tensor([[1, 5, 6, 2, 0, 0, 0]])
+    assert torch.allclose(dec.loss(video, short), dec.loss(video, padded))
+
+
+def test_generation_respects_max_len_and_stops_at_eos():
+    dec = make_decoder().eval()
+    video = torch.randn(3, D)
+    out = dec.greedy(video, max_len=5)
+    assert out.shape[0] == 3 and out.shape[1] <= 5
+    with torch.no_grad():  # force <eos> first: every caption is empty, generation stops after one step
+        dec.out.bias.fill_(-1e4)
+        dec.out.bias[dec.eos_id] = 1e4
+    assert dec.greedy(video, max_len=5).tolist() == [[2], [2], [2]]
+    assert dec.beam_search(video, beam_size=3, max_len=5).tolist() == [[2], [2], [2]]
+
+
+def test_beam_width_one_equals_greedy():
+    dec = make_decoder().eval()
+    video = torch.randn(5, D)
+    assert torch.equal(dec.beam_search(video, beam_size=1, max_len=7), dec.greedy(video, max_len=7))
+
+
+def test_batched_beam_search_equals_one_video_at_a_time():
+    dec = make_decoder().eval()
+    video = torch.randn(4, D) * 3
+    batched = dec.beam_search(video, beam_size=3, max_len=6, length_penalty=0.5)
+    for i in range(4):
+        single = dec.beam_search(video[i : i + 1], beam_size=3, max_len=6, length_penalty=0.5)
+        n = single.shape[1]
+        assert torch.equal(batched[i, :n], single[0])
+        assert (batched[i, n:] == dec.pad_id).all()
+
+
+def test_beam_search_finds_at_least_the_greedy_log_probability():
+    dec = make_decoder().eval()
+    video = torch.randn(6, D) * 3
+
+    def logprob(tokens):
+        seq = torch.cat([torch.full((len(tokens), 1), dec.bos_id), tokens], 1)
+        logp = dec(video, seq[:, :-1]).log_softmax(-1).gather(2, seq[:, 1:, None]).squeeze(-1)
+        keep = torch.cat([torch.ones(len(tokens), 1, dtype=torch.bool), tokens[:, :-1] != dec.pad_id], 1)
+        keep &= torch.cat([torch.ones(len(tokens), 1, dtype=torch.bool), (tokens == dec.eos_id).cumsum(1)[:, :-1] == 0], 1)
+        return (logp * keep).sum(1)
+
+    with torch.no_grad():
+        g, b = dec.greedy(video, 6), dec.beam_search(video, beam_size=4, max_len=6)
+        assert (logprob(b) >= logprob(g) - 1e-4).all()
+
+
+def test_overfit_one_batch_reproduces_the_captions():
+    torch.manual_seed(0)
+    dec = CaptionDecoder(V, D, embed_dim=16, hidden_dim=32, dropout=0.0)
+    video = torch.randn(3, D)
+    caps = torch.tensor([[1, 4, 5, 6, 2], [1, 7, 8, 2, 0], [1, 9, 4, 7, 2]])
+    opt = torch.optim.Adam(dec.parameters(), lr=1e-2)
+    for _ in range(200):
+        opt.zero_grad()
+        dec.loss(video, caps).backward()
+        opt.step()
+    dec.eval()
+    out = dec.greedy(video, max_len=6)
+    assert out[:, : caps.shape[1] - 1].tolist() == caps[:, 1:].tolist()
+    assert torch.equal(dec.beam_search(video, beam_size=3, max_len=6)[:, :4], out[:, :4])

@@ -1,0 +1,71 @@
+"""The Lightning system end to end on the tiny dataset: train through the CLI, test, reload the checkpoint."""
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner import CheckpointError, VideoCaptioner
+from captioner.data.datasets import load_annotations
+
+
+def test_short_training_run_writes_checkpoints_metrics_and_config(trained):
+    metrics, root, best = trained
+    assert set(metrics) == {"test/bleu1", "test/bleu2", "test/bleu3", "test/bleu4"}
+    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    saved = json.loads((best.parent / "test_metrics.json").read_text())
+    assert saved["bleu4"] == pytest.approx(metrics["test/bleu4"])
+    assert (best.parent / "last.ckpt").exists()
+    assert list(root.rglob("config.yaml")) and list(root.rglob("metrics.csv"))
+    assert list(root.rglob("events.out.tfevents*"))
+
+
+def test_checkpoint_is_self_sufficient_and_round_trips(trained, tiny_datamodule_args, tiny_dataset):
+    _, _, best = trained
+    model = VideoCaptioner.from_checkpoint(best)
+    ckpt = torch.load(best, weights_only=True)
+    assert model.vocab.itos == ckpt["hyper_parameters"]["vocab"]
+    clips = [c for c in load_annotations(tiny_dataset / "annotations.json") if c.split == "test"]
+    from captioner.data.features import FeatureCache, FeatureSpec
+
+    # the checkpoint remembers which features it was trained on
+    assert model.spec == FeatureSpec("resnet18", None, 4)
+    from captioner.systems.captioning import CaptioningSystem
+
+    system = CaptioningSystem.load_from_checkpoint(best, map_location="cpu").eval()
+    cache = FeatureCache(Path(tiny_datamodule_args["features_dir"]) / tiny_dataset.name, model.spec)
+    feats = torch.stack([cache.load(c.id) for c in clips])
+    hp = system.hparams
+    ids = system.model.generate(feats, hp.beam_size, hp.max_len, hp.length_penalty)
+    expected = [system.model.vocab.decode(r) for r in ids]
+    assert model.caption_features(feats, beam_size=hp.beam_size) == expected
+    # and from the video files: the same sampling and encoder as during extraction
+    assert model.caption([c.path for c in clips], beam_size=hp.beam_size) == expected
+
+
+def test_bad_checkpoints_give_clear_errors(tmp_path):
+    with pytest.raises(CheckpointError, match="not found"):
+        VideoCaptioner.from_checkpoint(tmp_path / "missing.ckpt")
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="not a loadable checkpoint"):
+        VideoCaptioner.from_checkpoint(junk)
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"w": torch.zeros(2)}}, other)
+    with pytest.raises(CheckpointError, match="not a captioner checkpoint"):
+        VideoCaptioner.from_checkpoint(other)
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (Path.touch, (Path(__file__).with_name("PWNED"),))
+
+
+def test_loading_never_runs_code_from_the_checkpoint(tmp_path):
+    evil = tmp_path / "evil.ckpt"
+    evil.write_bytes(pickle.dumps({"state_dict": _RunsCode()}))
+    with pytest.raises(CheckpointError):
+        VideoCaptioner.from_checkpoint(evil)
+    assert not Path(__file__).with_name("PWNED").exists()
