@@ -83,18 +83,32 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     return metrics
 
 
+# `captioner COMMAND ...`: name -> (one-line help, "module:function" taking the remaining arguments).
+# Each function parses its own arguments (argparse or LightningCLI) and returns an exit status.
+COMMANDS: dict[str, tuple[str, str]] = {
+    "train": ("train a model, then test it (LightningCLI; see `captioner train --help`)", "captioner.cli:train_command"),
+}
+
+
+def train_command(argv: list[str]) -> int:
+    train_main(argv)
+    return 0
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """The `captioner` command: `captioner train ...` and further subcommands."""
+    """The `captioner` command: dispatch to a subcommand."""
+    import importlib
+
     argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"train": "train a model with LightningCLI (see `captioner train --help`)"}
     if not argv or argv[0] in ("-h", "--help"):
         print("usage: captioner COMMAND [ARGS]\n\ncommands:")
-        for name, text in commands.items():
+        for name, (text, _) in COMMANDS.items():
             print(f"  {name:10s} {text}")
+        print("\nRun `captioner COMMAND --help` for a command's options.")
         return 0 if argv else 2
     cmd, rest = argv[0], argv[1:]
-    if cmd == "train":
-        train_main(rest)
-        return 0
-    print(f"captioner: unknown command {cmd!r} (choose from {', '.join(commands)})", file=sys.stderr)
-    return 2
+    if cmd not in COMMANDS:
+        print(f"captioner: unknown command {cmd!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[cmd][1].split(":")
+    return int(getattr(importlib.import_module(module), func)(rest) or 0)
