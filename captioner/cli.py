@@ -34,6 +34,8 @@ def build_cli(args: Optional[list[str]] = None):
         def add_arguments_to_parser(self, parser) -> None:
             # Class defaults reproduce the embedded synthetic job when no config file is found.
             parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+            parser.add_argument("--ckpt_path", type=Optional[str], default=None,
+                                help="Resume training from this checkpoint (e.g. .../checkpoints/last.ckpt).")
 
     cli = CaptionerCLI(
         LightningModule,
@@ -66,7 +68,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     """
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=data)
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     results = trainer.test(model, datamodule=data, ckpt_path=best or None)
