@@ -89,6 +89,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
 # Each function parses its own arguments (argparse or LightningCLI) and returns an exit status.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train a model, then test it (LightningCLI; see `captioner train --help`)", "captioner.cli:train_command"),
+    "caption": ("caption video files or folders (`captioner caption --help`)", "captioner.caption_cli:caption_command"),
 }
 
 

@@ -22,8 +22,12 @@ class CheckpointError(ValueError):
 class VideoCaptioner(nn.Module):
     """Video in, sentence out.
 
-    Tensor shapes: frames `(B, T, H, W, 3)` uint8 -> `encoder` -> features `(B, T, D)` -> `pool` -> video vector
-    `(B, D)` -> `decoder` -> token ids `(B, L)` -> text through `vocab`.
+    Tensor shapes: frames `(B, T, H, W, 3)` uint8 -> `encoder.preprocess` -> `(B, T, 3, S, S)` float ->
+    `encoder` -> features `(B, T, D)` -> `pool` -> video vector `(B, D)` -> `decoder` -> token ids `(B, L)` ->
+    text through `vocab`. `encoder`, `pool` and `decoder` are plain `nn.Module`s.
+
+    `generate_defaults` holds the beam size, maximum length and length penalty the checkpoint was evaluated
+    with; the `caption*` methods use them unless given other values.
 
     Args:
         vocab: the word vocabulary.
@@ -45,10 +49,12 @@ class VideoCaptioner(nn.Module):
         self.vocab, self.spec = vocab, spec
         self.decoder = decoder
         self.pool = pool if pool is not None else MeanPool()
+        self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty; filled from a checkpoint
         self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
 
     @property
     def encoder(self) -> FrameEncoder:
+        """The frozen frame CNN: preprocessed frames `(B, T, 3, S, S)` -> features `(B, T, D)`."""
         if self._encoder is None:
             self._encoder = self.spec.build_encoder()
             self._encoder.to(self.device)
@@ -82,7 +88,7 @@ class VideoCaptioner(nn.Module):
         """Captions for per-frame features `(B, T, D)`."""
         was_training = self.training
         self.eval()
-        ids = self.generate(feats.to(self.device, torch.float32), **generate_kwargs)
+        ids = self.generate(feats.to(self.device, torch.float32), **{**self.generate_defaults, **generate_kwargs})
         self.train(was_training)
         return [self.vocab.decode(row) for row in ids]
 
@@ -91,25 +97,39 @@ class VideoCaptioner(nn.Module):
         """Captions for uint8 RGB frames `(B, T, H, W, 3)` (or one clip `(T, H, W, 3)`)."""
         if frames.dim() == 4:
             frames = frames.unsqueeze(0)
+        return self.caption_clips(list(frames), **generate_kwargs)
+
+    @torch.no_grad()
+    def caption_clips(self, clips: Sequence[torch.Tensor], **generate_kwargs) -> list[str]:
+        """Captions for uint8 RGB clips `(T, H, W, 3)` whose frame sizes may differ (e.g. from `read_clip`)."""
         enc = self.encoder.eval()
-        x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in frames])  # (B, T, 3, S, S)
+        x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in clips])  # (B, T, 3, S, S)
         return self.caption_features(enc(x), **generate_kwargs)
 
-    def read_clip(self, path: str | os.PathLike) -> torch.Tensor:
-        """Frames `(T, H, W, 3)` of one video file, sampled as in training. Raises `VideoReadError`."""
+    def read_clip(self, path: str | os.PathLike, num_frames: Optional[int] = None) -> torch.Tensor:
+        """Frames `(T, H, W, 3)` of one video file, sampled as in training. Raises `VideoReadError`.
+
+        Args:
+            num_frames: frames to sample instead of the checkpoint's `spec.num_frames`.
+        """
         from captioner.data.video import read_frames
 
-        return read_frames(path, self.spec.num_frames, self.encoder.preprocessing.resize_size)
+        return read_frames(path, num_frames or self.spec.num_frames, self.encoder.preprocessing.resize_size)
 
-    def caption(self, paths: Sequence[str | os.PathLike], batch_size: int = 8, **generate_kwargs) -> list[str]:
-        """Captions for video files, in order. Raises `VideoReadError` naming the first unreadable file."""
+    def caption(self, paths: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 8,
+                **generate_kwargs) -> list[str]:
+        """Captions for video files, in order; a directory stands for the video files inside it, sorted.
+
+        Raises `VideoReadError` naming the first unreadable file (`captioner.inference.caption_videos` instead
+        reports each failure and captions the other files).
+        """
+        from captioner.inference import expand_video_paths
+
+        paths = expand_video_paths([paths] if isinstance(paths, (str, os.PathLike)) else paths)
         captions: list[str] = []
         for start in range(0, len(paths), batch_size):
             clips = [self.read_clip(p) for p in paths[start : start + batch_size]]
-            enc = self.encoder.eval()
-            with torch.no_grad():
-                x = torch.stack([enc.preprocess(c.to(self.device)) for c in clips])
-                captions += self.caption_features(enc(x), **generate_kwargs)
+            captions += self.caption_clips(clips, **generate_kwargs)
         return captions
 
     @classmethod
@@ -140,6 +160,7 @@ class VideoCaptioner(nn.Module):
 
 
 DECODER_ARGS = ("embed_dim", "hidden_dim", "num_layers", "dropout")
+GENERATE_ARGS = ("beam_size", "max_len", "length_penalty")
 
 
 def build_captioner(hp: dict) -> VideoCaptioner:
@@ -149,4 +170,6 @@ def build_captioner(hp: dict) -> VideoCaptioner:
     feature_dim = int(hp["feature_dim"])
     decoder = CaptionDecoder(len(vocab), feature_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
                              pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    return VideoCaptioner(vocab, decoder, spec)
+    model = VideoCaptioner(vocab, decoder, spec)
+    model.generate_defaults = {k: hp[k] for k in GENERATE_ARGS if hp.get(k) is not None}
+    return model

@@ -1,0 +1,137 @@
+"""`captioner caption`: caption video files and folders from the command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Optional
+
+PROG = "captioner caption"
+
+EXIT_OK, EXIT_SOME_FAILED, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTION = """\
+Caption video files with a trained captioner checkpoint.
+
+Prints one line per video on stdout, `path<TAB>caption` (or, with --json, one JSON list of
+{"video": ..., "caption": ...} records, with "error" instead of "caption" for a file that failed).
+A directory stands for every video file directly inside it, sorted by name.
+A file that cannot be read (missing, not a video, truncated, no frames) gets one line on stderr
+naming it and the reason; the other files are still captioned.
+
+Exit status: 0 all videos captioned; 1 at least one video failed (or an unexpected error);
+2 bad arguments or a bad checkpoint (nothing captioned)."""
+
+EPILOG = """\
+examples:
+  captioner caption clip.mp4 --checkpoint runs/synthetic/logs/version_0/checkpoints/last.ckpt
+  captioner caption videos/ --checkpoint model.ckpt --json > captions.json
+  captioner caption a.mp4 b.mp4 --checkpoint model.ckpt --beam-size 1 --device cuda"""
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files and/or directories of video files")
+    p.add_argument("-c", "--checkpoint", required=True, metavar="CKPT",
+                   help="a checkpoint written by training (*.ckpt; required). Loaded safely: it cannot run code")
+    p.add_argument("--beam-size", type=_positive_int, metavar="K",
+                   help="beam width, 1 = greedy decoding (default: the checkpoint's beam_size)")
+    p.add_argument("--max-length", type=_positive_int, metavar="N",
+                   help="longest caption, in words (default: the checkpoint's max_len)")
+    p.add_argument("--frames", type=_positive_int, metavar="T",
+                   help="frames sampled uniformly over each video (default: the number the checkpoint was "
+                        "trained with; another value works but captions may be worse)")
+    p.add_argument("--json", action="store_true", help="print one JSON document instead of tab-separated lines "
+                   "(default: off)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
+                   help="where to run the model; auto = cuda if a GPU is available, else cpu (default: auto)")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+                   help="videos encoded and decoded together (default: 8)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
+                   help="progress bar on stderr (default: shown for more than 8 videos when stderr is a terminal)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="show Python tracebacks and debug messages on stderr (default: off)")
+    return p
+
+
+def _error(message: str) -> None:
+    print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
+
+
+def caption_command(argv: Optional[list[str]] = None) -> int:
+    """Run `captioner caption` with `argv` (default: sys.argv[1:]); returns the exit status."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("captioner").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    try:
+        return _run(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+    except BrokenPipeError:
+        # the reader of stdout went away (`| head`): stop quietly, without a second error at exit
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_SOME_FAILED
+    except Exception as err:
+        if args.verbose:
+            raise
+        _error(f"{type(err).__name__}: {err} (run with --verbose for the traceback)")
+        return EXIT_SOME_FAILED
+
+
+def _run(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from captioner.inference import caption_videos, resolve_device
+    from captioner.models.captioner import CheckpointError, VideoCaptioner
+
+    try:
+        device = resolve_device(args.device)
+        model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
+    except (CheckpointError, ValueError) as err:
+        if args.verbose:
+            raise
+        _error(str(err))
+        return EXIT_USAGE
+    generate_kwargs = dict(model.generate_defaults)
+    if args.beam_size is not None:
+        generate_kwargs["beam_size"] = args.beam_size
+    if args.max_length is not None:
+        generate_kwargs["max_len"] = args.max_length
+    if args.frames is not None and args.frames != model.spec.num_frames:
+        print(f"{PROG}: warning: sampling {args.frames} frames per video; the checkpoint was trained with "
+              f"{model.spec.num_frames}, so captions may be worse", file=sys.stderr, flush=True)
+    logging.getLogger(__name__).debug("device %s, generation %s", device, generate_kwargs)
+
+    records, failed, total = [], 0, 0
+    for result in caption_videos(model, args.videos, batch_size=args.batch_size, num_frames=args.frames,
+                                 progress=args.progress, **generate_kwargs):
+        total += 1
+        if not result.ok:
+            failed += 1
+            tqdm.write(f"{PROG}: {result.video}: {result.error}", file=sys.stderr)
+        if args.json:
+            records.append(result.to_dict())
+        elif result.ok:
+            print(f"{result.video}\t{result.caption}", flush=True)
+    if args.json:
+        json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
+        sys.stdout.write("\n")
+        sys.stdout.flush()
+    if failed:
+        print(f"{PROG}: {failed} of {total} videos could not be captioned", file=sys.stderr, flush=True)
+    return EXIT_SOME_FAILED if failed else EXIT_OK

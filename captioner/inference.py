@@ -1,0 +1,131 @@
+"""Caption many video files in batches, one unreadable file never stopping the others (behind `captioner caption`)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
+
+from captioner.data.video import VideoReadError, list_videos
+
+if TYPE_CHECKING:
+    import torch
+
+    from captioner.models.captioner import VideoCaptioner
+
+PathLike = Union[str, os.PathLike]
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_VIDEOS = 8  # with `progress=None`, show a bar above this many videos (and only on a terminal)
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One video's outcome: a caption, or the reason it could not be captioned."""
+
+    video: str
+    caption: Optional[str] = None
+    error: Optional[str] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        """`{"video", "caption"}`, or `{"video", "error"}` for a failure (the `--json` record)."""
+        return {"video": self.video, "caption": self.caption} if self.ok else {"video": self.video, "error": self.error}
+
+
+def expand_video_paths(inputs: Iterable[PathLike]) -> list[Path]:
+    """Files as given; each directory replaced by the video files directly inside it, sorted by name."""
+    paths: list[Path] = []
+    for item in inputs:
+        item = Path(item)
+        paths += list_videos(item) if item.is_dir() else [item]
+    return paths
+
+
+def _work_items(inputs: Iterable[PathLike]) -> list[tuple[str, Optional[str]]]:
+    """(video path, error known before reading) for every input, directories expanded, in input order."""
+    items: list[tuple[str, Optional[str]]] = []
+    for item in inputs:
+        if not Path(item).is_dir():
+            items.append((str(item), None))
+            continue
+        try:
+            videos = list_videos(item)
+        except OSError as err:
+            items.append((str(item), f"cannot list directory ({err.strerror or err})"))
+            continue
+        if not videos:
+            items.append((str(item), "directory contains no video files"))
+        items += [(str(v), None) for v in videos]
+    return items
+
+
+def resolve_device(device: str = "auto") -> "torch.device":
+    """`auto` -> CUDA when available, else CPU; `cuda` without a GPU raises `ValueError`."""
+    import torch
+
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError("CUDA was requested but no GPU is available (use --device cpu or auto)")
+    return torch.device(device)
+
+
+def caption_videos(
+    model: "VideoCaptioner",
+    inputs: Iterable[PathLike],
+    batch_size: int = 8,
+    num_frames: Optional[int] = None,
+    progress: Optional[bool] = False,
+    **generate_kwargs,
+) -> Iterator[CaptionResult]:
+    """Caption video files and directories of them, yielding one result per video in input order.
+
+    Each clip is read on its own, so a missing, foreign, truncated or empty file becomes a failed result
+    (its `error` says why) while the readable clips of the same batch go through the encoder and decoder
+    together. Results are deterministic for a given model and `batch_size`.
+
+    Args:
+        model: the captioner (see `VideoCaptioner.from_checkpoint`).
+        inputs: video files and/or directories (a directory stands for its video files, sorted by name).
+        batch_size: clips encoded and decoded together.
+        num_frames: frames sampled per clip instead of the checkpoint's own.
+        progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
+        generate_kwargs: `beam_size`, `max_len`, `length_penalty`; default: the checkpoint's.
+    """
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    items = _work_items(inputs)
+    if progress is None:
+        progress = len(items) > PROGRESS_MIN_VIDEOS and sys.stderr.isatty()
+    with tqdm(total=len(items), desc="Captioning", unit="video", file=sys.stderr, disable=not progress,
+              dynamic_ncols=True) as bar:
+        for start in range(0, len(items), batch_size):
+            chunk = items[start : start + batch_size]
+            results: list[Optional[CaptionResult]] = [None] * len(chunk)
+            clips = {}
+            for i, (path, error) in enumerate(chunk):
+                if error is not None:
+                    results[i] = CaptionResult(path, error=error)
+                    continue
+                try:
+                    clips[i] = model.read_clip(path, num_frames)
+                except VideoReadError as err:
+                    results[i] = CaptionResult(path, error=err.reason)
+                except Exception as err:  # a decoder library failing in a way we did not foresee: still per file
+                    log.debug("reading %s failed", path, exc_info=True)
+                    results[i] = CaptionResult(path, error=f"could not be read ({type(err).__name__}: {err})")
+            if clips:
+                captions = model.caption_clips(list(clips.values()), **generate_kwargs)
+                for i, caption in zip(clips, captions):
+                    results[i] = CaptionResult(chunk[i][0], caption=caption)
+            bar.update(len(chunk))
+            yield from results
