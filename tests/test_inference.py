@@ -1,0 +1,149 @@
+"""Batch inference (`captioner.inference`) and the library API of `VideoCaptioner` on a tiny trained checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from captioner import VideoCaptioner
+from captioner.data.synthetic import write_mp4
+from captioner.data.video import VideoReadError
+from captioner.inference import CaptionResult, caption_videos, expand_video_paths, resolve_device
+from conftest import moving_square
+
+
+def write_bad_videos(folder: Path) -> dict[str, Path]:
+    """Files that must fail, by kind: missing, not a video, truncated, empty, no video stream."""
+    import av
+
+    folder.mkdir(parents=True, exist_ok=True)
+    good = folder / "good_source.mp4"
+    write_mp4(moving_square(), good)
+    data = good.read_bytes()
+    files = {k: folder / f"{k}.mp4" for k in ("missing", "not_a_video", "truncated", "empty", "audio_only")}
+    files["not_a_video"].write_text("this is text, not a video\n")
+    files["truncated"].write_bytes(data[: len(data) // 2])
+    files["empty"].write_bytes(b"")
+    with av.open(str(files["audio_only"]), "w") as container:
+        stream = container.add_stream("aac", rate=8000)
+        frame = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+        frame.sample_rate = 8000
+        for packet in [*stream.encode(frame), *stream.encode()]:
+            container.mux(packet)
+    good.unlink()
+    return files
+
+
+@pytest.fixture(scope="module")
+def model(trained) -> VideoCaptioner:
+    return VideoCaptioner.from_checkpoint(trained[2])
+
+
+@pytest.fixture(scope="module")
+def test_clips(tiny_dataset) -> list[Path]:
+    return sorted((tiny_dataset / "videos").glob("*.mp4"))[-4:]
+
+
+def test_generation_defaults_come_from_the_checkpoint(model):
+    # the tiny run trains with --model.beam_size=2 (tests/conftest.py)
+    assert model.generate_defaults == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0}
+
+
+def test_expand_video_paths_sorts_directories_and_keeps_files(tmp_path):
+    for name in ("b.mp4", "a.MOV", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    (tmp_path / "sub").mkdir()
+    other = tmp_path / "other.bin"
+    assert expand_video_paths([other, tmp_path]) == [other, tmp_path / "a.MOV", tmp_path / "b.mp4"]
+
+
+def test_one_bad_file_does_not_stop_the_others(model, test_clips, tmp_path):
+    bad = write_bad_videos(tmp_path / "bad")
+    folder = tmp_path / "folder"
+    folder.mkdir()
+    write_mp4(moving_square(16, 48), folder / "z.mp4")
+    write_mp4(moving_square(8, 40), folder / "a.mp4")
+    (tmp_path / "no_videos").mkdir()
+    inputs = [test_clips[0], *bad.values(), test_clips[1], folder, tmp_path / "no_videos"]
+
+    results = list(caption_videos(model, inputs, batch_size=3))
+
+    expected_order = [test_clips[0], *bad.values(), test_clips[1], folder / "a.mp4", folder / "z.mp4",
+                      tmp_path / "no_videos"]
+    assert [r.video for r in results] == [str(p) for p in expected_order]
+    assert [r.ok for r in results] == [True] + [False] * len(bad) + [True, True, True, False]
+    reasons = {r.video: r.error for r in results if not r.ok}
+    assert "file not found" in reasons[str(bad["missing"])]
+    assert "empty" in reasons[str(bad["empty"])]
+    assert "no video stream" in reasons[str(bad["audio_only"])]
+    assert "not a readable video" in reasons[str(bad["truncated"])]
+    assert "no video files" in reasons[str(tmp_path / "no_videos")]
+    good = [p for p in expected_order[:-1] if "bad" not in p.parts]
+    captions = [r.caption for r in results if r.ok]
+    assert all(isinstance(c, str) for c in captions)  # the tiny model may well say nothing
+    # the same captions as the plain library call, which reads the same files in the same batches
+    assert captions == model.caption(good, batch_size=3)
+    assert results[0].to_dict() == {"video": str(test_clips[0]), "caption": captions[0]}
+    assert set(results[1].to_dict()) == {"video", "error"}
+
+
+def test_library_caption_raises_on_an_unreadable_file(model, test_clips, tmp_path):
+    with pytest.raises(VideoReadError, match="missing.mp4: file not found"):
+        model.caption([test_clips[0], tmp_path / "missing.mp4"])
+
+
+def test_captions_are_deterministic(model, trained, test_clips):
+    first = model.caption(test_clips[2:])
+    assert model.caption(test_clips[2:]) == first
+    assert VideoCaptioner.from_checkpoint(trained[2]).caption(test_clips[2:]) == first
+
+
+def test_caption_accepts_a_directory_or_a_single_path(model, test_clips, tmp_path):
+    for i, clip in enumerate(test_clips[:2]):
+        (tmp_path / f"{i}.mp4").write_bytes(clip.read_bytes())
+    assert model.caption(tmp_path) == model.caption(test_clips[:2])
+    assert model.caption(str(test_clips[0])) == model.caption([test_clips[0]])
+
+
+def test_caption_frames_matches_captioning_the_file(model, test_clips):
+    clips = [model.read_clip(p) for p in test_clips[:2]]  # each (T, H, W, 3) uint8
+    assert clips[0].shape == (model.spec.num_frames, 256, 256, 3) and clips[0].dtype == torch.uint8
+    expected = model.caption(test_clips[:2])
+    assert model.caption_frames(torch.stack(clips)) == expected  # (B, T, H, W, 3)
+    assert model.caption_frames(clips[1]) == expected[1:]  # one clip (T, H, W, 3)
+
+
+def test_modules_have_the_documented_shapes(model):
+    b, t = 2, model.spec.num_frames
+    frames = torch.from_numpy(np.stack([moving_square(t, 64)] * b))  # (B, T, H, W, 3) uint8
+    x = model.encoder.preprocess(frames)
+    crop = model.encoder.preprocessing.crop_size
+    assert x.shape == (b, t, 3, crop, crop) and x.dtype == torch.float32
+    with torch.no_grad():
+        feats = model.encoder(x)
+        assert feats.shape == (b, t, model.encoder.feature_dim)
+        video = model.pool(feats)
+        assert video.shape == (b, model.encoder.feature_dim)
+        ids = model.decoder.greedy(video, max_len=5)
+    assert ids.shape[0] == b and 1 <= ids.shape[1] <= 5 and ids.dtype == torch.long
+    assert isinstance(model.encoder, torch.nn.Module) and isinstance(model.decoder, torch.nn.Module)
+
+
+def test_frames_override_and_generation_overrides(model, test_clips):
+    assert model.read_clip(test_clips[0], num_frames=6).shape[0] == 6
+    [result] = caption_videos(model, [test_clips[0]], num_frames=6, beam_size=1, max_len=3)
+    assert isinstance(result, CaptionResult) and result.ok
+    assert len(result.caption.split()) <= 3
+
+
+def test_resolve_device():
+    if torch.cuda.is_available():
+        assert resolve_device("auto").type == "cuda"
+    else:
+        assert resolve_device("auto") == torch.device("cpu")
+        with pytest.raises(ValueError, match="no GPU"):
+            resolve_device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
