@@ -1,0 +1,389 @@
+"""Convert the official MSVD and MSR-VTT annotation files into the project's `annotations.json`, with the standard splits."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import re
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterable, Optional, Sequence
+
+from captioner.data.video import VIDEO_EXTENSIONS
+from captioner.data.vocab import tokenize
+
+# The split used in the literature (Venugopalan et al. 2015, and most MSVD papers since): the clip order of
+# youtube_mapping.txt, vid1..vid1200 train, vid1201..vid1300 val, vid1301..vid1970 test.
+MSVD_SPLITS = (("train", 1, 1200), ("val", 1201, 1300), ("test", 1301, 1970))
+MSVD_CORPUS = "MSR Video Description Corpus.csv"
+MSVD_MAPPING = "youtube_mapping.txt"
+MSVD_COLUMNS = ("VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description")
+# MSR-VTT names its validation split "validate"
+MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
+MSRVTT_TRAIN_VAL = "train_val_videodatainfo.json"
+MSRVTT_TEST = "test_videodatainfo.json"
+
+# A clip id becomes a file name (its video, its feature file): letters, digits, `_`, `-` and inner dots only,
+# so no id can name a folder or climb out of one.
+_SAFE_ID = re.compile(r"^[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?$")
+_YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def is_safe_id(clip_id: str) -> bool:
+    return bool(_SAFE_ID.match(clip_id)) and ".." not in clip_id
+
+
+def normalize_caption(caption: str) -> str:
+    """The caption as the vocabulary sees it: lowercase tokens joined by spaces, punctuation dropped."""
+    return " ".join(tokenize(caption))
+
+
+@dataclass
+class Problem:
+    """One reported problem: which file and row (or entry), the clip if known, and why."""
+
+    source: str
+    where: str
+    reason: str
+    clip: Optional[str] = None
+
+
+@dataclass
+class PrepareReport:
+    """What a conversion did: clips and captions per split, and every row or clip it skipped and why."""
+
+    dataset: str
+    annotations: str = ""
+    clips: dict[str, int] = field(default_factory=dict)
+    captions: dict[str, int] = field(default_factory=dict)
+    malformed: list[Problem] = field(default_factory=list)  # rows or entries that could not be used
+    skipped_clips: list[Problem] = field(default_factory=list)  # clips with no split or no caption
+    missing_videos: list[Problem] = field(default_factory=list)  # listed, but no video file found
+    ignored_rows: dict[str, int] = field(default_factory=dict)  # well-formed rows left out on purpose, by reason
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def summary(self, limit: int = 10) -> str:
+        lines = [f"{self.dataset}: wrote {self.annotations}"]
+        for split in ("train", "val", "test"):
+            lines.append(f"  {split:5s} {self.clips.get(split, 0):6d} clips {self.captions.get(split, 0):8d} captions")
+        for reason, n in self.ignored_rows.items():
+            lines.append(f"  ignored {n} rows: {reason}")
+        for title, items in (("malformed rows/entries skipped", self.malformed),
+                             ("clips skipped", self.skipped_clips),
+                             ("videos missing on disk", self.missing_videos)):
+            if items:
+                lines.append(f"  {len(items)} {title}:")
+                lines += [f"    {p.source}:{p.where}: {p.reason}" for p in items[:limit]]
+                if len(items) > limit:
+                    lines.append(f"    ... ({len(items) - limit} more in the report file)")
+        return "\n".join(lines)
+
+
+def write_json_atomic(path: Path, data) -> None:
+    """Write JSON under a temporary name, then rename: readers never see a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def index_videos(video_dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
+    """`{file stem: path}` of the video files directly inside `video_dirs` (the first folder wins on a clash)."""
+    found: dict[str, Path] = {}
+    for folder in video_dirs:
+        folder = Path(folder)
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):  # one listing, not one stat per clip: fast for 10k files
+            path = Path(entry.path)
+            if path.suffix.lower() in VIDEO_EXTENSIONS and entry.is_file():
+                found.setdefault(path.stem, path)
+    return found
+
+
+def _relative_to_out(video: Path, out_dir: Path) -> str:
+    """Paths inside the output folder are stored relative to it (the folder can move); others absolutely."""
+    video, out_dir = video.resolve(), out_dir.resolve()
+    try:
+        return video.relative_to(out_dir).as_posix()
+    except ValueError:
+        return str(video)
+
+
+def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[str, Path], video_dirs: Sequence,
+            expected_ext: str, out_dir: Path, keep_missing: bool, source: str) -> PrepareReport:
+    """Attach video paths, report missing files, write `annotations.json` and the report."""
+    out_dir = Path(out_dir)
+    kept = []
+    first_dir = Path(video_dirs[0]) if video_dirs else out_dir / "videos"
+    for e in entries:
+        path = videos.get(e["id"])
+        if path is None:
+            expected = first_dir / f"{e['id']}{expected_ext}"
+            report.missing_videos.append(Problem(source, e["id"], f"no video file (expected {expected})", e["id"]))
+            if not keep_missing:
+                continue
+            path = expected
+        kept.append({"id": e["id"], "path": _relative_to_out(path, out_dir), "split": e["split"],
+                     "captions": e["captions"], **{k: v for k, v in e.items() if k not in ("id", "split", "captions")}})
+    if not kept:
+        raise ValueError(f"{name}: no clip left to write ({len(entries)} annotated, "
+                         f"{len(report.missing_videos)} without a video file; see the report)")
+    ann_path = out_dir / "annotations.json"
+    write_json_atomic(ann_path, {"name": name, "videos": kept})
+    report.annotations = str(ann_path)
+    for split in ("train", "val", "test"):
+        clips = [e for e in kept if e["split"] == split]
+        report.clips[split] = len(clips)
+        report.captions[split] = sum(len(e["captions"]) for e in clips)
+    write_json_atomic(out_dir / "prepare_report.json", report.to_dict())
+    return report
+
+
+def _msvd_split(vid_number: int) -> Optional[str]:
+    for split, lo, hi in MSVD_SPLITS:
+        if lo <= vid_number <= hi:
+            return split
+    return None
+
+
+def read_youtube_mapping(path: str | os.PathLike, report: PrepareReport) -> dict[str, int]:
+    """`youtube_mapping.txt` (`<clip name> vid<N>` per line) -> `{clip name: N}`; bad lines are reported."""
+    path = Path(path)
+    mapping: dict[str, int] = {}
+    taken: dict[int, str] = {}
+    for lineno, line in enumerate(path.read_text(encoding="utf-8-sig", errors="replace").splitlines(), 1):
+        if not line.strip():
+            continue
+        parts = line.split()
+        m = re.fullmatch(r"vid(\d+)", parts[1]) if len(parts) == 2 else None
+        if m is None:
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"expected '<clip> vid<N>', got {line!r}"))
+            continue
+        clip, n = parts[0], int(m.group(1))
+        if not is_safe_id(clip):
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"unsafe clip name {clip!r}"))
+        elif clip in mapping or n in taken:
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"duplicate entry {line.strip()!r}", clip))
+        else:
+            mapping[clip], taken[n] = n, clip
+    return mapping
+
+
+def read_msvd_corpus(path: str | os.PathLike, report: PrepareReport, language: str = "English") -> dict[str, list[str]]:
+    """The MSVD corpus CSV -> `{clip name: [normalised captions]}` from the rows in `language`.
+
+    A clip is named `{VideoID}_{Start}_{End}` like its video file. Malformed rows (wrong number of fields,
+    non-integer times, an unsafe video id, a description with no word) are reported and skipped.
+    """
+    path = Path(path)
+    captions: dict[str, list[str]] = {}
+    other_language = 0
+    with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None or not set(MSVD_COLUMNS) <= {h.strip() for h in header}:
+            raise ValueError(f"{path}: not the MSVD corpus CSV (expected the columns {', '.join(MSVD_COLUMNS)}; "
+                             f"got {header})")
+        col = {h.strip(): i for i, h in enumerate(header)}
+        start_line = reader.line_num
+        for row in reader:
+            where = f"line {start_line + 1}" if reader.line_num == start_line + 1 else \
+                f"lines {start_line + 1}-{reader.line_num}"
+            start_line = reader.line_num
+            if not row or not any(cell.strip() for cell in row):
+                continue
+            if len(row) != len(header):
+                report.malformed.append(Problem(path.name, where, f"{len(row)} fields, expected {len(header)}"))
+                continue
+            get = lambda name: row[col[name]].strip()  # noqa: E731
+            if get("Language") != language:
+                other_language += 1
+                continue
+            video_id, start, end = get("VideoID"), get("Start"), get("End")
+            if not _YOUTUBE_ID.match(video_id):
+                report.malformed.append(Problem(path.name, where, f"invalid VideoID {video_id!r}"))
+                continue
+            if not (start.isdigit() and end.isdigit()):
+                report.malformed.append(Problem(path.name, where, f"Start/End not integers ({start!r}, {end!r})"))
+                continue
+            clip = f"{video_id}_{int(start)}_{int(end)}"
+            text = normalize_caption(get("Description"))
+            if not text:
+                report.malformed.append(Problem(path.name, where, f"empty description {get('Description')!r}", clip))
+                continue
+            captions.setdefault(clip, []).append(text)
+    if other_language:
+        report.ignored_rows[f"Language is not {language}"] = other_language
+    return captions
+
+
+def prepare_msvd(
+    corpus_csv: str | os.PathLike,
+    mapping: str | os.PathLike,
+    video_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    keep_missing: bool = False,
+) -> PrepareReport:
+    """MSVD -> `out_dir/annotations.json` (English captions, standard 1,200 / 100 / 670 split).
+
+    Args:
+        corpus_csv: `MSR Video Description Corpus.csv`.
+        mapping: `youtube_mapping.txt` (clip name -> vidN; N gives the split).
+        video_dirs: folders holding the clips, `{VideoID}_{Start}_{End}.avi` (`YouTubeClips/` in the archive).
+        out_dir: where `annotations.json` and `prepare_report.json` are written.
+        keep_missing: keep clips whose video file is missing (they are reported either way).
+    """
+    report = PrepareReport("msvd")
+    captions = read_msvd_corpus(corpus_csv, report)
+    order = read_youtube_mapping(mapping, report)
+    entries = []
+    for clip, n in sorted(order.items(), key=lambda kv: kv[1]):
+        split = _msvd_split(n)
+        if split is None:
+            report.skipped_clips.append(Problem(Path(mapping).name, f"vid{n}", "outside the standard split "
+                                                f"vid1..vid{MSVD_SPLITS[-1][2]}", clip))
+        elif clip not in captions:
+            report.skipped_clips.append(Problem(Path(mapping).name, f"vid{n}", "no English caption in the corpus", clip))
+        else:
+            entries.append({"id": clip, "split": split, "captions": captions[clip], "vid": f"vid{n}"})
+    for clip in sorted(set(captions) - set(order)):
+        report.skipped_clips.append(Problem(Path(corpus_csv).name, clip, f"not in {Path(mapping).name}: no split", clip))
+    return _finish(report, "msvd", entries, index_videos(video_dirs), video_dirs, ".avi", Path(out_dir), keep_missing,
+                   "videos")
+
+
+def _load_json(path: Path) -> dict:
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("videos"), list) \
+            or not isinstance(data.get("sentences"), list):
+        raise ValueError(f"{path}: expected MSR-VTT's videodatainfo format ('videos' and 'sentences' lists)")
+    return data
+
+
+def _video_number(clip: str) -> tuple[int, str]:
+    m = re.search(r"(\d+)$", clip)
+    return (int(m.group(1)) if m else -1, clip)
+
+
+def prepare_msrvtt(
+    annotation_files: Sequence[str | os.PathLike],
+    video_dirs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    keep_missing: bool = False,
+) -> PrepareReport:
+    """MSR-VTT -> `out_dir/annotations.json` with its own split (6,513 / 497 / 2,990; `validate` becomes `val`).
+
+    Args:
+        annotation_files: `train_val_videodatainfo.json` and `test_videodatainfo.json` (each: `videos` with
+            `video_id` and `split`, `sentences` with `video_id` and `caption`).
+        video_dirs: folders holding `video0.mp4` ... `video9999.mp4` (`TrainValVideo/`, `TestVideo/`).
+        out_dir: where `annotations.json` and `prepare_report.json` are written.
+        keep_missing: keep clips whose video file is missing (they are reported either way).
+    """
+    report = PrepareReport("msrvtt")
+    splits: dict[str, str] = {}
+    extra: dict[str, dict] = {}
+    captions: dict[str, list[str]] = {}
+    sentences: list[tuple[str, int, dict]] = []
+    for path in map(Path, annotation_files):
+        data = _load_json(path)
+        for i, v in enumerate(data["videos"]):
+            where = f"videos[{i}]"
+            vid = v.get("video_id") if isinstance(v, dict) else None
+            split = v.get("split") if isinstance(v, dict) else None
+            if not isinstance(vid, str) or not is_safe_id(vid):
+                report.malformed.append(Problem(path.name, where, f"missing or invalid video_id {vid!r}"))
+            elif split not in MSRVTT_SPLITS:
+                report.malformed.append(Problem(path.name, where, f"unknown split {split!r}", vid))
+            elif vid in splits:
+                report.malformed.append(Problem(path.name, where, f"{vid} listed twice", vid))
+            else:
+                splits[vid] = MSRVTT_SPLITS[split]
+                extra[vid] = {k: v[k] for k in ("category",) if k in v}
+        sentences += [(path.name, i, s) for i, s in enumerate(data["sentences"])]
+    for source, i, s in sentences:
+        where = f"sentences[{i}]"
+        vid = s.get("video_id") if isinstance(s, dict) else None
+        text = s.get("caption") if isinstance(s, dict) else None
+        if not isinstance(vid, str) or not isinstance(text, str):
+            report.malformed.append(Problem(source, where, "needs a string video_id and caption"))
+        elif vid not in splits:
+            report.malformed.append(Problem(source, where, f"caption of unknown video {vid!r}", vid))
+        elif not normalize_caption(text):
+            report.malformed.append(Problem(source, where, f"empty caption {text!r}", vid))
+        else:
+            captions.setdefault(vid, []).append(normalize_caption(text))
+    entries = []
+    for vid in sorted(splits, key=_video_number):
+        if vid not in captions:
+            report.skipped_clips.append(Problem("videos", vid, "no caption", vid))
+        else:
+            entries.append({"id": vid, "split": splits[vid], "captions": captions[vid], **extra[vid]})
+    return _finish(report, "msrvtt", entries, index_videos(video_dirs), video_dirs, ".mp4", Path(out_dir),
+                   keep_missing, "videos")
+
+
+def _first_existing(root: Path, names: Iterable[str]) -> list[Path]:
+    found = [root / n for n in names if (root / n).is_dir()]
+    return found or [root / next(iter(names))]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner prepare",
+        description="Convert official MSVD / MSR-VTT annotations into annotations.json with the standard splits. "
+                    "Malformed rows, clips without a split or caption, and missing videos are reported on the "
+                    "console and in <out>/prepare_report.json. See data/README.md.")
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="{msvd,msrvtt}")
+    msvd = sub.add_parser("msvd", help="MSVD (MSR Video Description Corpus)",
+                          description="MSVD: English captions, split vid1-1200 train, 1201-1300 val, 1301-1970 test "
+                                      "(clip order of youtube_mapping.txt).")
+    msvd.add_argument("--root", default="data/msvd", help="dataset folder (default: %(default)s)")
+    msvd.add_argument("--corpus", help=f"the corpus CSV (default: <root>/{MSVD_CORPUS})")
+    msvd.add_argument("--mapping", help=f"clip -> vidN list (default: <root>/{MSVD_MAPPING})")
+    msvd.add_argument("--videos", action="append",
+                      help="folder of {VideoID}_{Start}_{End}.avi clips; repeatable "
+                           "(default: <root>/YouTubeClips, else <root>/videos)")
+    msrvtt = sub.add_parser("msrvtt", help="MSR-VTT", description="MSR-VTT: its own train/validate/test split.")
+    msrvtt.add_argument("--root", default="data/msrvtt", help="dataset folder (default: %(default)s)")
+    msrvtt.add_argument("--train-val", help=f"(default: <root>/{MSRVTT_TRAIN_VAL})")
+    msrvtt.add_argument("--test", help=f"(default: <root>/{MSRVTT_TEST})")
+    msrvtt.add_argument("--videos", action="append",
+                        help="folder of video<N>.mp4 clips; repeatable "
+                             "(default: <root>/TrainValVideo and <root>/TestVideo, else <root>/videos)")
+    for p in (msvd, msrvtt):
+        p.add_argument("--out", help="where annotations.json and prepare_report.json go (default: <root>)")
+        p.add_argument("--keep-missing", action="store_true",
+                       help="keep clips whose video file is missing (default: leave them out; reported either way)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`captioner prepare {msvd,msrvtt} ...`: returns 0 when annotations.json was written, 1 otherwise."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    root = Path(args.root)
+    out = Path(args.out) if args.out else root
+    try:
+        if args.dataset == "msvd":
+            videos = args.videos or _first_existing(root, ("YouTubeClips", "videos"))
+            report = prepare_msvd(args.corpus or root / MSVD_CORPUS, args.mapping or root / MSVD_MAPPING, videos, out,
+                                  args.keep_missing)
+        else:
+            videos = args.videos or [root / "TrainValVideo", root / "TestVideo", root / "videos"]
+            report = prepare_msrvtt([args.train_val or root / MSRVTT_TRAIN_VAL, args.test or root / MSRVTT_TEST],
+                                    videos, out, args.keep_missing)
+    except (OSError, ValueError) as err:
+        print(f"captioner prepare: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"Full report: {out / 'prepare_report.json'}")
+    return 0

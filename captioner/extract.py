@@ -1,0 +1,366 @@
+"""Feature extraction at scale: Lightning's predict loop encodes clips on 1 CPU, N GPUs or N nodes; a writer caches them."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import pytorch_lightning as pl
+import torch
+import torchvision.transforms.v2.functional as TF
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from captioner.data.features import ClipFrames, FeatureCache, FeatureSpec
+from captioner.models.encoder import Preprocessing
+
+log = logging.getLogger(__name__)
+
+REPORT_NAME = "failed.txt"  # the same report file the DataModule's own extraction writes
+
+
+class CroppedClips(Dataset):
+    """`(id, path)` -> `(id, frames (T, 3, S, S) uint8 resized and centre-cropped, or None, error or None)`.
+
+    Decoding, resizing and cropping run in the DataLoader workers; only normalisation is left for the
+    accelerator, so a batch crosses to the GPU as compact uint8.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, preprocessing: Preprocessing):
+        self.frames = ClipFrames(items, num_frames, preprocessing.resize_size)
+        self.preprocessing = preprocessing
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, i: int):
+        vid, frames, err = self.frames[i]
+        if frames is None:
+            return vid, None, err
+        p = self.preprocessing
+        x = frames.permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+        # the same steps, in the same order, as FrameEncoder.preprocess (which also normalises)
+        if min(x.shape[-2:]) != p.resize_size:
+            x = TF.resize(x, p.resize_size, antialias=True)
+        return vid, TF.center_crop(x, p.crop_size).contiguous(), None
+
+
+def collate_cropped(batch) -> dict:
+    """Stack the readable clips; carry the unreadable ones' errors along for the report."""
+    ok = [(vid, x) for vid, x, err in batch if err is None]
+    return {
+        "ids": [vid for vid, _ in ok],
+        "frames": torch.stack([x for _, x in ok]) if ok else None,  # (B, T, 3, S, S) uint8
+        "failures": [(vid, err) for vid, _, err in batch if err is not None],
+    }
+
+
+class FeatureExtractor(pl.LightningModule):
+    """The frozen frame encoder of `spec` as a LightningModule whose `predict_step` encodes a batch of clips.
+
+    Args:
+        spec: backbone, weights, frame count and image size; the cache folder is named after it.
+        channels_last: keep the CNN's weights in channels-last layout (faster convolutions with AMP on GPU).
+    """
+
+    def __init__(self, spec: FeatureSpec, channels_last: bool = True):
+        super().__init__()
+        self.spec = spec
+        self.encoder = spec.build_encoder()
+        if channels_last:
+            self.encoder.to(memory_format=torch.channels_last)
+        p = self.encoder.preprocessing
+        self.register_buffer("mean", torch.tensor(p.mean).view(1, 1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(p.std).view(1, 1, 3, 1, 1), persistent=False)
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        return self.encoder.preprocessing
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """Cropped uint8 frames `(B, T, 3, S, S)` -> per-frame features `(B, T, D)`."""
+        x = frames.float().div_(255.0).sub_(self.mean).div_(self.std)  # as torchvision's normalize
+        return self.encoder(x)
+
+    def predict_step(self, batch: dict, batch_idx: int) -> dict:
+        feats = self(batch["frames"]) if batch["frames"] is not None else None
+        return {"ids": batch["ids"], "feats": feats, "failures": batch["failures"]}
+
+
+class ExtractionData(pl.LightningDataModule):
+    """The clips still missing from the cache, decoded in DataLoader workers.
+
+    The to-do list is made once, on global rank 0, after every process has joined and before any writes,
+    then broadcast: all ranks shard the same list (Lightning's DistributedSampler gives each one its part).
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str]], cache: FeatureCache, preprocessing: Preprocessing,
+                 batch_size: int = 16, num_workers: int = 4, pin_memory: bool = False):
+        super().__init__()
+        self.items, self.cache, self.preprocessing = list(items), cache, preprocessing
+        self.batch_size, self.num_workers, self.pin_memory = batch_size, num_workers, pin_memory
+        self.todo: list[tuple[str, str]] = []
+
+    def setup(self, stage: str) -> None:
+        todo = None
+        if self.trainer.is_global_zero:
+            remove_stale_temp_files(self.cache)
+            todo = [(vid, path) for vid, path in self.items if not self.cache.has(vid)]
+        self.todo = self.trainer.strategy.broadcast(todo, src=0)
+
+    def predict_dataloader(self) -> DataLoader:
+        return DataLoader(CroppedClips(self.todo, self.cache.spec.num_frames, self.preprocessing),
+                          batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_cropped,
+                          pin_memory=self.pin_memory, shuffle=False)
+
+
+class FeatureWriter(BasePredictionWriter):
+    """Save each clip's features as soon as its batch is done (`FeatureCache.save`: write, then rename).
+
+    A killed run loses at most the batches in flight. Unreadable clips are listed per rank, and rank 0 merges
+    the lists into `<cache dir>/failed.txt` (`<id>\\t<reason>` per line) at the end of the run.
+    """
+
+    def __init__(self, cache: FeatureCache):
+        super().__init__(write_interval="batch")
+        self.cache = cache
+        self.written = 0
+        self.failures: list[tuple[str, str]] = []
+        self.merged_failures: Optional[list[tuple[str, str]]] = None
+
+    def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx: int,
+                           dataloader_idx: int) -> None:
+        if prediction["feats"] is not None:
+            feats = prediction["feats"].to("cpu", torch.float16)  # one transfer per batch
+            for vid, f in zip(prediction["ids"], feats):
+                self.cache.save(vid, f)
+            self.written += len(prediction["ids"])
+        self.failures += prediction["failures"]
+
+    def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.cache.dir.mkdir(parents=True, exist_ok=True)
+        part = self.cache.dir / f".failed.rank{trainer.global_rank}.txt"
+        _write_text_atomic(part, _format_failures(self.failures))
+        trainer.strategy.barrier("failure_reports")
+        if trainer.is_global_zero:
+            merged = []
+            for rank in range(trainer.world_size):
+                path = self.cache.dir / f".failed.rank{rank}.txt"
+                if path.exists():
+                    merged += _parse_failures(path.read_text())
+                    path.unlink()
+            self.merged_failures = sorted(set(merged))
+            report = self.cache.dir / REPORT_NAME
+            if self.merged_failures:
+                _write_text_atomic(report, _format_failures(self.merged_failures))
+            elif report.exists():
+                report.unlink()  # every clip listed there has now been extracted
+
+
+def _format_failures(failures: Sequence[tuple[str, str]]) -> str:
+    return "".join(f"{vid}\t{' '.join(err.split())}\n" for vid, err in failures)
+
+
+def _parse_failures(text: str) -> list[tuple[str, str]]:
+    return [tuple(line.split("\t", 1)) for line in text.splitlines() if "\t" in line]  # type: ignore[misc]
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def remove_stale_temp_files(cache: FeatureCache) -> int:
+    """Delete the temporary files a killed run left behind (`FeatureCache.save` writes `.<id>.<pid>.tmp.npy`)."""
+    if not cache.dir.is_dir():
+        return 0
+    stale = list(cache.dir.glob(".*.tmp.npy"))
+    for path in stale:
+        path.unlink(missing_ok=True)
+    return len(stale)
+
+
+def _on_gpu(accelerator: str) -> bool:
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+
+
+def resolve_precision(precision: str, accelerator: str) -> str:
+    """`auto`: fp16 mixed precision on GPU (features are stored in float16 anyway), full fp32 on CPU."""
+    if precision != "auto":
+        return precision
+    return "16-mixed" if _on_gpu(accelerator) else "32-true"
+
+
+def run_extraction(
+    spec: FeatureSpec,
+    items: Sequence[tuple[str, str]],
+    cache: FeatureCache,
+    accelerator: str = "auto",
+    devices: int | str = 1,
+    num_nodes: int = 1,
+    strategy: str = "auto",
+    precision: str = "auto",
+    batch_size: int = 16,
+    num_workers: int = 4,
+    progress: bool = True,
+    callbacks: Sequence[pl.Callback] = (),
+) -> Optional[list[tuple[str, str]]]:
+    """Encode every clip of `items` not yet in `cache` with `trainer.predict`, saving each as its batch ends.
+
+    The same code runs on one CPU, one GPU, N GPUs or N nodes: with more than one process, `strategy="auto"`
+    becomes DDP, each process encodes its shard of the clips and writes their files.
+
+    Returns:
+        On global rank 0, `(video id, reason)` of every clip no process could read (also in
+        `<cache dir>/failed.txt`); `None` on the other ranks.
+    """
+    if strategy == "auto" and isinstance(devices, int) and devices * num_nodes > 1:
+        strategy = "ddp"
+    on_gpu = _on_gpu(accelerator)
+    writer = FeatureWriter(cache)
+    trainer = pl.Trainer(
+        accelerator=accelerator, devices=devices, num_nodes=num_nodes, strategy=strategy,
+        precision=resolve_precision(precision, accelerator), logger=False, enable_checkpointing=False,
+        enable_progress_bar=progress, enable_model_summary=False, callbacks=[writer, *callbacks],
+        benchmark=on_gpu or None,  # fixed input shapes: let cuDNN pick its fastest kernels
+        default_root_dir=str(cache.dir),
+    )
+    model = FeatureExtractor(spec, channels_last=True)
+    data = ExtractionData(items, cache, model.preprocessing, batch_size, num_workers, pin_memory=on_gpu)
+    trainer.predict(model, datamodule=data, return_predictions=False)
+    return writer.merged_failures if trainer.is_global_zero else None
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# `captioner extract`
+
+_UNSET = object()  # "flag not given", distinct from an explicit null
+DATA_KEYS = ("data_dir", "features_dir", "backbone", "weights", "num_frames", "image_size")
+
+
+def _datamodule_defaults() -> dict:
+    """The CaptioningDataModule's own defaults, so an unconfigured extraction fills the cache training reads."""
+    from captioner.data.datamodule import CaptioningDataModule
+
+    params = inspect.signature(CaptioningDataModule.__init__).parameters
+    return {k: params[k].default for k in DATA_KEYS}
+
+
+def data_args_from_configs(paths: Sequence[str]) -> dict:
+    """The `data` settings of training config files (later files win), as `CaptioningDataModule` reads them."""
+    import yaml
+
+    found: dict = {}
+    for path in paths:
+        cfg = yaml.safe_load(Path(path).read_text()) or {}
+        data = cfg.get("data") or {}
+        data = data.get("init_args", data) if isinstance(data, dict) else {}
+        found.update({k: data[k] for k in DATA_KEYS if k in data})
+    return found
+
+
+def _optional(text: str) -> Optional[str]:
+    return None if text.lower() in ("null", "none", "") else text
+
+
+def _optional_int(text: str) -> Optional[int]:
+    return None if text.lower() in ("null", "none", "") else int(text)
+
+
+def _devices(text: str) -> int | str:
+    return int(text) if text.lstrip("-").isdigit() else text
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = {k: "null" if v is None else v for k, v in _datamodule_defaults().items()}
+    parser = argparse.ArgumentParser(
+        prog="captioner extract",
+        description="Cache the CNN features of every clip in <data-dir>/annotations.json, with Lightning's predict "
+                    "loop: 1 CPU, 1 GPU, N GPUs (DDP) or N nodes with the same command. Clips already cached are "
+                    "skipped; unreadable clips are listed in <cache>/failed.txt and the run goes on. The cache is "
+                    "exactly the one training reads: <features-dir>/<data-dir name>/<backbone>-<weights>-<T>f[-<S>px]/."
+                    " Data options come from --config files (training configs), then the flags, then the "
+                    "CaptioningDataModule defaults.")
+    g = parser.add_argument_group("what to extract (defaults: from --config, else the values shown)")
+    g.add_argument("--config", action="append", default=[], metavar="YAML",
+                   help="training config(s) to read data.* from, e.g. configs/msvd.yaml; repeatable, later wins")
+    g.add_argument("--data-dir", help=f"dataset folder with annotations.json (default: {d['data_dir']})")
+    g.add_argument("--features-dir", help=f"root of the feature cache (default: {d['features_dir']})")
+    g.add_argument("--backbone", help=f"CNN: efficientnet_lite0 or a torchvision model name (default: {d['backbone']})")
+    g.add_argument("--weights", type=_optional,
+                   help=f"torchvision weights enum name; null = random (default: {d['weights']})")
+    g.add_argument("--num-frames", type=int, help=f"frames sampled per clip (default: {d['num_frames']})")
+    g.add_argument("--image-size", type=_optional_int,
+                   help=f"CNN input size; null = the weights' own (default: {d['image_size']})")
+    g.add_argument("--split", action="append", choices=("train", "val", "test"),
+                   help="only clips of this split; repeatable (default: every clip)")
+    h = parser.add_argument_group("how to run it")
+    h.add_argument("--accelerator", default="auto", help="cpu, gpu or auto (default: %(default)s)")
+    h.add_argument("--devices", type=_devices, default=1,
+                   help="processes (GPUs) per node, or auto for all visible GPUs (default: %(default)s)")
+    h.add_argument("--num-nodes", type=int, default=1, help="nodes; on SLURM start with srun (default: %(default)s)")
+    h.add_argument("--strategy", default="auto",
+                   help="Lightning strategy; auto = ddp when more than one process (default: %(default)s)")
+    h.add_argument("--precision", default="auto",
+                   help="auto = 16-mixed on GPU, 32-true on CPU; or any Lightning precision such as bf16-mixed "
+                        "(default: %(default)s)")
+    h.add_argument("--batch-size", type=int, default=16, help="clips per CNN batch, per process (default: %(default)s)")
+    h.add_argument("--num-workers", type=int, default=4,
+                   help="DataLoader workers decoding video, per process (default: %(default)s)")
+    h.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    return parser
+
+
+def resolve_data_args(args: argparse.Namespace) -> dict:
+    """Flags over config files over the DataModule's defaults."""
+    values = {**_datamodule_defaults(), **data_args_from_configs(args.config)}
+    flags = {"data_dir": args.data_dir, "features_dir": args.features_dir, "backbone": args.backbone,
+             "num_frames": args.num_frames}
+    values.update({k: v for k, v in flags.items() if v is not None})
+    # weights and image size may be set to null on purpose: a flag given on the command line always wins
+    values.update({k: getattr(args, k) for k in ("weights", "image_size") if getattr(args, k) is not _UNSET})
+    return values
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`captioner extract ...`; returns 0 when every readable clip is cached (unreadable ones are reported)."""
+    from captioner.data.datasets import load_annotations
+    from pytorch_lightning.utilities import rank_zero_only
+
+    parser = build_parser()
+    parser.set_defaults(weights=_UNSET, image_size=_UNSET)
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    data = resolve_data_args(args)
+    spec = FeatureSpec(backbone=data["backbone"], weights=data["weights"], num_frames=int(data["num_frames"]),
+                       image_size=data["image_size"])
+    data_dir = Path(data["data_dir"])
+    cache = FeatureCache(Path(data["features_dir"]) / data_dir.name, spec)  # the DataModule's layout
+    try:
+        clips = load_annotations(data_dir / "annotations.json")
+    except (OSError, ValueError) as err:
+        print(f"captioner extract: {err}", file=sys.stderr)
+        return 1
+    if args.split:
+        clips = [c for c in clips if c.split in args.split]
+    items = [(c.id, c.path) for c in clips]
+    todo = sum(not cache.has(vid) for vid, _ in items)
+    say = rank_zero_only(print)
+    say(f"{len(items)} clips, {len(items) - todo} already cached in {cache.dir}, {todo} to extract")
+    if not todo:
+        return 0
+    failures = run_extraction(spec, items, cache, accelerator=args.accelerator, devices=args.devices,
+                              num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
+                              batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)
+    if failures is not None:  # global rank 0
+        done = sum(cache.has(vid) for vid, _ in items)
+        print(f"{done}/{len(items)} clips cached in {cache.dir}")
+        if failures:
+            print(f"{len(failures)} clips could not be read (listed in {cache.dir / REPORT_NAME}), first: "
+                  f"{failures[0][0]}: {failures[0][1]}")
+    return 0
