@@ -90,6 +90,11 @@ def train_main(args: Optional[list[str]] = None) -> dict:
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train a model, then test it (LightningCLI; see `captioner train --help`)", "captioner.cli:train_command"),
     "caption": ("caption video files or folders (`captioner caption --help`)", "captioner.caption_cli:caption_command"),
+    "prepare": ("convert MSVD / MSR-VTT annotations to annotations.json (`captioner prepare --help`)",
+                "captioner.data.prepare:main"),
+    "extract": ("cache CNN features: 1 CPU to N GPUs / nodes (`captioner extract --help`)", "captioner.extract:main"),
+    "evaluate": ("caption a split, score BLEU/METEOR/ROUGE-L/CIDEr (`captioner evaluate --help`)",
+                 "captioner.evaluate:main"),
 }
 
 

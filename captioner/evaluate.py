@@ -1,0 +1,302 @@
+"""Evaluate a checkpoint on a split with the field's metrics: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr (coco-caption).
+
+Tokenisation. Both the project's BLEU and, by default, the coco-caption metrics see captions tokenised by
+`captioner.data.vocab.tokenize` (lowercase Penn Treebank tokens, punctuation dropped): the same words the model
+was trained on, no Java needed. `--tokenizer ptb` runs coco-caption's own Stanford PTBTokenizer (Java) on the
+captions instead, as the published coco-caption numbers do; both lowercase, split Treebank-style and drop
+punctuation, so the two rarely differ (the PTB list keeps a few symbols such as `&`, which `tokenize` drops).
+
+BLEU is reported twice: `bleu1..4` from NLTK's `corpus_bleu` (the project's metric, also logged in training) and
+`coco_bleu1..4` from coco-caption's scorer. On the same tokens both clip n-gram counts by the references, take
+the closest reference length (the shorter on a tie) for the brevity penalty and pool the counts over the corpus,
+so for captions of at least 4 words they agree to about 1e-9. They differ by design in two corners:
+- NLTK counts at least one n-gram per hypothesis (`max(1, count)`), so an empty caption, or one shorter than n
+  words for BLEU-n, adds 1 to NLTK's n-gram total and 0 to coco-caption's: NLTK's BLEU-N is lower by the
+  factor `prod_n (total_n / (total_n + short_n)) ** (1 / N)` (`short_n`: hypotheses shorter than n words).
+- coco-caption adds 1e-15 to every matched count and 1e-9 to every total, so an n-gram order with no match
+  at all gives NLTK exactly 0 and coco-caption a tiny positive score.
+Published MSVD/MSR-VTT numbers come from coco-caption: compare them with `coco_bleu4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+import torch
+
+from captioner.metrics import bleu_scores
+
+TOKENIZERS = ("project", "ptb")
+COCO_MISSING = "pycocoevalcap is not installed (pip install -e '.[coco]')"
+JAVA_MISSING = "needs Java: no `java` on PATH (install a JRE, e.g. `apt-get install default-jre-headless`)"
+SPICE_OFFLINE = ("not computed: SPICE downloads Stanford CoreNLP models on first use and needs network access; "
+                 "it is not available offline")
+
+
+def _coco_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("pycocoevalcap") is not None
+
+
+def tokenize_for_coco(captions: dict[int, list[str]], tokenizer: str = "project") -> dict[int, list[str]]:
+    """`{clip: [caption, ...]}` -> the same with each caption as space-separated lowercase tokens.
+
+    Raises:
+        RuntimeError: `ptb` was asked for but Java or pycocoevalcap is missing, or the tokenizer failed.
+    """
+    if tokenizer == "project":
+        from captioner.data.vocab import tokenize
+
+        return {k: [" ".join(tokenize(c)) for c in caps] for k, caps in captions.items()}
+    if tokenizer != "ptb":
+        raise ValueError(f"tokenizer must be one of {TOKENIZERS}, got {tokenizer!r}")
+    if not _coco_available():
+        raise RuntimeError(f"--tokenizer ptb: {COCO_MISSING}")
+    if shutil.which("java") is None:
+        raise RuntimeError(f"--tokenizer ptb {JAVA_MISSING}")
+    from pycocoevalcap.tokenizer.ptbtokenizer import PTBTokenizer
+
+    try:
+        # it writes a temporary file next to its jar: that folder must be writable
+        out = PTBTokenizer().tokenize({k: [{"caption": c} for c in caps] for k, caps in captions.items()})
+    except Exception as err:
+        raise RuntimeError(f"coco-caption's PTBTokenizer failed ({type(err).__name__}: {err})") from None
+    return {k: out.get(k, [""] * len(caps)) for k, caps in captions.items()}
+
+
+def _rouge_l(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    from pycocoevalcap.rouge.rouge import Rouge
+
+    rouge = Rouge()
+    # coco-caption's Rouge divides by the hypothesis length: an empty caption scores 0 instead of crashing it
+    scores = [rouge.calc_score(res[k], gts[k]) if res[k][0].split() else 0.0 for k in gts]
+    return float(sum(scores) / len(scores))
+
+
+def _meteor(gts: dict[int, list[str]], res: dict[int, list[str]]) -> float:
+    from pycocoevalcap.meteor.meteor import Meteor
+
+    meteor = Meteor()  # a Java subprocess
+    try:
+        score, _ = meteor.compute_score(gts, res)
+    finally:
+        del meteor  # its __del__ stops the Java process
+    return float(score)
+
+
+def coco_scores(
+    hypotheses: Sequence[str],
+    references: Sequence[Sequence[str]],
+    tokenizer: str = "project",
+    meteor: bool = True,
+) -> tuple[dict[str, float], dict[str, str]]:
+    """coco-caption's BLEU-1..4, METEOR, ROUGE-L and CIDEr of one hypothesis per clip against its references.
+
+    Returns:
+        `(scores, unavailable)`: the metrics computed, and for each one that could not be, the reason
+        (pycocoevalcap missing, no Java for METEOR, SPICE offline). Never raises for a missing dependency.
+    """
+    names = ("coco_bleu1", "coco_bleu2", "coco_bleu3", "coco_bleu4", "meteor", "rouge_l", "cider")
+    unavailable: dict[str, str] = {"spice": SPICE_OFFLINE}
+    if not _coco_available():
+        return {}, {**{k: COCO_MISSING for k in names}, **unavailable}
+    if not hypotheses:
+        return {}, {**{k: "no captions to score" for k in names}, **unavailable}
+    from pycocoevalcap.bleu.bleu import Bleu
+    from pycocoevalcap.cider.cider import Cider
+
+    try:
+        gts = tokenize_for_coco({i: list(r) for i, r in enumerate(references)}, tokenizer)
+        res = tokenize_for_coco({i: [h] for i, h in enumerate(hypotheses)}, tokenizer)
+    except RuntimeError as err:
+        return {}, {**{k: str(err) for k in names}, **unavailable}
+    scores: dict[str, float] = {}
+    bleu, _ = Bleu(4).compute_score(gts, res, verbose=0)
+    scores.update({f"coco_bleu{n + 1}": float(b) for n, b in enumerate(bleu)})
+    scores["rouge_l"] = _rouge_l(gts, res)
+    scores["cider"] = float(Cider().compute_score(gts, res)[0])
+    if not meteor:
+        unavailable["meteor"] = "not asked for (--no-meteor)"
+    elif shutil.which("java") is None:
+        unavailable["meteor"] = f"METEOR {JAVA_MISSING}"
+    else:
+        try:
+            scores["meteor"] = _meteor(gts, res)
+        except Exception as err:  # the JVM failed to start or died (memory, a broken install)
+            unavailable["meteor"] = f"METEOR failed in Java ({type(err).__name__}: {err})"
+    return scores, unavailable
+
+
+def _checkpoint_data_args(path: Path) -> dict:
+    """The DataModule settings a training checkpoint stored (`data_dir`, `features_dir`), if any."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
+    return dict(hp) if isinstance(hp, dict) else {}
+
+
+def evaluate(
+    checkpoint: str | os.PathLike,
+    split: str = "test",
+    data_dir: Optional[str] = None,
+    features_dir: Optional[str] = None,
+    out_dir: Optional[str | os.PathLike] = None,
+    beam_size: Optional[int] = None,
+    max_len: Optional[int] = None,
+    length_penalty: Optional[float] = None,
+    batch_size: int = 32,
+    device: str = "auto",
+    tokenizer: str = "project",
+    meteor: bool = True,
+    progress: bool = True,
+) -> dict:
+    """Caption every clip of a split and score the captions; write `predictions.json` and `metrics.json`.
+
+    Features come from the training cache when present (`features_dir/<data_dir name>/<spec key>/`); missing
+    ones are computed on the fly from the video (not saved). Unreadable clips are reported and left out.
+
+    Args:
+        checkpoint: a training checkpoint (`*.ckpt`), loaded safely.
+        split: `train`, `val` or `test`.
+        data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
+        out_dir: default `<checkpoint folder>/eval-<split>/`.
+        beam_size, max_len, length_penalty: default to the checkpoint's.
+        tokenizer: `project` (the vocabulary's tokenizer) or `ptb` (coco-caption's, needs Java) for the
+            coco-caption metrics.
+        meteor: compute METEOR (Java, about half a minute to load its paraphrase table).
+
+    Returns:
+        The report written to `metrics.json`.
+    """
+    from tqdm.auto import tqdm
+
+    from captioner.data.datasets import load_annotations
+    from captioner.data.features import FeatureCache
+    from captioner.data.video import VideoReadError
+    from captioner.inference import resolve_device
+    from captioner.models.captioner import VideoCaptioner
+
+    checkpoint = Path(checkpoint)
+    dev = resolve_device(device)
+    model = VideoCaptioner.from_checkpoint(checkpoint, map_location=dev)
+    stored = _checkpoint_data_args(checkpoint)
+    data_dir = data_dir or stored.get("data_dir")
+    features_dir = features_dir or stored.get("features_dir") or "data/features"
+    if not data_dir:
+        raise ValueError(f"{checkpoint} does not say which dataset it was trained on: pass --data-dir")
+    clips = [c for c in load_annotations(Path(data_dir) / "annotations.json") if c.split == split]
+    if not clips:
+        raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
+    cache = FeatureCache(Path(features_dir) / Path(data_dir).name, model.spec)
+    generation = {**model.generate_defaults,
+                  **{k: v for k, v in dict(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty).items()
+                     if v is not None}}
+    predictions, skipped, from_video = [], [], 0
+    with tqdm(total=len(clips), desc=f"Captioning {split}", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(clips), batch_size):
+            batch, feats = [], []
+            for clip in clips[start : start + batch_size]:
+                try:
+                    if cache.has(clip.id):
+                        f = cache.load(clip.id)
+                    else:
+                        frames = model.read_clip(clip.path).to(dev)
+                        with torch.no_grad():
+                            enc = model.encoder.eval()
+                            f = enc(enc.preprocess(frames).unsqueeze(0))[0]  # (T, 3, S, S) -> (T, D)
+                        from_video += 1
+                except VideoReadError as err:
+                    skipped.append({"video": clip.id, "reason": err.reason})
+                    continue
+                batch.append(clip)
+                feats.append(f.float())
+            if batch:
+                captions = model.caption_features(torch.stack(feats), **generation)  # (B, T, D) -> B captions
+                predictions += [{"video": c.id, "caption": cap, "references": c.captions}
+                                for c, cap in zip(batch, captions)]
+            bar.update(min(batch_size, len(clips) - start))
+    hyps = [p["caption"] for p in predictions]
+    refs = [p["references"] for p in predictions]
+    metrics = bleu_scores(hyps, refs)
+    coco, unavailable = coco_scores(hyps, refs, tokenizer=tokenizer, meteor=meteor)
+    metrics.update(coco)
+    out_dir = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}"
+    report = {
+        "checkpoint": str(checkpoint),
+        "data_dir": str(data_dir),
+        "split": split,
+        "num_clips": len(predictions),
+        "features_from_cache": len(predictions) - from_video,
+        "features_from_video": from_video,
+        "generation": generation,
+        "tokenizer": tokenizer,
+        "metrics": {k: metrics[k] for k in sorted(metrics)},
+        "unavailable": unavailable,
+        "skipped": skipped,
+        "predictions": str(out_dir / "predictions.json"),
+    }
+    _write_json(out_dir / "predictions.json", predictions)
+    _write_json(out_dir / "metrics.json", report)
+    return report
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner evaluate",
+        description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
+                    "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
+                    "<out>/predictions.json ([{video, caption, references}]) and <out>/metrics.json.")
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
+    parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
+    parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "
+                                               "else data/features); clips not cached are encoded from the video")
+    parser.add_argument("--out", help="output folder (default: <checkpoint folder>/eval-<split>)")
+    parser.add_argument("--beam-size", type=int, help="beam width, 1 = greedy (default: the checkpoint's)")
+    parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
+    parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
+    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: %(default)s)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    parser.add_argument("--tokenizer", default="project", choices=TOKENIZERS,
+                        help="tokenisation for the coco-caption metrics: project = the vocabulary's (no Java), "
+                             "ptb = coco-caption's Stanford PTBTokenizer (Java) (default: %(default)s)")
+    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves starting Java; default: computed)")
+    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 1 on an error."""
+    from captioner.models.captioner import CheckpointError
+
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    try:
+        report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
+                          args.max_len, args.length_penalty, args.batch_size, args.device, args.tokenizer,
+                          meteor=not args.no_meteor, progress=not args.no_progress)
+    except (CheckpointError, OSError, ValueError) as err:
+        print(f"captioner evaluate: {err}", file=sys.stderr)
+        return 1
+    print(f"{report['split']}: {report['num_clips']} clips, generation {report['generation']}")
+    for k, v in report["metrics"].items():
+        print(f"  {k:11s} {v:.4f}")
+    for k, why in report["unavailable"].items():
+        print(f"  {k:11s} -- {why}")
+    if report["skipped"]:
+        print(f"{len(report['skipped'])} clips could not be read and were left out (listed in metrics.json)")
+    out = Path(report["predictions"]).parent
+    print(f"Predictions: {out / 'predictions.json'}\nMetrics:     {out / 'metrics.json'}")
+    return 0
