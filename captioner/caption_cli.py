@@ -61,6 +61,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where to run the model; auto = cuda if a GPU is available, else cpu (default: auto)")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
                    help="videos encoded and decoded together (default: 8)")
+    p.add_argument("--threads", type=_positive_int, metavar="N",
+                   help="CPU threads for PyTorch; 1 is often fastest on a busy machine (default: PyTorch's choice, "
+                        "usually one per core)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: shown for more than 8 videos when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true",
@@ -99,6 +102,10 @@ def _run(args: argparse.Namespace) -> int:
     from captioner.inference import caption_videos, resolve_device
     from captioner.models.captioner import CheckpointError, VideoCaptioner
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         device = resolve_device(args.device)
         model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
