@@ -44,6 +44,7 @@ def build_cli(args: Optional[list[str]] = None):
         subclass_mode_data=True,
         save_config_kwargs={"overwrite": True},
         seed_everything_default=0,
+        auto_configure_optimizers=False,  # the system configures its own optimizer and schedule
         args=args,
         run=False,
     )
