@@ -1,0 +1,164 @@
+"""`captioner caption` end to end: subprocesses on real and generated clips, plus in-process argument handling."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from captioner import VideoCaptioner
+from captioner.caption_cli import caption_command
+from captioner.cli import main
+from captioner.data.synthetic import write_mp4
+from conftest import moving_square
+from test_inference import write_bad_videos
+
+REPO = Path(__file__).resolve().parents[1]
+OPTIONS = ("--checkpoint", "--beam-size", "--max-length", "--frames", "--json", "--device", "--batch-size",
+           "--threads", "--progress", "--verbose")
+
+
+def run(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
+    """One CLI process, as a user runs it; `script` = a file under scripts/ instead of `python -m captioner caption`."""
+    cmd = [sys.executable, str(REPO / script)] if script else [sys.executable, "-m", "captioner", "caption"]
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": ""}
+    return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def ckpt(trained) -> Path:
+    return trained[2]
+
+
+@pytest.fixture(scope="module")
+def clips(real_clips, tmp_path_factory) -> dict:
+    """A real clip, a folder of two generated clips, and files that must fail."""
+    root = tmp_path_factory.mktemp("cli")
+    folder = root / "generated"
+    folder.mkdir()
+    write_mp4(moving_square(16, 48), folder / "b_square.mp4")
+    write_mp4(moving_square(10, 64)[:, ::-1].copy(), folder / "a_square.mp4")
+    real = min(real_clips, key=lambda p: p.stat().st_size)  # the smallest: the test stays fast
+    good = [real, folder / "a_square.mp4", folder / "b_square.mp4"]
+    bad = write_bad_videos(root / "bad")
+    return {"real": real, "folder": folder, "good": good, "bad": bad}
+
+
+@pytest.fixture(scope="module")
+def json_run(ckpt, clips) -> tuple[subprocess.CompletedProcess, list]:
+    bad = clips["bad"]
+    proc = run(clips["real"], bad["missing"], clips["folder"], bad["not_a_video"], bad["truncated"], bad["empty"],
+               "--checkpoint", ckpt, "--json", "--batch-size", 1)
+    return proc, json.loads(proc.stdout)
+
+
+def test_json_batch_with_bad_files_captions_the_others(json_run, clips):
+    proc, records = json_run
+    bad = clips["bad"]
+    assert proc.returncode == 1
+    order = [clips["real"], bad["missing"], *clips["good"][1:], bad["not_a_video"], bad["truncated"], bad["empty"]]
+    assert [r["video"] for r in records] == [str(p) for p in order]
+    good = [r for r in records if "caption" in r]
+    assert [r["video"] for r in good] == [str(p) for p in clips["good"]]
+    assert all(isinstance(r["caption"], str) and "error" not in r for r in good)
+    failed = [r for r in records if "error" in r]
+    assert len(failed) == 4 and all("caption" not in r and r["error"] for r in failed)
+    # one clear line per bad file on stderr, and no traceback
+    assert "Traceback" not in proc.stderr
+    for name in ("missing", "not_a_video", "truncated", "empty"):
+        [line] = [ln for ln in proc.stderr.splitlines() if str(bad[name]) in ln]
+        assert line.startswith("captioner caption: ")
+    assert "file not found" in proc.stderr and "4 of 7 videos could not be captioned" in proc.stderr
+
+
+def test_text_output_matches_json_and_the_library(json_run, clips, ckpt):
+    proc = run(clips["real"], clips["folder"], "--checkpoint", ckpt, "--batch-size", 2, script="scripts/caption.py")
+    assert proc.returncode == 0, proc.stderr
+    lines = [line.split("\t") for line in proc.stdout.splitlines()]
+    assert [path for path, _ in lines] == [str(p) for p in clips["good"]]
+    text_captions = [caption for _, caption in lines]
+    # the three-line library use gives the same captions as the CLI, in another process, for the same batches
+    # (batches of 2 here, of 1 in the JSON run: float rounding may differ between batch sizes)
+    model = VideoCaptioner.from_checkpoint(ckpt)
+    assert model.caption(clips["good"], batch_size=2) == text_captions
+    assert [model.caption(p)[0] for p in clips["good"]] == [r["caption"] for r in json_run[1] if "caption" in r]
+    assert proc.stderr.strip() == ""
+
+
+def test_bad_checkpoint_is_one_clear_line(clips, tmp_path):
+    junk = tmp_path / "junk.ckpt"
+    junk.write_bytes(b"\x80\x02 this is not a checkpoint")
+    proc = run(clips["real"], "--checkpoint", junk)
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    [line] = proc.stderr.strip().splitlines()
+    assert str(junk) in line and "not a loadable checkpoint" in line
+
+
+def test_missing_or_foreign_checkpoint_in_process(clips, tmp_path, capsys):
+    import torch
+
+    assert caption_command([str(clips["real"]), "--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "nope.ckpt: checkpoint not found" in err
+    other = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"lr": 1.0}}, other)
+    assert caption_command([str(clips["real"]), "--checkpoint", str(other)]) == 2
+    assert "not a captioner checkpoint" in capsys.readouterr().err
+
+
+def test_overrides_and_frames_warning(ckpt, clips, capsys):
+    real = str(clips["real"])
+    assert caption_command([real, "--checkpoint", str(ckpt), "--beam-size", "1", "--max-length", "3",
+                            "--frames", "6", "--device", "cpu", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    path, caption = out.rstrip("\n").split("\t")
+    assert path == real and len(caption.split()) <= 3
+    assert "warning: sampling 6 frames" in err and "trained with 4" in err
+    model = VideoCaptioner.from_checkpoint(ckpt)
+    assert [caption] == model.caption_clips([model.read_clip(real, 6)], beam_size=1, max_len=3)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
+def test_cuda_without_gpu_is_a_clear_error(ckpt, clips, capsys):
+    assert caption_command([str(clips["real"]), "--checkpoint", str(ckpt), "--device", "cuda"]) == 2
+    assert "no GPU" in capsys.readouterr().err
+
+
+def test_help_explains_every_option(capsys):
+    assert main(["--help"]) == 0
+    assert "caption" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["caption", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in OPTIONS:
+        assert option in text
+    assert text.count("default") >= len(OPTIONS) - 1  # --checkpoint is required
+
+
+def test_usage_errors_exit_2_without_traceback(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        caption_command(["clip.mp4"])  # no --checkpoint
+    assert exit_info.value.code == 2
+    with pytest.raises(SystemExit):
+        caption_command(["clip.mp4", "--checkpoint", "x.ckpt", "--batch-size", "0"])
+    err = capsys.readouterr().err
+    assert "--checkpoint" in err and "must be at least 1" in err and "Traceback" not in err
+
+
+def test_benchmark_smoke(ckpt, capsys):
+    spec = importlib.util.spec_from_file_location("caption_latency", REPO / "benchmarks" / "caption_latency.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--smoke", "--checkpoint", str(ckpt), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    for row in ("warm latency, one", "open + decode", "cold start, CLI", "folder of 3 clips, in process",
+                "folder of 3 clips, CLI", "machine:"):
+        assert row in out
+    assert out.count("videos/s") == 2
