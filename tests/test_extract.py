@@ -1,0 +1,179 @@
+"""Feature extraction with Lightning's predict loop: the DataModule's cache layout, resuming, bad clips, 2-process DDP."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import pytorch_lightning as pl
+
+from captioner.data.datamodule import CaptioningDataModule
+from captioner.data.features import FeatureCache, FeatureSpec
+from captioner.extract import REPORT_NAME, data_args_from_configs, main, run_extraction
+
+REPO = Path(__file__).resolve().parents[1]
+# a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds
+SPEC = dict(backbone="resnet18", weights=None, num_frames=4, image_size=112)
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset plus one unreadable clip, `broken`, in the training split."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    shutil.copytree(tiny_dataset, root)
+    (root / "videos" / "broken.mp4").write_bytes(b"this is not a video")
+    ann = json.loads((root / "annotations.json").read_text())
+    ann["videos"].append({"id": "broken", "path": "videos/broken.mp4", "split": "train", "captions": ["nothing"]})
+    (root / "annotations.json").write_text(json.dumps(ann))
+    return root
+
+
+def _argv(dataset: Path, features: Path, *extra: str) -> list[str]:
+    return ["--data-dir", str(dataset), "--features-dir", str(features), "--backbone", SPEC["backbone"],
+            "--weights", "null", "--num-frames", str(SPEC["num_frames"]), "--image-size", str(SPEC["image_size"]),
+            "--accelerator", "cpu", "--batch-size", "4", "--num-workers", "0", "--no-progress", *extra]
+
+
+def _datamodule(dataset: Path, features: Path) -> CaptioningDataModule:
+    return CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(features), **SPEC,
+                                extract_batch_size=8)
+
+
+def _cache(dataset: Path, features: Path) -> FeatureCache:
+    return FeatureCache(features / dataset.name, FeatureSpec(**SPEC))
+
+
+def _files(cache: FeatureCache) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in sorted(cache.dir.glob("*.npy"))}
+
+
+@pytest.fixture(scope="module")
+def extracted(dataset, tmp_path_factory) -> Path:
+    """Features of the dataset extracted once, on one CPU process, by the `captioner extract` command."""
+    features = tmp_path_factory.mktemp("features")
+    assert main(_argv(dataset, features)) == 0
+    return features
+
+
+def test_cache_is_the_datamodules(dataset, extracted, tmp_path):
+    cache = _cache(dataset, extracted)
+    assert len(_files(cache)) == 25  # every readable clip
+    # the DataModule finds every readable clip, in its own layout
+    dm = _datamodule(dataset, extracted)
+    assert dm.cache.dir == cache.dir
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 16, "val": 5, "test": 4}
+    # and the features are the ones its own extraction loop computes
+    own = _datamodule(dataset, tmp_path)
+    own.prepare_data()
+    for name in _files(cache):
+        a, b = np.load(cache.dir / name), np.load(own.cache.dir / name)
+        assert a.shape == (4, 512) and a.dtype == np.float16
+        np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+def test_unreadable_clip_is_reported(dataset, extracted):
+    cache = _cache(dataset, extracted)
+    report = (cache.dir / REPORT_NAME).read_text().splitlines()
+    assert len(report) == 1 and report[0].startswith("broken\t") and "not a readable video" in report[0]
+    assert not cache.has("broken")
+    assert not list(cache.dir.glob(".failed.rank*"))
+
+
+def test_rerun_skips_done_clips_and_restores_a_deleted_one(dataset, extracted, capsys):
+    cache = _cache(dataset, extracted)
+    before = _files(cache)
+    assert main(_argv(dataset, extracted)) == 0
+    assert "25 already cached" in capsys.readouterr().out
+    assert _files(cache) == before  # nothing rewritten (only the broken clip is retried)
+    expected = np.load(cache.path("clip00003"))
+    cache.path("clip00003").unlink()
+    assert main(_argv(dataset, extracted)) == 0
+    after = _files(cache)
+    assert set(after) == set(before)
+    assert [n for n in after if after[n] != before[n]] == ["clip00003.npy"]
+    np.testing.assert_array_equal(np.load(cache.path("clip00003")), expected)
+
+
+class _Crash(pl.Callback):
+    def on_predict_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if batch_idx == 1:
+            raise RuntimeError("simulated crash")
+
+
+def test_a_crash_loses_only_the_batch_in_flight(dataset, tmp_path):
+    from captioner.data.datasets import load_annotations
+
+    clips = load_annotations(dataset / "annotations.json")
+    items = [(c.id, c.path) for c in clips[:12] + clips[-1:]]  # 12 good clips and the broken one
+    spec = FeatureSpec(**SPEC)
+    cache = FeatureCache(tmp_path / dataset.name, spec)
+    cache.dir.mkdir(parents=True)
+    (cache.dir / ".clip00000.12345.tmp.npy").write_bytes(b"half a file from a killed run")
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        run_extraction(spec, items, cache, accelerator="cpu", batch_size=4, num_workers=0, progress=False,
+                       callbacks=[_Crash()])
+    # the writer runs before the crashing callback: both finished batches are on disk, whole
+    done = sorted(cache.dir.glob("*.npy"))
+    assert [p.name for p in done] == [f"clip{i:05d}.npy" for i in range(8)]
+    assert all(np.load(p).shape == (4, 512) for p in done)
+    assert not list(cache.dir.glob(".*.tmp.npy"))  # the stale temporary file was cleared
+    failures = run_extraction(spec, items, cache, accelerator="cpu", batch_size=4, num_workers=0, progress=False)
+    assert failures == [("broken", failures[0][1])]
+    assert len(list(cache.dir.glob("*.npy"))) == 12
+
+
+@pytest.mark.slow
+def test_two_ddp_processes_write_the_same_files_as_one(dataset, extracted, tmp_path):
+    features = tmp_path / "ddp"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "extract_features.py"),
+                           *_argv(dataset, features, "--devices", "2")],
+                          capture_output=True, text=True, timeout=300, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "25/26 clips cached" in proc.stdout
+    assert "MEMBER: 2/2" in proc.stdout + proc.stderr  # really two processes
+    one, two = _cache(dataset, extracted), _cache(dataset, features)
+    assert set(_files(two)) == set(_files(one))
+    for name in _files(one):
+        np.testing.assert_allclose(np.load(two.dir / name).astype(np.float32),
+                                   np.load(one.dir / name).astype(np.float32), rtol=1e-2, atol=1e-2)
+    # each rank listed its failures; rank 0 merged them into one report
+    assert (two.dir / REPORT_NAME).read_text() == (one.dir / REPORT_NAME).read_text()
+    assert not list(two.dir.glob(".failed.rank*"))
+
+
+def test_data_options_come_from_training_configs(tmp_path):
+    from captioner import extract
+    from captioner.extract import build_parser, resolve_data_args
+
+    msvd = data_args_from_configs([str(REPO / "configs" / "msvd.yaml")])
+    assert msvd["data_dir"] == "data/msvd" and msvd["backbone"] == "resnet152" and msvd["num_frames"] == 20
+    parser = build_parser()
+    parser.set_defaults(weights=extract._UNSET, image_size=extract._UNSET)  # as main() does
+
+    def resolve(*argv):
+        return resolve_data_args(parser.parse_args(list(argv)))
+
+    got = resolve("--config", str(REPO / "configs" / "msvd.yaml"), "--num-frames", "8", "--weights", "null")
+    assert (got["backbone"], got["num_frames"], got["weights"], got["image_size"]) == ("resnet152", 8, None, None)
+    synthetic = resolve("--config", str(REPO / "configs" / "synthetic.yaml"))
+    assert synthetic["image_size"] == 160 and synthetic["weights"] == "DEFAULT"
+
+
+def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
+    from pytorch_lightning.strategies import DDPStrategy
+
+    from captioner.cli import build_cli
+
+    cli = build_cli(["--config", str(REPO / "configs" / "msvd.yaml"),
+                     "--config", str(REPO / "configs" / "trainer" / "cluster.yaml"),
+                     f"--trainer.default_root_dir={tmp_path}"])
+    assert isinstance(cli.trainer.strategy, DDPStrategy)
+    assert cli.trainer.gradient_clip_val == 1.0 and "bf16" in str(cli.trainer.precision)
+    assert cli.datamodule.hparams.backbone == "resnet152" and cli.datamodule.hparams.data_dir == "data/msvd"
+    assert cli.model.hparams.beam_size == 5 and cli.model.hparams.hidden_dim == 512
