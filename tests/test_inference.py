@@ -95,6 +95,26 @@ def test_library_caption_raises_on_an_unreadable_file(model, test_clips, tmp_pat
         model.caption([test_clips[0], tmp_path / "missing.mp4"])
 
 
+class _WritesAFile:
+    """Unpickling this object would create a file: a checkpoint that tries to run code."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __reduce__(self):
+        return (Path.touch, (self.path,))
+
+
+def test_a_checkpoint_cannot_run_code(tmp_path):
+    from captioner import CheckpointError
+
+    marker, evil = tmp_path / "code_ran", tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "hyper_parameters": {"vocab": ["a"], "payload": _WritesAFile(marker)}}, evil)
+    with pytest.raises(CheckpointError, match="evil.ckpt: not a loadable checkpoint .*safe load refuses"):
+        VideoCaptioner.from_checkpoint(evil)
+    assert not marker.exists()
+
+
 def test_captions_are_deterministic(model, trained, test_clips):
     first = model.caption(test_clips[2:])
     assert model.caption(test_clips[2:]) == first

@@ -145,8 +145,7 @@ class VideoCaptioner(nn.Module):
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:
-            raise CheckpointError(f"{path}: not a loadable checkpoint ({type(err).__name__}: "
-                                  f"{str(err).strip().splitlines()[0][:160] if str(err).strip() else ''})") from None
+            raise CheckpointError(f"{path}: not a loadable checkpoint ({_load_failure(err)})") from None
         hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
         if not isinstance(hp, dict) or not hp.get("vocab") or not hp.get("feature_spec") or "state_dict" not in ckpt:
             raise CheckpointError(f"{path}: not a captioner checkpoint (no vocabulary or feature spec inside)")
@@ -157,6 +156,16 @@ class VideoCaptioner(nn.Module):
         except RuntimeError as err:
             raise CheckpointError(f"{path}: weights do not match the model it describes ({err})") from None
         return model.eval().to(map_location)
+
+
+def _load_failure(err: Exception) -> str:
+    """A one-line reason from `torch.load`'s error (its weights-only refusals span a paragraph)."""
+    text = str(err).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # not a pickle at all, or one that asks to run code: keep only the refused item
+        detail = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
+        return f"not a PyTorch checkpoint, or one holding objects a safe load refuses: {detail}"
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
 
 
 DECODER_ARGS = ("embed_dim", "hidden_dim", "num_layers", "dropout")
