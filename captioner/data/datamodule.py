@@ -27,6 +27,8 @@ class CaptioningDataModule(pl.LightningDataModule):
         backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
         weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
         num_frames: frames sampled uniformly from each clip.
+        image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
+        spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
         min_word_count: words seen fewer times in the training captions become `<unk>`.
         max_caption_len: training captions are cut to this many words.
         batch_size: training batch size (caption pairs); evaluation batches hold clips.
@@ -48,6 +50,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         weights: Optional[str] = "DEFAULT",
         num_frames: int = 8,
         image_size: Optional[int] = None,
+        spatial_grid: int = 1,
         min_word_count: int = 1,
         max_caption_len: int = 20,
         batch_size: int = 64,
@@ -58,7 +61,8 @@ class CaptioningDataModule(pl.LightningDataModule):
         super().__init__()
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size)
+        self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size,
+                                spatial_grid=spatial_grid)
         # one cache per dataset folder: clip ids of different datasets may collide
         self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
         self.vocab: Optional[Vocabulary] = None

@@ -71,7 +71,7 @@ class CaptionPairs(Dataset):
 
 
 class ClipReferences(Dataset):
-    """Evaluation items: one per clip -> `(index, features (T, D), reference captions)`."""
+    """Evaluation items: one per clip -> `(index, features (T, D), reference captions, extra annotations)`."""
 
     def __init__(self, clips: list[Clip], cache: FeatureCache):
         self.clips, self.cache = clips, cache
@@ -81,7 +81,7 @@ class ClipReferences(Dataset):
 
     def __getitem__(self, i: int):
         c = self.clips[i]
-        return i, self.cache.load(c.id), c.captions
+        return i, self.cache.load(c.id), c.captions, c.extra
 
 
 def collate_pairs(batch) -> dict:
@@ -90,5 +90,5 @@ def collate_pairs(batch) -> dict:
 
 
 def collate_clips(batch) -> dict:
-    idx, feats, refs = zip(*batch)
-    return {"index": torch.tensor(idx), "feats": torch.stack(feats), "references": list(refs)}
+    idx, feats, refs, extra = zip(*batch)
+    return {"index": torch.tensor(idx), "feats": torch.stack(feats), "references": list(refs), "extra": list(extra)}

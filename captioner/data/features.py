@@ -25,17 +25,20 @@ class FeatureSpec:
     weights: Optional[str] = "DEFAULT"
     num_frames: int = 8
     image_size: Optional[int] = None  # None: the weights' own crop size
+    spatial_grid: int = 1  # g > 1: features of a g x g grid of regions, concatenated
 
     @property
     def key(self) -> str:
         size = f"-{self.image_size}px" if self.image_size else ""
-        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}"
+        grid = f"-grid{self.spatial_grid}" if self.spatial_grid > 1 else ""
+        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}{grid}"
 
     def build_encoder(self):
         """The `FrameEncoder` these features come from."""
         from captioner.models.encoder import FrameEncoder
 
-        return FrameEncoder(self.backbone, weights=self.weights, image_size=self.image_size)
+        return FrameEncoder(self.backbone, weights=self.weights, image_size=self.image_size,
+                            spatial_grid=self.spatial_grid)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -43,6 +43,38 @@ MOTION_PHRASES = {
 }
 
 
+# Words that name each motion in a caption (any paraphrase above, or close variants).
+MOTION_WORDS = {
+    "left": {"left"}, "right": {"right"},
+    "up": {"up", "upward", "rises", "rise", "rising"}, "down": {"down", "downward", "falls", "fall", "falling"},
+    "grow": {"growing", "grows", "grow", "bigger", "larger"},
+    "shrink": {"shrinking", "shrinks", "shrink", "smaller"},
+    "still": {"still", "not"},
+}
+
+
+def motion_of_caption(caption: str) -> str | None:
+    """The motion a caption states (`left`, ..., `still`), or None when it names none or several."""
+    from captioner.data.vocab import tokenize
+
+    words = set(tokenize(caption))
+    found = [m for m, ws in MOTION_WORDS.items() if words & ws]
+    return found[0] if len(found) == 1 else None
+
+
+def direction_report(hypotheses: list[str], references: list[list[str]], motions: list[str]) -> dict[str, float]:
+    """On the clips whose truth depends on frame order: BLEU-1..4 and the accuracy of the motion word."""
+    from captioner.metrics import bleu_scores
+
+    keep = [i for i, m in enumerate(motions) if m in DIRECTIONAL]
+    if not keep:
+        return {}
+    hyps, refs = [hypotheses[i] for i in keep], [references[i] for i in keep]
+    report = {f"dir_{k}": v for k, v in bleu_scores(hyps, refs).items()}
+    report["direction_acc"] = sum(motion_of_caption(hypotheses[i]) == motions[i] for i in keep) / len(keep)
+    return report
+
+
 @dataclass
 class SceneObject:
     color: str

@@ -12,7 +12,8 @@ from torch import nn
 from captioner.data.features import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
-from captioner.models.encoder import FrameEncoder, MeanPool
+from captioner.models.encoder import FrameEncoder
+from captioner.models.temporal import TemporalEncoder
 
 
 class CheckpointError(ValueError):
@@ -33,7 +34,7 @@ class VideoCaptioner(nn.Module):
         vocab: the word vocabulary.
         decoder: the caption decoder (its `feature_dim` is D).
         spec: the backbone, weights and frame count the features come from.
-        pool: temporal pooling; mean pooling by default (the classic design).
+        pool: the `TemporalEncoder`; mean pooling by default (the classic design).
         encoder: the frame encoder; built from `spec` on first use when not given.
     """
 
@@ -42,13 +43,13 @@ class VideoCaptioner(nn.Module):
         vocab: Vocabulary,
         decoder: CaptionDecoder,
         spec: FeatureSpec,
-        pool: Optional[nn.Module] = None,
+        pool: Optional[TemporalEncoder] = None,
         encoder: Optional[FrameEncoder] = None,
     ):
         super().__init__()
         self.vocab, self.spec = vocab, spec
         self.decoder = decoder
-        self.pool = pool if pool is not None else MeanPool()
+        self.pool = pool if pool is not None else TemporalEncoder("mean", decoder.video_norm.normalized_shape[0])
         self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty; filled from a checkpoint
         self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
 
@@ -78,10 +79,10 @@ class VideoCaptioner(nn.Module):
         mask: Optional[torch.Tensor] = None,
     ) -> torch.Tensor:
         """Per-frame features `(B, T, D)` -> token ids `(B, <=max_len)` (greedy when `beam_size` is 1)."""
-        video = self.pool(feats, mask)  # (B, T, D) -> (B, D)
+        video, memory = self.pool.encode(feats, mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
         if beam_size <= 1:
-            return self.decoder.greedy(video, max_len)
-        return self.decoder.beam_search(video, beam_size, max_len, length_penalty)
+            return self.decoder.greedy(video, max_len, memory, mask)
+        return self.decoder.beam_search(video, beam_size, max_len, length_penalty, memory, mask)
 
     @torch.no_grad()
     def caption_features(self, feats: torch.Tensor, **generate_kwargs) -> list[str]:
@@ -173,12 +174,13 @@ GENERATE_ARGS = ("beam_size", "max_len", "length_penalty")
 
 
 def build_captioner(hp: dict) -> VideoCaptioner:
-    """A `VideoCaptioner` from the hyperparameters a checkpoint stores (vocab, feature_spec, decoder sizes)."""
+    """A `VideoCaptioner` from the hyperparameters a checkpoint stores (vocab, feature_spec, temporal encoder, decoder)."""
     vocab = Vocabulary(hp["vocab"])
     spec = FeatureSpec(**hp["feature_spec"])
-    feature_dim = int(hp["feature_dim"])
-    decoder = CaptionDecoder(len(vocab), feature_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
-                             pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    model = VideoCaptioner(vocab, decoder, spec)
+    pool = TemporalEncoder(hp.get("temporal", "mean"), int(hp["feature_dim"]), hp.get("temporal_hidden_dim", 512),
+                           hp.get("dropout", 0.3))
+    decoder = CaptionDecoder(len(vocab), pool.output_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
+                             memory_dim=pool.memory_dim, pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    model = VideoCaptioner(vocab, decoder, spec, pool)
     model.generate_defaults = {k: hp[k] for k in GENERATE_ARGS if hp.get(k) is not None}
     return model

@@ -2,24 +2,44 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Optional
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class CaptionDecoder(nn.Module):
-    """Word embedding + LSTM conditioned on a video vector.
+@dataclass
+class _Memory:
+    """What the decoder attends over: keys `(N, T, A)`, values `(N, T, E)`, mask `(N, T)` of real frames."""
 
-    The video vector sets the LSTM's initial state and is also fed, projected, beside every word embedding,
-    so the decoder sees the video at every step (as in Venugopalan et al., 2015).
+    keys: torch.Tensor
+    values: torch.Tensor
+    mask: Optional[torch.Tensor]
+
+    def repeat(self, k: int) -> "_Memory":
+        rep = lambda x: None if x is None else x.repeat_interleave(k, 0)  # noqa: E731
+        return _Memory(rep(self.keys), rep(self.values), rep(self.mask))
+
+
+class CaptionDecoder(nn.Module):
+    """Word embedding + LSTM conditioned on a video vector, optionally attending over frames at every step.
+
+    The video vector `(B, D)` sets the LSTM's initial state. Beside every word embedding the LSTM reads a
+    context: the projected video vector (the classic design, Venugopalan et al., 2015), or, when a memory
+    `(B, T, M)` is given, an attention-weighted sum of it recomputed at each step from the previous hidden state
+    (soft temporal attention, Yao et al., 2015).
 
     Args:
         vocab_size: number of words, specials included.
         feature_dim: size D of the video vector.
-        embed_dim: word embedding size.
+        embed_dim: word embedding size (and context size).
         hidden_dim: LSTM hidden size.
         num_layers: stacked LSTM layers.
         dropout: dropout on the video vector, the embeddings and the LSTM output.
+        memory_dim: size M of the attention memory; `None` for a decoder without attention.
+        attention_dim: size of the attention's hidden layer.
         pad_id, bos_id, eos_id: special token ids of the vocabulary.
     """
 
@@ -31,6 +51,8 @@ class CaptionDecoder(nn.Module):
         hidden_dim: int = 512,
         num_layers: int = 1,
         dropout: float = 0.3,
+        memory_dim: Optional[int] = None,
+        attention_dim: int = 256,
         pad_id: int = 0,
         bos_id: int = 1,
         eos_id: int = 2,
@@ -39,45 +61,82 @@ class CaptionDecoder(nn.Module):
         self.vocab_size, self.num_layers, self.hidden_dim = vocab_size, num_layers, hidden_dim
         self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
         self.video_norm = nn.LayerNorm(feature_dim)
-        self.video_proj = nn.Linear(feature_dim, embed_dim)
         self.init_state = nn.Linear(feature_dim, 2 * num_layers * hidden_dim)
+        if memory_dim is None:
+            self.video_proj = nn.Linear(feature_dim, embed_dim)
+        else:
+            self.memory_norm = nn.LayerNorm(memory_dim)
+            self.memory_key = nn.Linear(memory_dim, attention_dim)
+            self.memory_value = nn.Linear(memory_dim, embed_dim)
+            self.query = nn.Linear(hidden_dim, attention_dim, bias=False)
+            self.score = nn.Linear(attention_dim, 1, bias=False)
+        self.memory_dim = memory_dim
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=pad_id)
         self.lstm = nn.LSTM(2 * embed_dim, hidden_dim, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0)
         self.drop = nn.Dropout(dropout)
         self.out = nn.Linear(hidden_dim, vocab_size)
 
-    def start(self, video: torch.Tensor) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """Video vector `(B, D)` -> projected context `(B, E)` and the initial LSTM state, each `(L, B, H)`."""
+    def start(self, video: torch.Tensor, memory: Optional[torch.Tensor] = None,
+              memory_mask: Optional[torch.Tensor] = None):
+        """Video vector `(B, D)` (+ memory `(B, T, M)`) -> static context `(B, E)` or a `_Memory`, LSTM state."""
+        if (memory is None) != (self.memory_dim is None):
+            raise ValueError("this decoder " + ("needs" if self.memory_dim else "takes no") + " attention memory")
         v = self.drop(self.video_norm(video))
         h, c = torch.tanh(self.init_state(v)).view(v.shape[0], 2, self.num_layers, self.hidden_dim).unbind(1)
         state = (h.transpose(0, 1).contiguous(), c.transpose(0, 1).contiguous())  # (B, L, H) -> (L, B, H)
-        return self.video_proj(v), state
+        if memory is None:
+            return self.video_proj(v), state
+        m = self.drop(self.memory_norm(memory))
+        return _Memory(self.memory_key(m), self.memory_value(m), memory_mask), state
 
-    def forward(self, video: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    def attention_weights(self, h: torch.Tensor, mem: _Memory) -> torch.Tensor:
+        """Hidden state `(N, H)` -> weights `(N, T)` over frames (sum to 1; zero on padded frames)."""
+        scores = self.score(torch.tanh(mem.keys + self.query(h).unsqueeze(1))).squeeze(-1)  # (N, T, A) -> (N, T)
+        if mem.mask is not None:
+            scores = scores.masked_fill(~mem.mask, float("-inf"))
+        return scores.softmax(-1)
+
+    def _context(self, ctx, h_top: torch.Tensor) -> torch.Tensor:
+        if isinstance(ctx, _Memory):
+            w = self.attention_weights(h_top, ctx)
+            return torch.bmm(w.unsqueeze(1), ctx.values).squeeze(1)  # (N, 1, T) @ (N, T, E) -> (N, E)
+        return ctx
+
+    def forward(self, video: torch.Tensor, tokens: torch.Tensor, memory: Optional[torch.Tensor] = None,
+                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Teacher forcing: video `(B, D)` and input tokens `(B, S)` (starting with `<bos>`) -> logits `(B, S, V)`."""
-        ctx, state = self.start(video)
+        ctx, state = self.start(video, memory, memory_mask)
         emb = self.drop(self.embed(tokens))  # (B, S) -> (B, S, E)
-        x = torch.cat([emb, ctx.unsqueeze(1).expand_as(emb)], dim=-1)  # (B, S, 2E)
-        out, _ = self.lstm(x, state)
+        if not isinstance(ctx, _Memory):  # one LSTM call for the whole sequence
+            out, _ = self.lstm(torch.cat([emb, ctx.unsqueeze(1).expand_as(emb)], dim=-1), state)
+        else:  # the context depends on the previous step's state: step by step
+            steps = []
+            for t in range(tokens.shape[1]):
+                x = torch.cat([emb[:, t], self._context(ctx, state[0][-1])], dim=-1).unsqueeze(1)
+                o, state = self.lstm(x, state)
+                steps.append(o)
+            out = torch.cat(steps, dim=1)
         return self.out(self.drop(out))  # (B, S, H) -> (B, S, V)
 
-    def loss(self, video: torch.Tensor, captions: torch.Tensor) -> torch.Tensor:
+    def loss(self, video: torch.Tensor, captions: torch.Tensor, memory: Optional[torch.Tensor] = None,
+             memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Padding-masked cross-entropy of `<bos> w1 .. wn <eos> <pad>..` captions `(B, S)`."""
-        logits = self(video, captions[:, :-1])
+        logits = self(video, captions[:, :-1], memory, memory_mask)
         return F.cross_entropy(logits.flatten(0, 1), captions[:, 1:].flatten(), ignore_index=self.pad_id)
 
     def _step(self, ctx, tokens, state):
-        x = torch.cat([self.embed(tokens), ctx], dim=-1).unsqueeze(1)  # (N, 2E) -> (N, 1, 2E)
+        x = torch.cat([self.embed(tokens), self._context(ctx, state[0][-1])], dim=-1).unsqueeze(1)  # (N, 1, 2E)
         out, state = self.lstm(x, state)
         logits = self.out(out.squeeze(1))  # (N, V)
         logits[:, [self.pad_id, self.bos_id]] = float("-inf")  # never generated as words
         return F.log_softmax(logits, dim=-1), state
 
     @torch.no_grad()
-    def greedy(self, video: torch.Tensor, max_len: int = 20) -> torch.Tensor:
+    def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
+               memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`."""
-        ctx, state = self.start(video)
+        ctx, state = self.start(video, memory, memory_mask)
         b = video.shape[0]
         tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=video.device)
         done = torch.zeros(b, dtype=torch.bool, device=video.device)
@@ -92,9 +151,8 @@ class CaptionDecoder(nn.Module):
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
-    def beam_search(
-        self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0
-    ) -> torch.Tensor:
+    def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
+                    memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Beam search batched over videos (all `B * K` hypotheses advance in one LSTM call per step).
 
         A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
@@ -104,8 +162,9 @@ class CaptionDecoder(nn.Module):
             token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`.
         """
         b, k, dev = video.shape[0], beam_size, video.device
-        ctx, (h, c) = self.start(video)
-        ctx = ctx.repeat_interleave(k, 0)  # (B, E) -> (B*K, E)
+        ctx, (h, c) = self.start(video, memory, memory_mask)
+        # (B, ...) -> (B*K, ...); hypotheses never move between videos, so the memory needs no reordering
+        ctx = ctx.repeat(k) if isinstance(ctx, _Memory) else ctx.repeat_interleave(k, 0)
         h, c = h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)  # (L, B, H) -> (L, B*K, H)
         scores = torch.full((b, k), float("-inf"), device=dev)
         scores[:, 0] = 0.0  # all beams start identical: keep one so the first step does not pick duplicates

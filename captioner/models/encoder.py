@@ -62,6 +62,9 @@ class FrameEncoder(nn.Module):
         trainable: fine-tune the CNN; by default it is frozen (and kept in eval mode) so features can be cached.
         image_size: crop size to use instead of the weights' own (the resize keeps the weights' crop ratio);
             smaller is faster on CPU, e.g. 160 for the synthetic 160x160 clips.
+        spatial_grid: average the last feature map over a `g x g` grid instead of the whole frame and
+            concatenate the cells (D = C * g * g): keeps where things are, which motion needs. 1 = the
+            backbone's own global pooling.
     """
 
     def __init__(
@@ -71,6 +74,7 @@ class FrameEncoder(nn.Module):
         weights_path: Optional[str] = None,
         trainable: bool = False,
         image_size: Optional[int] = None,
+        spatial_grid: int = 1,
     ):
         super().__init__()
         self.backbone_name = backbone
@@ -96,6 +100,13 @@ class FrameEncoder(nn.Module):
             self.feature_dim = EfficientNetLite0.feature_dim
         else:
             self.feature_dim = _cut_classifier(net)
+        if spatial_grid > 1:
+            pool_name = "_avg_pooling" if isinstance(net, EfficientNetLite0) else "avgpool"
+            if not isinstance(getattr(net, pool_name, None), nn.AdaptiveAvgPool2d):
+                raise ValueError(f"spatial_grid needs a backbone ending in adaptive average pooling; {backbone} has none")
+            setattr(net, pool_name, nn.AdaptiveAvgPool2d(spatial_grid))
+            self.feature_dim *= spatial_grid * spatial_grid
+        self.spatial_grid = spatial_grid
         self.net = net
         self.trainable = trainable
         if not trainable:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import random
-from typing import Optional
+from typing import Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
+from captioner.data.synthetic import direction_report
 from captioner.metrics import bleu_scores
 from captioner.models.captioner import build_captioner
 
@@ -24,6 +25,9 @@ class CaptioningSystem(pl.LightningModule):
         embed_dim: word embedding size.
         hidden_dim: LSTM hidden size.
         num_layers: stacked LSTM layers.
+        temporal: how frames become the decoder's input: `mean` (classic), `lstm`, `gru`, `attention`,
+            `lstm_attention`, `gru_attention` (see `captioner.models.temporal`).
+        temporal_hidden_dim: hidden size of the recurrent temporal encoders.
         dropout: decoder dropout.
         lr: AdamW learning rate (peak of the one-cycle schedule).
         weight_decay: AdamW weight decay.
@@ -40,6 +44,8 @@ class CaptioningSystem(pl.LightningModule):
         embed_dim: int = 256,
         hidden_dim: int = 512,
         num_layers: int = 1,
+        temporal: Literal["mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention"] = "mean",
+        temporal_hidden_dim: int = 512,
         dropout: float = 0.3,
         lr: float = 2e-3,
         weight_decay: float = 1e-2,
@@ -55,7 +61,7 @@ class CaptioningSystem(pl.LightningModule):
         super().__init__()
         self.save_hyperparameters()
         self.model = build_captioner(self.hparams) if vocab else None
-        self._eval_outputs: list[tuple[int, str, list[str]]] = []
+        self._eval_outputs: list[tuple[int, str, list[str], dict]] = []
 
     def setup(self, stage: str) -> None:
         if self.model is not None:
@@ -65,8 +71,8 @@ class CaptioningSystem(pl.LightningModule):
         self.model = build_captioner(self.hparams)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        video = self.model.pool(batch["feats"])  # (B, T, D) -> (B, D)
-        loss = self.model.decoder.loss(video, batch["captions"])
+        video, memory = self.model.pool.encode(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
+        loss = self.model.decoder.loss(video, batch["captions"], memory)
         self.log("train/loss", loss, prog_bar=True, batch_size=len(video))
         return loss
 
@@ -74,7 +80,7 @@ class CaptioningSystem(pl.LightningModule):
         hp = self.hparams
         ids = self.model.generate(batch["feats"], hp.beam_size, hp.max_len, hp.length_penalty)
         hyps = [self.model.vocab.decode(row) for row in ids]
-        self._eval_outputs += list(zip(batch["index"].tolist(), hyps, batch["references"]))
+        self._eval_outputs += list(zip(batch["index"].tolist(), hyps, batch["references"], batch["extra"]))
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
@@ -82,19 +88,22 @@ class CaptioningSystem(pl.LightningModule):
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._eval_step(batch)
 
-    def _gathered_outputs(self) -> list[tuple[int, str, list[str]]]:
-        """Every process's (clip index, hypothesis, references), de-duplicated and sorted by clip."""
+    def _gathered_outputs(self) -> list[tuple[int, str, list[str], dict]]:
+        """Every process's (clip index, hypothesis, references, extra), de-duplicated and sorted by clip."""
         outputs, self._eval_outputs = self._eval_outputs, []
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             parts: list = [None] * dist.get_world_size()
             dist.all_gather_object(parts, outputs)
             outputs = [o for part in parts for o in part]
         # a DistributedSampler repeats clips to even out the processes: count each clip once
-        return sorted({o[0]: o for o in outputs}.values())
+        return [o for _, o in sorted({o[0]: o for o in outputs}.items())]
 
-    def _log_bleu(self, split: str) -> list[tuple[int, str, list[str]]]:
+    def _log_bleu(self, split: str) -> list[tuple[int, str, list[str], dict]]:
         outputs = self._gathered_outputs()
-        scores = bleu_scores([o[1] for o in outputs], [o[2] for o in outputs])
+        hyps, refs = [o[1] for o in outputs], [o[2] for o in outputs]
+        scores = bleu_scores(hyps, refs)
+        if outputs and all("motion" in o[3] for o in outputs):  # the synthetic set: report order-dependent clips
+            scores.update(direction_report(hyps, refs, [o[3]["motion"] for o in outputs]))
         # every process holds the same gathered scores: no further reduction needed
         self.log_dict({f"{split}/{k}": v for k, v in scores.items()}, prog_bar=split == "val", rank_zero_only=False,
                       sync_dist=False)
@@ -108,7 +117,7 @@ class CaptioningSystem(pl.LightningModule):
         if self.trainer.is_global_zero and self.hparams.num_samples > 0 and outputs:
             rng = random.Random(0)
             print("\nSample test captions:")
-            for _, hyp, refs in rng.sample(outputs, min(self.hparams.num_samples, len(outputs))):
+            for _, hyp, refs, _ in rng.sample(outputs, min(self.hparams.num_samples, len(outputs))):
                 print(f"  generated: {hyp}\n  reference: {refs[0]}\n")
 
     def configure_optimizers(self):
