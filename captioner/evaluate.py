@@ -4,7 +4,8 @@ Tokenisation. Both the project's BLEU and, by default, the coco-caption metrics 
 `captioner.data.vocab.tokenize` (lowercase Penn Treebank tokens, punctuation dropped): the same words the model
 was trained on, no Java needed. `--tokenizer ptb` runs coco-caption's own Stanford PTBTokenizer (Java) on the
 captions instead, as the published coco-caption numbers do; both lowercase, split Treebank-style and drop
-punctuation, so the two rarely differ (the PTB list keeps a few symbols such as `&`, which `tokenize` drops).
+punctuation, so the two rarely differ: coco-caption keeps brackets as `-lrb-`/`-rrb-` tokens (it lowercases them
+before its punctuation filter) and a few symbols such as `&`, which `tokenize` drops.
 
 BLEU is reported twice: `bleu1..4` from NLTK's `corpus_bleu` (the project's metric, also logged in training) and
 `coco_bleu1..4` from coco-caption's scorer. On the same tokens both clip n-gram counts by the references, take

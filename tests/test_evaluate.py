@@ -1,0 +1,136 @@
+"""`captioner evaluate`: predictions and metrics of a checkpoint; the project's BLEU cross-checked with coco-caption's."""
+
+import json
+import random
+import shutil
+
+import pytest
+
+from captioner import evaluate as ev
+from captioner.data.synthetic import MOTIONS, SceneObject, make_captions
+from captioner.metrics import bleu_scores
+
+needs_coco = pytest.mark.skipif(not ev._coco_available(), reason="pycocoevalcap is not installed")
+needs_java = pytest.mark.skipif(shutil.which("java") is None, reason="METEOR and the PTB tokenizer need Java")
+
+
+@pytest.fixture(scope="module")
+def evaluated(trained, tmp_path_factory):
+    """`captioner evaluate` on the trained checkpoint's test split, every metric on (METEOR when Java is here)."""
+    _, _, best = trained
+    out = tmp_path_factory.mktemp("eval")
+    assert ev.main(["--checkpoint", str(best), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    return json.loads((out / "metrics.json").read_text()), json.loads((out / "predictions.json").read_text())
+
+
+def test_predictions_file(evaluated, tiny_dataset):
+    report, predictions = evaluated
+    ann = {v["id"]: v for v in json.loads((tiny_dataset / "annotations.json").read_text())["videos"]}
+    test_ids = [k for k, v in ann.items() if v["split"] == "test"]
+    assert [p["video"] for p in predictions] == test_ids
+    assert all(p["references"] == ann[p["video"]]["captions"] and isinstance(p["caption"], str) for p in predictions)
+    assert report["num_clips"] == 4 and report["features_from_cache"] == 4 and report["skipped"] == []
+
+
+def test_metrics_match_training_and_name_what_is_missing(evaluated, trained):
+    report, _ = evaluated
+    test_metrics, _, _ = trained
+    # same checkpoint, features, beam settings and scorer as the test run that closed training
+    assert report["generation"] == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0}
+    for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
+        assert report["metrics"][k] == pytest.approx(test_metrics[f"test/{k}"], abs=1e-6)
+    assert "SPICE" in report["unavailable"]["spice"] and "offline" in report["unavailable"]["spice"]
+    if ev._coco_available():
+        assert {"rouge_l", "cider", "coco_bleu4"} <= set(report["metrics"])
+        if shutil.which("java"):
+            assert 0.0 <= report["metrics"]["meteor"] <= 1.0
+        else:
+            assert "Java" in report["unavailable"]["meteor"]
+
+
+def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_path):
+    _, _, best = trained
+    report = ev.evaluate(best, "test", features_dir=str(tmp_path / "empty"), out_dir=tmp_path / "out", meteor=False,
+                         progress=False)
+    assert report["features_from_video"] == 4 and report["features_from_cache"] == 0
+    cached = {p["video"]: p["caption"] for p in evaluated[1]}
+    fresh = json.loads((tmp_path / "out" / "predictions.json").read_text())
+    assert {p["video"]: p["caption"] for p in fresh} == cached
+
+
+def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("not a checkpoint")
+    assert ev.main(["--checkpoint", str(bad)]) == 1
+    assert "not a loadable checkpoint" in capsys.readouterr().err
+
+
+def test_without_pycocoevalcap_bleu_still_reported(monkeypatch):
+    monkeypatch.setattr(ev, "_coco_available", lambda: False)
+    scores, unavailable = ev.coco_scores(["a cat sits"], [["a cat sits down"]])
+    assert scores == {} and "pycocoevalcap is not installed" in unavailable["meteor"]
+    assert "cider" in unavailable and "spice" in unavailable
+
+
+@needs_coco
+def test_without_java_meteor_says_why_and_the_rest_is_scored(monkeypatch):
+    monkeypatch.setattr(ev.shutil, "which", lambda name: None)
+    scores, unavailable = ev.coco_scores(["a cat sits on a mat", ""], [["a cat sits on the mat"], ["a dog runs"]])
+    assert "java" in unavailable["meteor"].lower()
+    assert {"coco_bleu4", "rouge_l", "cider"} <= set(scores) and "meteor" not in scores
+    with pytest.raises(RuntimeError, match="Java"):
+        ev.tokenize_for_coco({0: ["a cat"]}, "ptb")
+
+
+@needs_coco
+@needs_java
+def test_ptb_tokenizer_agrees_with_the_vocabulary_tokenizer():
+    captions = {0: ["A man, is playing a guitar.", "Someone's cooking -- fast!", "I can't, won't."],
+                1: ["The cat (a tabby) sleeps..."]}
+    ptb, ours = ev.tokenize_for_coco(captions, "ptb"), ev.tokenize_for_coco(captions, "project")
+    assert ptb[0] == ours[0] == ["a man is playing a guitar", "someone 's cooking fast", "i ca n't wo n't"]
+    # coco-caption's quirk: it lowercases -LRB-/-RRB- before its punctuation filter, so they stay
+    assert ptb[1] == ["the cat -lrb- a tabby -rrb- sleeps"] and ours[1] == ["the cat a tabby sleeps"]
+
+
+def _synthetic_corpus(n: int = 60, seed: int = 0):
+    """Hypotheses and references in the style of the synthetic set (one paraphrase against the others)."""
+    rng = random.Random(seed)
+    hyps, refs = [], []
+    for _ in range(n):
+        objs = [SceneObject(rng.choice(["red", "blue", "green"]), rng.choice(["circle", "square"]),
+                            rng.choice(["small", "big"]))]
+        caps = make_captions(objs, rng.choice(MOTIONS), rng)
+        other = make_captions(objs, rng.choice(MOTIONS), rng)  # some hypotheses are wrong
+        hyps.append(other[0] if rng.random() < 0.3 else caps[0])
+        refs.append(caps[1:])
+    return hyps, refs
+
+
+@needs_coco
+def test_bleu_agrees_with_coco_caption_on_full_captions():
+    hyps, refs = _synthetic_corpus()
+    ours, (coco, _) = bleu_scores(hyps, refs), ev.coco_scores(hyps, refs, meteor=False)
+    assert 0.2 < ours["bleu4"] < 0.95  # a non-trivial corpus
+    for n in range(1, 5):
+        assert ours[f"bleu{n}"] == pytest.approx(coco[f"coco_bleu{n}"], abs=1e-6)
+
+
+@needs_coco
+def test_bleu_differs_from_coco_caption_only_by_nltks_one_ngram_minimum():
+    """Short and empty hypotheses: NLTK counts at least one n-gram per hypothesis, coco-caption zero."""
+    from captioner.data.vocab import tokenize
+
+    hyps, refs = _synthetic_corpus()
+    hyps[:6] = ["", "a circle", "a red circle", "", "blue", "the square moves"]
+    ours, (coco, _) = bleu_scores(hyps, refs), ev.coco_scores(hyps, refs, meteor=False)
+    lengths = [len(tokenize(h)) for h in hyps]
+    for big_n in range(1, 5):
+        factor = 1.0
+        for n in range(1, big_n + 1):
+            total = sum(max(0, length - n + 1) for length in lengths)  # coco-caption's n-gram count
+            short = sum(length < n for length in lengths)  # hypotheses NLTK counts as one n-gram more
+            factor *= (total / (total + short)) ** (1 / big_n)
+        assert ours[f"bleu{big_n}"] < coco[f"coco_bleu{big_n}"]
+        assert ours[f"bleu{big_n}"] == pytest.approx(coco[f"coco_bleu{big_n}"] * factor, abs=1e-6)
+        assert coco[f"coco_bleu{big_n}"] - ours[f"bleu{big_n}"] < 0.05  # "slightly", on this corpus
