@@ -241,7 +241,7 @@ def run_extraction(
 # `captioner extract`
 
 _UNSET = object()  # "flag not given", distinct from an explicit null
-DATA_KEYS = ("data_dir", "features_dir", "backbone", "weights", "num_frames", "image_size")
+DATA_KEYS = ("data_dir", "features_dir", "backbone", "weights", "num_frames", "image_size", "spatial_grid")
 
 
 def _datamodule_defaults() -> dict:
@@ -298,6 +298,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--num-frames", type=int, help=f"frames sampled per clip (default: {d['num_frames']})")
     g.add_argument("--image-size", type=_optional_int,
                    help=f"CNN input size; null = the weights' own (default: {d['image_size']})")
+    g.add_argument("--spatial-grid", type=int,
+                   help=f"pool the last feature map over a g x g grid (default: {d['spatial_grid']})")
     g.add_argument("--split", action="append", choices=("train", "val", "test"),
                    help="only clips of this split; repeatable (default: every clip)")
     h = parser.add_argument_group("how to run it")
@@ -321,7 +323,7 @@ def resolve_data_args(args: argparse.Namespace) -> dict:
     """Flags over config files over the DataModule's defaults."""
     values = {**_datamodule_defaults(), **data_args_from_configs(args.config)}
     flags = {"data_dir": args.data_dir, "features_dir": args.features_dir, "backbone": args.backbone,
-             "num_frames": args.num_frames}
+             "num_frames": args.num_frames, "spatial_grid": args.spatial_grid}
     values.update({k: v for k, v in flags.items() if v is not None})
     # weights and image size may be set to null on purpose: a flag given on the command line always wins
     values.update({k: getattr(args, k) for k in ("weights", "image_size") if getattr(args, k) is not _UNSET})
@@ -338,7 +340,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     data = resolve_data_args(args)
     spec = FeatureSpec(backbone=data["backbone"], weights=data["weights"], num_frames=int(data["num_frames"]),
-                       image_size=data["image_size"])
+                       image_size=data["image_size"], spatial_grid=int(data["spatial_grid"]))
     data_dir = Path(data["data_dir"])
     cache = FeatureCache(Path(data["features_dir"]) / data_dir.name, spec)  # the DataModule's layout
     try:

@@ -162,7 +162,11 @@ def test_data_options_come_from_training_configs(tmp_path):
     got = resolve("--config", str(REPO / "configs" / "msvd.yaml"), "--num-frames", "8", "--weights", "null")
     assert (got["backbone"], got["num_frames"], got["weights"], got["image_size"]) == ("resnet152", 8, None, None)
     synthetic = resolve("--config", str(REPO / "configs" / "synthetic.yaml"))
-    assert synthetic["image_size"] == 160 and synthetic["weights"] == "DEFAULT"
+    assert synthetic["image_size"] == 160 and synthetic["weights"] == "DEFAULT" and synthetic["spatial_grid"] == 1
+    # layered configs: a later file changes only what it sets
+    grid = resolve("--config", str(REPO / "configs" / "synthetic.yaml"),
+                   "--config", str(REPO / "configs" / "temporal" / "grid2.yaml"))
+    assert grid["spatial_grid"] == 2 and grid["image_size"] == 160
 
 
 def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
