@@ -30,5 +30,5 @@ def bleu_scores(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) 
     refs = [[tokenize(r) for r in rs] for rs in references]
     with warnings.catch_warnings():
         # NLTK warns when an n-gram order has no match; the score is then 0, which is what we report
-        warnings.filterwarnings("ignore", message=".*counts of .*-gram overlaps", category=UserWarning)
+        warnings.filterwarnings("ignore", message=r"(?s).*counts of .*-gram overlaps", category=UserWarning)
         return {k: float(corpus_bleu(refs, hyps, weights=w)) for k, w in BLEU_WEIGHTS.items()}

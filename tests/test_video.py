@@ -100,3 +100,11 @@ def test_lying_frame_count_falls_back_to_real_frames(tmp_path):
     else:
         assert out.shape == (8, 32, 32, 3)
         assert out.float().mean() > 1  # real frames, not zeros
+
+
+def test_resize_targets_decord_rejects_still_work(tmp_path):
+    """decord's scaler fails for some sizes (64x64 -> 72x72); reading falls back to resizing after decoding."""
+    path = tmp_path / "sq64.mp4"
+    write_mp4(moving_square(12, 64), path)
+    frames = read_frames(path, num_frames=3, short_side=72)
+    assert frames.shape == (3, 72, 72, 3) and frames.float().std() > 5

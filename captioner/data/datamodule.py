@@ -89,7 +89,13 @@ class CaptioningDataModule(pl.LightningDataModule):
         elif hp.synthetic:
             self._check_synthetic_matches()
         clips = load_annotations(self.annotations_path)
-        if all(self.cache.has(c.id) for c in clips):
+        report = self.cache.dir / "failed.txt"
+        known_bad = {line.split("\t", 1)[0] for line in report.read_text().splitlines()} if report.exists() else set()
+        todo = [c for c in clips if not self.cache.has(c.id) and c.id not in known_bad]
+        if known_bad:
+            log.warning("%d clips listed in %s as unreadable are left out (delete that file to retry them)",
+                        len(known_bad), report)
+        if not todo:
             return
         import torch
 
@@ -97,11 +103,11 @@ class CaptioningDataModule(pl.LightningDataModule):
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         encoder = self.spec.build_encoder()
-        failures = extract_features(encoder, [(c.id, c.path) for c in clips], self.cache,
+        failures = extract_features(encoder, [(c.id, c.path) for c in todo], self.cache,
                                     batch_size=hp.extract_batch_size, num_workers=hp.num_workers, device=device)
         if failures:
-            report = self.cache.dir / "failed.txt"
-            report.write_text("".join(f"{vid}\t{err}\n" for vid, err in failures))
+            with open(report, "a", encoding="utf-8") as f:
+                f.writelines(f"{vid}\t{err}\n" for vid, err in failures)
             log.warning("%d clips could not be read and are left out (listed in %s)", len(failures), report)
 
     def _check_synthetic_matches(self) -> None:

@@ -67,7 +67,8 @@ def probe_video(path: PathLike) -> VideoInfo:
     except VideoReadError:
         raise
     except Exception as err:  # PyAV raises many error types for broken or foreign files
-        raise VideoReadError(path, f"not a readable video ({type(err).__name__}: {err})") from None
+        reason = getattr(err, "strerror", None) or str(err)  # PyAV's str() repeats the file name
+        raise VideoReadError(path, f"not a readable video ({reason})") from None
     if width <= 0 or height <= 0:
         raise VideoReadError(path, f"invalid frame size {width}x{height}")
     return VideoInfo(width=width, height=height, num_frames=frames, fps=fps)
@@ -92,11 +93,28 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     Raises:
         VideoReadError: the file is missing, empty, not a video, truncated or has no frames.
     """
-    import decord
-
     path = Path(path)
     info = probe_video(path)
-    width, height = decode_size(info.width, info.height, short_side) if short_side else (-1, -1)
+    if not short_side:
+        return _decode(path, num_frames, -1, -1)
+    width, height = decode_size(info.width, info.height, short_side)
+    try:
+        return _decode(path, num_frames, width, height)
+    except VideoReadError:
+        if (width, height) == (info.width, info.height):
+            raise
+        # decord's scaler rejects some target sizes (e.g. 64x64 -> 72x72): decode at the stored size and
+        # resize here; if that fails too, the file itself is broken and its error is the one to report
+        frames = _decode(path, num_frames, -1, -1)
+        import torchvision.transforms.v2.functional as TF
+
+        resized = TF.resize(frames.permute(0, 3, 1, 2), [height, width], antialias=True)
+        return resized.permute(0, 2, 3, 1).contiguous()
+
+
+def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+    import decord
+
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     except Exception as err:
