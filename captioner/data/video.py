@@ -19,8 +19,8 @@ class VideoReadError(RuntimeError):
     """A video could not be read; the message names the file and the reason."""
 
     def __init__(self, path: PathLike, reason: str):
-        self.path, self.reason = str(path), reason
-        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), " ".join(str(reason).split())  # one line, whatever the library said
+        super().__init__(f"{path}: {self.reason}")
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,12 @@ class VideoInfo:
     height: int
     num_frames: int  # as the container says: may be wrong
     fps: float
+    rotation: int = 0  # display rotation in degrees, counter-clockwise (phones store portrait clips this way)
+
+    @property
+    def display_size(self) -> tuple[int, int]:
+        """(width, height) as the video is shown, i.e. after its rotation."""
+        return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
 
 
 def sample_frame_indices(num_available: int, num_samples: int) -> list[int]:
@@ -51,7 +57,7 @@ def _check_file(path: Path) -> None:
 
 
 def probe_video(path: PathLike) -> VideoInfo:
-    """Read the container's metadata (no decoding) with PyAV."""
+    """Read the container's metadata with PyAV (and decode one frame, for the rotation stored with frames)."""
     import av
 
     path = Path(path)
@@ -64,6 +70,7 @@ def probe_video(path: PathLike) -> VideoInfo:
             width, height = stream.codec_context.width, stream.codec_context.height
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             frames = int(stream.frames or 0)
+            rotation = _first_frame_rotation(container, stream)
     except VideoReadError:
         raise
     except Exception as err:  # PyAV raises many error types for broken or foreign files
@@ -71,7 +78,17 @@ def probe_video(path: PathLike) -> VideoInfo:
         raise VideoReadError(path, f"not a readable video ({reason})") from None
     if width <= 0 or height <= 0:
         raise VideoReadError(path, f"invalid frame size {width}x{height}")
-    return VideoInfo(width=width, height=height, num_frames=frames, fps=fps)
+    return VideoInfo(width=width, height=height, num_frames=frames, fps=fps, rotation=rotation)
+
+
+def _first_frame_rotation(container, stream) -> int:
+    """The display-matrix rotation, rounded to a multiple of 90 (0 when the first frame does not decode)."""
+    try:
+        frame = next(container.decode(stream), None)
+    except Exception:  # a broken first packet: decoding will report it
+        return 0
+    angle = float(getattr(frame, "rotation", 0) or 0) if frame is not None else 0.0
+    return int(round(angle / 90.0)) * 90 % 360
 
 
 def decode_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -95,21 +112,30 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     """
     path = Path(path)
     info = probe_video(path)
-    if not short_side:
-        return _decode(path, num_frames, -1, -1)
-    width, height = decode_size(info.width, info.height, short_side)
+    # decord returns frames rotated as they are displayed: ask for the displayed size, or a portrait clip's
+    # frames would be squeezed into a landscape size
+    width, height = decode_size(*info.display_size, short_side) if short_side else (-1, -1)
     try:
         return _decode(path, num_frames, width, height)
-    except VideoReadError:
-        if (width, height) == (info.width, info.height):
-            raise
-        # decord's scaler rejects some target sizes (e.g. 64x64 -> 72x72): decode at the stored size and
-        # resize here; if that fails too, the file itself is broken and its error is the one to report
-        frames = _decode(path, num_frames, -1, -1)
-        import torchvision.transforms.v2.functional as TF
+    except VideoReadError as err:
+        first_error = err
+    # decord's scaler rejects some target sizes (e.g. 64x64 -> 72x72) and its copy some small widths (16 or
+    # 48 px), and it gives up on some cut-off files that FFmpeg still reads: decode at the stored size with
+    # decord, else with PyAV, and resize here; if both fail, the file itself is broken and decord's error stands
+    frames = None
+    if short_side and info.display_size != (width, height):
+        try:
+            frames = _decode(path, num_frames, -1, -1)
+        except VideoReadError:
+            pass
+    if frames is None:
+        frames = _decode_with_pyav(path, num_frames, info.rotation, first_error)
+    if not short_side or tuple(frames.shape[1:3]) == (height, width):
+        return frames
+    import torchvision.transforms.v2.functional as TF
 
-        resized = TF.resize(frames.permute(0, 3, 1, 2), [height, width], antialias=True)
-        return resized.permute(0, 2, 3, 1).contiguous()
+    resized = TF.resize(frames.permute(0, 3, 1, 2), [height, width], antialias=True)
+    return resized.permute(0, 2, 3, 1).contiguous()
 
 
 def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
@@ -134,6 +160,44 @@ def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tenso
             frames = reader.get_batch(sample_frame_indices(count, num_frames)).asnumpy()
         except Exception as err:
             raise VideoReadError(path, f"decoding failed ({_short(err)})") from None
+    return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def _decode_with_pyav(path: Path, num_frames: int, rotation: int, decord_error: VideoReadError) -> torch.Tensor:
+    """The fallback decoder: count the frames that really decode, then decode again keeping the sampled ones.
+
+    Two passes keep memory bounded by `num_frames`; frames are rotated as decord rotates them.
+    """
+    import av
+
+    def decoded():
+        with av.open(str(path)) as container:
+            try:
+                yield from container.decode(video=0)
+            except Exception:  # a broken packet ends the usable part of the stream
+                return
+
+    try:
+        count = sum(1 for _ in decoded())
+        if count < 1:
+            raise VideoReadError(path, "no frame could be decoded (truncated or corrupt video)")
+        wanted = sample_frame_indices(count, num_frames)
+        kept, frames = {}, decoded()
+        for i, frame in enumerate(frames):
+            if i in wanted:
+                kept[i] = frame.to_ndarray(format="rgb24")
+            if i >= wanted[-1]:
+                break
+        frames.close()
+    except VideoReadError:
+        raise
+    except Exception:
+        raise decord_error from None
+    if len(kept) < len(set(wanted)):  # the second pass decoded less than the first: not a file to trust
+        raise decord_error
+    frames = np.stack([kept[i] for i in wanted])  # (T, H, W, 3)
+    if rotation:
+        frames = np.rot90(frames, k=rotation // 90, axes=(1, 2))  # counter-clockwise, as displayed
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
