@@ -10,6 +10,15 @@ from captioner.models.rnn import ExplicitRNN, SequenceModel
 CELLS = ["rnn", "gru", "lstm"]
 
 
+@pytest.fixture(autouse=True)
+def single_thread():
+    # Tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def scalar_layer(activation="identity", stateful=False):
     # h_t = act(1 * x_t + 0.5 * h_{t-1}), y_t = 2 * h_t + 1
     layer = ExplicitRNN(1, 1, 1, activation=activation, stateful=stateful)
