@@ -50,6 +50,9 @@ def build_cli(args: Optional[list[str]] = None):
     )
     if cli.config.trainer.get("logger") in (None, True):
         cli.trainer.loggers = default_loggers(cli.trainer.default_root_dir)
+    from captioner.checkpointing import use_atomic_checkpoints
+
+    use_atomic_checkpoints(cli.trainer)  # a job killed while saving keeps its previous last.ckpt
     return cli
 
 
@@ -67,9 +70,14 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     Returns:
         The test metrics (floats), also written to `<best checkpoint dir>/test_metrics.json`.
     """
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
+    try:
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
+    except SIGTERMException:  # stopped by SIGTERM after saving hpc_ckpt_<n>.ckpt: not a finished run
+        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had killed the process
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     results = trainer.test(model, datamodule=data, ckpt_path=best or None)

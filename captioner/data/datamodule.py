@@ -3,17 +3,48 @@
 from __future__ import annotations
 
 import logging
+import os
+import warnings
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional
 
 import pytorch_lightning as pl
-from torch.utils.data import DataLoader
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.datasets import CaptionPairs, Clip, ClipReferences, collate_clips, collate_pairs, load_annotations
 from captioner.data.features import FeatureCache, FeatureSpec, extract_features
 from captioner.data.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
+
+
+class ResumableShuffleSampler(DistributedSampler):
+    """Shuffles each epoch from `(seed, epoch)` alone, as `DistributedSampler` does, and can resume part-way.
+
+    The order never depends on the global random state, so a run resumed from a mid-epoch checkpoint trains on
+    the rest of that epoch's batches in the same order as an uninterrupted run (`CaptioningDataModule.state_dict`
+    records how far the epoch got). One process is `num_replicas=1`; under DDP Lightning keeps this sampler (it
+    is a `DistributedSampler` already) and, as for any sampler, calls `set_epoch` at every epoch.
+    """
+
+    def __init__(self, dataset, seed: int = 0):
+        distributed = dist.is_available() and dist.is_initialized()
+        super().__init__(dataset, num_replicas=dist.get_world_size() if distributed else 1,
+                         rank=dist.get_rank() if distributed else 0, shuffle=True, seed=seed)
+        self._skip: Optional[tuple[int, int]] = None  # (epoch, samples of it already trained on)
+
+    def resume(self, epoch: int, samples_seen: int) -> None:
+        """The next pass over `epoch` starts after its first `samples_seen` samples (of this process)."""
+        self.set_epoch(epoch)
+        self._skip = (epoch, samples_seen)
+
+    def __iter__(self) -> Iterator[int]:
+        indices = list(super().__iter__())
+        if self._skip is not None and self._skip[0] == self.epoch:
+            indices = indices[self._skip[1]:]
+            self._skip = None
+        return iter(indices)
 
 
 class CaptioningDataModule(pl.LightningDataModule):
@@ -67,6 +98,8 @@ class CaptioningDataModule(pl.LightningDataModule):
         self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
         self.vocab: Optional[Vocabulary] = None
         self.splits: dict[str, list[Clip]] = {}
+        self.train_sampler: Optional[ResumableShuffleSampler] = None
+        self._resume_state: Optional[dict] = None
 
     @property
     def annotations_path(self) -> Path:
@@ -138,9 +171,34 @@ class CaptioningDataModule(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         ds = CaptionPairs(self.splits["train"], self.cache, self.vocab, self.hparams.max_caption_len)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, shuffle=True, num_workers=self.hparams.num_workers,
-                          collate_fn=collate_pairs, drop_last=len(ds) > self.hparams.batch_size,
-                          persistent_workers=self.hparams.num_workers > 0)
+        if ds.truncated:
+            log.warning("%d of %d training captions are longer than max_caption_len=%d words and are cut to it",
+                        ds.truncated, len(ds), self.hparams.max_caption_len)
+        self.train_sampler = ResumableShuffleSampler(ds, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        if self._resume_state:
+            self.train_sampler.resume(**self._resume_state)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_pairs,
+                          drop_last=len(ds) > self.hparams.batch_size, persistent_workers=self.hparams.num_workers > 0)
+
+    def state_dict(self) -> dict:
+        """Where training is in the current epoch (saved in every checkpoint), so a resumed run skips what it saw."""
+        trainer = self.trainer
+        if trainer is None or self.train_sampler is None or trainer.state.fn != "fit":
+            return {}
+        epoch = trainer.current_epoch
+        batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # trained on, in this epoch
+        if batches >= trainer.num_training_batches:  # the epoch is over: the next one starts from its beginning
+            epoch, batches = epoch + 1, 0
+        return {"train_sampler": {"epoch": epoch, "samples_seen": batches * self.hparams.batch_size}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self._resume_state = state_dict.get("train_sampler")
+        if self._resume_state and self.train_sampler is not None:
+            self.train_sampler.resume(**self._resume_state)
+        if self._resume_state:
+            # Lightning warns about any mid-epoch resume of a loader without state_dict(); ours resumes exactly
+            warnings.filterwarnings("ignore", message="You're resuming from a checkpoint that ended before the epoch")
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(ClipReferences(self.splits[split], self.cache), batch_size=self.hparams.batch_size,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -16,6 +18,8 @@ from captioner.data.features import FeatureCache
 from captioner.data.vocab import Vocabulary
 
 SPLITS = ("train", "val", "test")
+log = logging.getLogger(__name__)
+_WORD = re.compile(r"\w")
 
 
 @dataclass
@@ -32,26 +36,60 @@ class Clip:
 def load_annotations(path: str | os.PathLike) -> list[Clip]:
     """Read `annotations.json`: `{"videos": [{"id", "path", "split", "captions": [...], ...}, ...]}`.
 
+    Captions with no word (empty, or only punctuation) are left out, and so are clips left with no caption;
+    both are reported with a warning that names them, never dropped silently.
+
     Raises:
-        ValueError: the file is not valid JSON or lacks a required field (the message says where).
+        ValueError: the file is not valid JSON, an entry lacks a required field or has one of the wrong type,
+            or two entries share an id (the message says where).
     """
     path = Path(path)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as err:
         raise ValueError(f"{path}: not valid JSON ({err})") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
     if not isinstance(data, dict) or not isinstance(data.get("videos"), list):
         raise ValueError(f"{path}: expected an object with a 'videos' list")
-    clips = []
+    clips, seen = [], {}
+    empty_captions: list[str] = []
+    no_caption: list[str] = []
     for i, v in enumerate(data["videos"]):
+        if not isinstance(v, dict):
+            raise ValueError(f"{path}: video #{i} is a {type(v).__name__}, expected an object")
         missing = [k for k in ("id", "path", "split", "captions") if k not in v]
         if missing:
             raise ValueError(f"{path}: video #{i} lacks {', '.join(missing)}")
+        vid = v["id"]
+        if not isinstance(vid, (str, int)) or isinstance(vid, bool) or not str(vid).strip() \
+                or any(ch in str(vid) for ch in "\t\n\r"):
+            raise ValueError(f"{path}: video #{i} has id {vid!r}, expected a non-empty name on one line")
+        vid = str(vid)
+        if vid in seen:
+            raise ValueError(f"{path}: videos #{seen[vid]} and #{i} share the id {vid!r} (ids name feature files)")
+        seen[vid] = i
+        if not isinstance(v["path"], str) or not v["path"]:
+            raise ValueError(f"{path}: video {vid!r} has path {v['path']!r}, expected a file name")
         if v["split"] not in SPLITS:
-            raise ValueError(f"{path}: video {v['id']!r} has split {v['split']!r}, expected one of {SPLITS}")
+            raise ValueError(f"{path}: video {vid!r} has split {v['split']!r}, expected one of {SPLITS}")
+        captions = v["captions"]
+        if not isinstance(captions, list) or not all(isinstance(c, str) for c in captions):
+            raise ValueError(f"{path}: video {vid!r} has captions {str(captions)[:60]!r}, expected a list of strings")
+        kept = [c for c in captions if _WORD.search(c)]  # what `tokenize` keeps: tokens with a letter or digit
+        empty_captions += [f"{vid!r} #{j}: {c!r}" for j, c in enumerate(captions) if not _WORD.search(c)]
+        if not kept:
+            no_caption.append(vid)
+            continue
         extra = {k: val for k, val in v.items() if k not in ("id", "path", "split", "captions")}
         full = v["path"] if os.path.isabs(v["path"]) else str(path.parent / v["path"])
-        clips.append(Clip(str(v["id"]), full, v["split"], [str(c) for c in v["captions"]], extra))
+        clips.append(Clip(vid, full, v["split"], kept, extra))
+    if empty_captions:
+        log.warning("%s: %d captions with no word are left out (first: %s)", path, len(empty_captions),
+                    empty_captions[0])
+    if no_caption:
+        log.warning("%s: %d clips with no usable caption are left out: %s", path, len(no_caption),
+                    ", ".join(no_caption[:5]) + (" ..." if len(no_caption) > 5 else ""))
     return clips
 
 
@@ -60,7 +98,15 @@ class CaptionPairs(Dataset):
 
     def __init__(self, clips: list[Clip], cache: FeatureCache, vocab: Vocabulary, max_len: Optional[int] = None):
         self.cache = cache
-        self.pairs = [(c.id, vocab.encode(cap, max_len)) for c in clips for cap in c.captions]
+        self.pairs = []
+        self.truncated = 0  # captions longer than `max_len` words, cut to their first `max_len` words
+        for c in clips:
+            for cap in c.captions:
+                ids = vocab.encode(cap)  # [<bos>, w1, ..., wn, <eos>]
+                if max_len and len(ids) - 2 > max_len:
+                    ids = ids[: max_len + 1] + [vocab.eos_id]  # what vocab.encode(cap, max_len) gives
+                    self.truncated += 1
+                self.pairs.append((c.id, ids))
 
     def __len__(self) -> int:
         return len(self.pairs)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 from dataclasses import asdict, dataclass
@@ -56,7 +57,12 @@ class FeatureCache:
         self.dir = Path(root) / spec.key
 
     def path(self, video_id: str) -> Path:
-        return self.dir / f"{_SAFE.sub('_', video_id)}.npy"
+        """`<dir>/<id>.npy`; an id that is not a plain file name (`../x`, `a b`, `vidéo`, `.hidden`) is made one,
+        with a hash of the id added so that two such ids never share a file. No id can point outside `dir`."""
+        name = _SAFE.sub("_", video_id).lstrip(".")
+        if name != video_id:
+            name = f"{name}~{hashlib.sha1(video_id.encode('utf-8')).hexdigest()[:10]}"
+        return self.dir / f"{name}.npy"
 
     def has(self, video_id: str) -> bool:
         return self.path(video_id).is_file()

@@ -9,6 +9,8 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
 from captioner.data.synthetic import direction_report
 from captioner.metrics import bleu_scores
@@ -36,6 +38,8 @@ class CaptioningSystem(pl.LightningModule):
         max_len: longest generated caption, in words.
         length_penalty: beam ranking divides log p by length ** length_penalty.
         num_samples: captions printed beside their references after testing.
+        checkpoint_every_n_steps: also write `last.ckpt` every this many training steps, inside epochs, so a
+            killed run loses at most that many steps; `None` writes it at the end of each epoch only.
         vocab, feature_spec, feature_dim: filled from the data at `setup`; leave unset when training.
     """
 
@@ -54,6 +58,7 @@ class CaptioningSystem(pl.LightningModule):
         max_len: int = 20,
         length_penalty: float = 0.0,
         num_samples: int = 8,
+        checkpoint_every_n_steps: Optional[int] = None,
         vocab: Optional[list[str]] = None,
         feature_spec: Optional[dict] = None,
         feature_dim: Optional[int] = None,
@@ -62,6 +67,7 @@ class CaptioningSystem(pl.LightningModule):
         self.save_hyperparameters()
         self.model = build_captioner(self.hparams) if vocab else None
         self._eval_outputs: list[tuple[int, str, list[str], dict]] = []
+        self._rng_states_to_restore: Optional[dict] = None
 
     def setup(self, stage: str) -> None:
         if self.model is not None:
@@ -122,12 +128,89 @@ class CaptioningSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = self.trainer.estimated_stepping_batches
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=max(int(total), 1),
-                                                    pct_start=self.hparams.warmup_fraction, anneal_strategy="cos")
+        total = max(int(self.trainer.estimated_stepping_batches), 2)
+        # OneCycleLR divides by (warm-up steps - 1): short runs (20 steps at 5%) need at least 2 warm-up steps
+        warmup = min(max(self.hparams.warmup_fraction, 2 / total), 1.0)
+        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total,
+                                                    pct_start=warmup, anneal_strategy="cos")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def configure_callbacks(self) -> list[Callback]:
+        every = self.hparams.get("checkpoint_every_n_steps")
+        # with a second writer of last.ckpt, both must overwrite it rather than add last-v1.ckpt
         best = ModelCheckpoint(monitor="val/bleu4", mode="max", save_last=True, auto_insert_metric_name=False,
-                               filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}")
-        return [best]
+                               filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}", enable_version_counter=not every)
+        if not every:
+            return [best, SaveOnSigterm()]
+        steps = ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every, enable_version_counter=False)
+        return [best, steps, SaveOnSigterm()]
+
+    # Resuming: Lightning restores weights, optimizer, scheduler and loop counters; the data module restores the
+    # position in the epoch. The random state (dropout) and the vocabulary are the system's to restore.
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["rng_states"] = collect_rng_states()
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # applied at on_train_start: the set-up between loading and training draws random numbers of its own
+        self._rng_states_to_restore = checkpoint.get("rng_states")
+        saved = (checkpoint.get("hyper_parameters") or {}).get("vocab")
+        if self.model is None or not saved or list(saved) == self.model.vocab.itos:
+            return
+        # the data gives another vocabulary than the checkpoint's (clips added, removed or left out since):
+        # keep the checkpoint's, whose words the weights were trained on, and encode the captions with it
+        hp = checkpoint["hyper_parameters"]
+        for key in ("feature_spec", "feature_dim"):
+            if hp.get(key) != self.hparams.get(key):
+                raise ValueError(f"the checkpoint was trained on other features ({key}: {hp.get(key)} in the "
+                                 f"checkpoint, {self.hparams.get(key)} from the data)")
+        rank_zero_warn(f"the data's vocabulary ({len(self.model.vocab)} words) differs from the checkpoint's "
+                       f"({len(saved)} words): resuming with the checkpoint's; unknown words become <unk>")
+        self.hparams.update(vocab=list(saved))
+        self.model = build_captioner(self.hparams)
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if dm is not None and hasattr(dm, "vocab"):
+            dm.vocab = self.model.vocab
+
+    def on_train_start(self) -> None:
+        if self._rng_states_to_restore is not None:
+            set_rng_states(self._rng_states_to_restore)
+            self._rng_states_to_restore = None
+
+
+class SaveOnSigterm(Callback):
+    """On SIGTERM (SLURM preemption, `scancel`), save `hpc_ckpt_<n>.ckpt` in the run folder before stopping.
+
+    Lightning stops at the end of the current training step when it receives SIGTERM but saves nothing; its
+    SIGUSR1 handler (SLURM's `--signal`) saves the same file and requeues the job. Lightning resumes from the
+    newest `hpc_ckpt_<n>.ckpt` of the run folder on its own when a job starts under SLURM.
+    """
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            trainer.save_checkpoint(path)
+            rank_zero_info(f"SIGTERM: saved {path}")
+
+
+def collect_rng_states() -> dict:
+    """The global random states (Python, NumPy, torch CPU and CUDA) as plain values and tensors (weights-only safe)."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    import numpy as np
+
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
