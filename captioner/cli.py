@@ -75,12 +75,13 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     try:
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"))
+        # weights_only: resuming from a checkpoint never runs code from it, whatever torch's default
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
     except SIGTERMException:  # stopped by SIGTERM after saving hpc_ckpt_<n>.ckpt: not a finished run
         raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had killed the process
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
-    results = trainer.test(model, datamodule=data, ckpt_path=best or None)
+    results = trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
         out_dir = Path(best).parent if best else Path(trainer.log_dir or trainer.default_root_dir)

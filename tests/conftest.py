@@ -82,3 +82,11 @@ def trained(tiny_datamodule_args, tmp_path_factory):
     metrics = train_main(tiny_args(tiny_datamodule_args, root))
     best = sorted(root.rglob("epoch*.ckpt"))
     return metrics, root, best[0]
+
+
+@pytest.fixture(scope="session")
+def bad_corpus(tmp_path_factory) -> dict:
+    """Bad and odd video inputs, by name (tests/badinputs.py): what each must do at every layer."""
+    from badinputs import write_corpus
+
+    return write_corpus(tmp_path_factory.mktemp("bad corpus") / "vidéos ü")

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from captioner.data.video import VIDEO_EXTENSIONS
+from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, probe_video
 from captioner.data.vocab import tokenize
 
 # The split used in the literature (Venugopalan et al. 2015, and most MSVD papers since): the clip order of
@@ -62,6 +62,7 @@ class PrepareReport:
     malformed: list[Problem] = field(default_factory=list)  # rows or entries that could not be used
     skipped_clips: list[Problem] = field(default_factory=list)  # clips with no split or no caption
     missing_videos: list[Problem] = field(default_factory=list)  # listed, but no video file found
+    unreadable_videos: list[Problem] = field(default_factory=list)  # found, but not a readable video (--check-videos)
     ignored_rows: dict[str, int] = field(default_factory=dict)  # well-formed rows left out on purpose, by reason
 
     def to_dict(self) -> dict:
@@ -75,7 +76,8 @@ class PrepareReport:
             lines.append(f"  ignored {n} rows: {reason}")
         for title, items in (("malformed rows/entries skipped", self.malformed),
                              ("clips skipped", self.skipped_clips),
-                             ("videos missing on disk", self.missing_videos)):
+                             ("videos missing on disk", self.missing_videos),
+                             ("videos that cannot be read", self.unreadable_videos)):
             if items:
                 lines.append(f"  {len(items)} {title}:")
                 lines += [f"    {p.source}:{p.where}: {p.reason}" for p in items[:limit]]
@@ -116,8 +118,9 @@ def _relative_to_out(video: Path, out_dir: Path) -> str:
 
 
 def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[str, Path], video_dirs: Sequence,
-            expected_ext: str, out_dir: Path, keep_missing: bool, source: str) -> PrepareReport:
-    """Attach video paths, report missing files, write `annotations.json` and the report."""
+            expected_ext: str, out_dir: Path, keep_missing: bool, source: str,
+            check_videos: bool = False) -> PrepareReport:
+    """Attach video paths, report missing (and, with `check_videos`, unreadable) files, write the outputs."""
     out_dir = Path(out_dir)
     kept = []
     first_dir = Path(video_dirs[0]) if video_dirs else out_dir / "videos"
@@ -129,11 +132,20 @@ def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[
             if not keep_missing:
                 continue
             path = expected
+        elif check_videos:
+            try:
+                probe_video(path)  # the container and its first frame: catches empty, foreign and cut-off files
+            except VideoReadError as err:
+                report.unreadable_videos.append(Problem(source, e["id"], f"{path}: {err.reason}", e["id"]))
+                if not keep_missing:
+                    continue
         kept.append({"id": e["id"], "path": _relative_to_out(path, out_dir), "split": e["split"],
                      "captions": e["captions"], **{k: v for k, v in e.items() if k not in ("id", "split", "captions")}})
     if not kept:
+        write_json_atomic(out_dir / "prepare_report.json", report.to_dict())  # the report says why
         raise ValueError(f"{name}: no clip left to write ({len(entries)} annotated, "
-                         f"{len(report.missing_videos)} without a video file; see the report)")
+                         f"{len(report.missing_videos)} without a video file, {len(report.unreadable_videos)} "
+                         f"unreadable; see {out_dir / 'prepare_report.json'})")
     ann_path = out_dir / "annotations.json"
     write_json_atomic(ann_path, {"name": name, "videos": kept})
     report.annotations = str(ann_path)
@@ -229,6 +241,7 @@ def prepare_msvd(
     video_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     keep_missing: bool = False,
+    check_videos: bool = False,
 ) -> PrepareReport:
     """MSVD -> `out_dir/annotations.json` (English captions, standard 1,200 / 100 / 670 split).
 
@@ -237,7 +250,8 @@ def prepare_msvd(
         mapping: `youtube_mapping.txt` (clip name -> vidN; N gives the split).
         video_dirs: folders holding the clips, `{VideoID}_{Start}_{End}.avi` (`YouTubeClips/` in the archive).
         out_dir: where `annotations.json` and `prepare_report.json` are written.
-        keep_missing: keep clips whose video file is missing (they are reported either way).
+        keep_missing: keep clips whose video file is missing or unreadable (they are reported either way).
+        check_videos: open every video (container and first frame) and report those that cannot be read.
     """
     report = PrepareReport("msvd")
     captions = read_msvd_corpus(corpus_csv, report)
@@ -255,7 +269,7 @@ def prepare_msvd(
     for clip in sorted(set(captions) - set(order)):
         report.skipped_clips.append(Problem(Path(corpus_csv).name, clip, f"not in {Path(mapping).name}: no split", clip))
     return _finish(report, "msvd", entries, index_videos(video_dirs), video_dirs, ".avi", Path(out_dir), keep_missing,
-                   "videos")
+                   "videos", check_videos)
 
 
 def _load_json(path: Path) -> dict:
@@ -279,6 +293,7 @@ def prepare_msrvtt(
     video_dirs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
     keep_missing: bool = False,
+    check_videos: bool = False,
 ) -> PrepareReport:
     """MSR-VTT -> `out_dir/annotations.json` with its own split (6,513 / 497 / 2,990; `validate` becomes `val`).
 
@@ -287,7 +302,8 @@ def prepare_msrvtt(
             `video_id` and `split`, `sentences` with `video_id` and `caption`).
         video_dirs: folders holding `video0.mp4` ... `video9999.mp4` (`TrainValVideo/`, `TestVideo/`).
         out_dir: where `annotations.json` and `prepare_report.json` are written.
-        keep_missing: keep clips whose video file is missing (they are reported either way).
+        keep_missing: keep clips whose video file is missing or unreadable (they are reported either way).
+        check_videos: open every video (container and first frame) and report those that cannot be read.
     """
     report = PrepareReport("msrvtt")
     splits: dict[str, str] = {}
@@ -329,7 +345,7 @@ def prepare_msrvtt(
         else:
             entries.append({"id": vid, "split": splits[vid], "captions": captions[vid], **extra[vid]})
     return _finish(report, "msrvtt", entries, index_videos(video_dirs), video_dirs, ".mp4", Path(out_dir),
-                   keep_missing, "videos")
+                   keep_missing, "videos", check_videos)
 
 
 def _first_existing(root: Path, names: Iterable[str]) -> list[Path]:
@@ -363,7 +379,12 @@ def build_parser() -> argparse.ArgumentParser:
     for p in (msvd, msrvtt):
         p.add_argument("--out", help="where annotations.json and prepare_report.json go (default: <root>)")
         p.add_argument("--keep-missing", action="store_true",
-                       help="keep clips whose video file is missing (default: leave them out; reported either way)")
+                       help="keep clips whose video file is missing or unreadable (default: leave them out; reported "
+                            "either way)")
+        p.add_argument("--check-videos", action="store_true",
+                       help="open every video (container and first frame) and report empty, foreign or cut-off "
+                            "files; about 10 ms a clip (default: only check that the files exist; extraction "
+                            "reports the rest in failed.txt)")
     return parser
 
 
@@ -376,11 +397,11 @@ def main(argv: Optional[list[str]] = None) -> int:
         if args.dataset == "msvd":
             videos = args.videos or _first_existing(root, ("YouTubeClips", "videos"))
             report = prepare_msvd(args.corpus or root / MSVD_CORPUS, args.mapping or root / MSVD_MAPPING, videos, out,
-                                  args.keep_missing)
+                                  args.keep_missing, args.check_videos)
         else:
             videos = args.videos or [root / "TrainValVideo", root / "TestVideo", root / "videos"]
             report = prepare_msrvtt([args.train_val or root / MSRVTT_TRAIN_VAL, args.test or root / MSRVTT_TEST],
-                                    videos, out, args.keep_missing)
+                                    videos, out, args.keep_missing, args.check_videos)
     except (OSError, ValueError) as err:
         print(f"captioner prepare: {err}", file=sys.stderr)
         return 1

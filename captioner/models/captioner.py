@@ -150,12 +150,19 @@ class VideoCaptioner(nn.Module):
         hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
         if not isinstance(hp, dict) or not hp.get("vocab") or not hp.get("feature_spec") or "state_dict" not in ckpt:
             raise CheckpointError(f"{path}: not a captioner checkpoint (no vocabulary or feature spec inside)")
-        model = build_captioner(hp)
-        state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("model.")}
+        try:
+            model = build_captioner(hp)
+        except (ValueError, TypeError, KeyError) as err:  # e.g. an edited vocabulary or feature spec
+            raise CheckpointError(f"{path}: inconsistent captioner checkpoint ({type(err).__name__}: {err})") from None
+        state = ckpt["state_dict"]
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path}: not a captioner checkpoint (its state_dict is not a dict)")
+        state = {k[len("model."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("model.")}
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
-            raise CheckpointError(f"{path}: weights do not match the model it describes ({err})") from None
+            reason = " ".join(str(err).split())[:300]  # torch lists every mismatched tensor, over many lines
+            raise CheckpointError(f"{path}: weights do not match the model it describes ({reason})") from None
         return model.eval().to(map_location)
 
 
