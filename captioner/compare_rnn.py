@@ -117,7 +117,7 @@ def compare_long_range(
 
 
 def long_range_table(rows: list[dict], cells: list[str], lengths: list[int]) -> str:
-    """Markdown table: test accuracy (mean over seeds) per cell and length, then steps and seconds."""
+    """Markdown table: test accuracy per cell and length (mean, and min-max over seeds), steps and seconds."""
     header = "| cell | " + " | ".join(f"T={t}" for t in lengths) + " | steps (mean) | time (s, total) |"
     lines = [header, "|" + "---|" * (len(lengths) + 3)]
     for cell in cells:
@@ -125,7 +125,10 @@ def long_range_table(rows: list[dict], cells: list[str], lengths: list[int]) -> 
         accs = []
         for t in lengths:
             vals = [r["test_acc"] for r in mine if r["seq_len"] == t]
-            accs.append(f"{mean(vals):.3f}" if vals else "-")
+            if len(vals) > 1:
+                accs.append(f"{mean(vals):.3f} ({min(vals):.2f}-{max(vals):.2f})")
+            else:
+                accs.append(f"{vals[0]:.3f}" if vals else "-")
         steps = mean(r["steps"] for r in mine) if mine else 0
         seconds = sum(r["seconds"] for r in mine)
         lines.append(f"| {cell} | " + " | ".join(accs) + f" | {steps:.0f} | {seconds:.0f} |")
@@ -142,12 +145,15 @@ def plot_accuracy_vs_length(rows: list[dict], cells: list[str], lengths: list[in
     fig, ax = plt.subplots(figsize=(6, 4))
     for cell in cells:
         accs = [mean(r["test_acc"] for r in rows if r["cell"] == cell and r["seq_len"] == t) for t in lengths]
-        ax.plot(lengths, accs, marker="o", label=cell.upper())
+        (line,) = ax.plot(lengths, accs, marker="o", label=cell.upper())
+        seeds = [r for r in rows if r["cell"] == cell]
+        if len(seeds) > len(lengths):  # several seeds: show each run faintly
+            ax.scatter([r["seq_len"] for r in seeds], [r["test_acc"] for r in seeds], color=line.get_color(), alpha=0.3, s=12)
     ax.axhline(0.25, color="gray", linestyle="--", linewidth=1, label="chance (1/4)")
     ax.set_xlabel("sequence length T (steps between the symbol and the answer)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Recall the first symbol")
+    ax.set_title("Recall the first symbol (mean over seeds)" if len(rows) > len(cells) * len(lengths) else "Recall the first symbol")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -99,6 +99,14 @@ def test_each_cell_learns_parity(cell, tmp_path):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+def test_each_cell_learns_to_count(cell, tmp_path):
+    pl.seed_everything(0, verbose=False)
+    dm = SequenceDataModule(task="count", seq_len=6, num_train=1024, num_val=256, batch_size=32)
+    system = system_for(dm, cell=cell, embed_dim=8, hidden_dim=32, lr=1e-2)
+    assert fit_until(tmp_path, system, dm, max_epochs=30) >= 0.97
+
+
+@pytest.mark.parametrize("cell", CELLS)
 def test_each_cell_learns_next_letters_and_completes_words(cell, tmp_path):
     pl.seed_everything(0, verbose=False)
     dm = SequenceDataModule(task="next_letter", words=WORDS, batch_size=len(WORDS))

@@ -7,6 +7,7 @@ from captioner.data.sequence_tasks import (
     IGNORE_INDEX,
     CharVocab,
     SequenceDataModule,
+    count_task,
     first_symbol_task,
     load_words,
     next_letter_oracle_accuracy,
@@ -51,6 +52,12 @@ def test_parity_labels():
     assert set(inputs.unique().tolist()) <= {0, 1}
     assert targets.tolist() == [sum(seq) % 2 for seq in inputs.tolist()]
     assert 0.3 < targets.float().mean() < 0.7
+
+
+def test_count_labels():
+    inputs, targets = count_task(200, 9, gen())
+    assert targets.tolist() == [seq.count(1) for seq in inputs.tolist()]
+    assert int(targets.min()) >= 0 and int(targets.max()) <= 9
 
 
 def test_first_symbol_task():
@@ -109,6 +116,7 @@ def test_load_words_from_file(tmp_path):
     [
         ("repetition", 6, 2, "many_to_many", 2),
         ("parity", 2, 2, "many_to_one", 1),
+        ("count", 2, 8, "many_to_one", 1),
         ("first_symbol", 7, 4, "many_to_one", 1),
         ("next_letter", 28, 28, "many_to_many", 2),
     ],

@@ -1,4 +1,4 @@
-"""The small sequence tasks (repetition, next letter, parity, first-symbol recall) and their DataModule."""
+"""The small sequence tasks (repetition, next letter, parity, counting, first-symbol recall) and their DataModule."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from captioner.data.wordlist import WORDS
 if TYPE_CHECKING:
     from captioner.models.rnn import SequenceModel
 
-Task = Literal["repetition", "next_letter", "parity", "first_symbol"]
+Task = Literal["repetition", "next_letter", "parity", "count", "first_symbol"]
 IGNORE_INDEX = -100  # target value that the loss and accuracy skip (padding)
 
 
@@ -60,6 +60,16 @@ def parity_task(num: int, seq_len: int, generator: Optional[torch.Generator] = N
     """
     inputs = torch.randint(0, 2, (num, seq_len), generator=generator)
     return inputs, inputs.sum(1) % 2
+
+
+def count_task(num: int, seq_len: int, generator: Optional[torch.Generator] = None) -> tuple[Tensor, Tensor]:
+    """Random bit strings, labelled with their number of ones (many-to-one, seq_len + 1 classes).
+
+    Returns:
+        Bits (N, T) and targets (N,) in [0, T].
+    """
+    inputs = torch.randint(0, 2, (num, seq_len), generator=generator)
+    return inputs, inputs.sum(1)
 
 
 def first_symbol_task(
@@ -182,7 +192,7 @@ class SequenceDataModule(LightningDataModule):
     for every split when word_holdout is 0, so that val/test measure how well the list is known).
 
     Args:
-        task: "repetition", "next_letter", "parity" or "first_symbol".
+        task: "repetition", "next_letter", "parity", "count" or "first_symbol".
         seq_len: Steps per sequence (not used by next_letter).
         num_symbols: Alphabet size (repetition), or number of classes to recall (first_symbol).
         num_distractors: Distractor tokens for first_symbol.
@@ -216,7 +226,7 @@ class SequenceDataModule(LightningDataModule):
         num_workers: int = 0,
     ) -> None:
         super().__init__()
-        if task not in ("repetition", "next_letter", "parity", "first_symbol"):
+        if task not in ("repetition", "next_letter", "parity", "count", "first_symbol"):
             raise ValueError(f"unknown task {task!r}")
         self.save_hyperparameters()
         self.task = task
@@ -231,6 +241,7 @@ class SequenceDataModule(LightningDataModule):
             "repetition": hp.num_symbols,
             "next_letter": len(self.vocab),
             "parity": 2,
+            "count": 2,
             "first_symbol": hp.num_symbols + hp.num_distractors,
         }[self.task]
 
@@ -238,7 +249,13 @@ class SequenceDataModule(LightningDataModule):
     def num_classes(self) -> int:
         """Size of the model's output layer."""
         hp = self.hparams
-        return {"repetition": 2, "next_letter": len(self.vocab), "parity": 2, "first_symbol": hp.num_symbols}[self.task]
+        return {
+            "repetition": 2,
+            "next_letter": len(self.vocab),
+            "parity": 2,
+            "count": hp.seq_len + 1,
+            "first_symbol": hp.num_symbols,
+        }[self.task]
 
     @property
     def mode(self) -> str:
@@ -272,6 +289,8 @@ class SequenceDataModule(LightningDataModule):
             return repetition_task(num, hp.seq_len, hp.num_symbols, generator, hp.repeat_scope)
         if self.task == "parity":
             return parity_task(num, hp.seq_len, generator)
+        if self.task == "count":
+            return count_task(num, hp.seq_len, generator)
         return first_symbol_task(num, hp.seq_len, hp.num_symbols, hp.num_distractors, generator)
 
     def setup(self, stage: Optional[str] = None) -> None:
