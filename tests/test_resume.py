@@ -1,0 +1,205 @@
+"""Runs survive being killed: training resumed from a mid-epoch last.ckpt matches an uninterrupted run, a killed
+extraction finishes with the same files, SLURM's SIGUSR1/SIGTERM save (and requeue) through Lightning."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import tiny_args
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = Path(__file__).with_name("train_and_kill.py")
+# one thread per process: the same float operations in the same order in every run, and two runs fit on 2 cores
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
+       "PYTHONWARNINGS": "ignore"}
+EVERY, KILL_AT = 4, 13  # last.ckpt every 4 steps; 10 steps an epoch: killed 3 steps into the 2nd epoch
+
+
+def _train(dm: dict, root: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    args = tiny_args(dm, root, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", "--model.num_samples=0",
+                     f"--model.checkpoint_every_n_steps={EVERY}", *extra)
+    return subprocess.Popen([sys.executable, str(TRAIN), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=env or ENV, cwd=root.parent)
+
+
+def _losses(metrics_csv: Path) -> dict[int, float]:
+    rows = list(csv.DictReader(metrics_csv.open()))
+    return {int(r["step"]): float(r["train/loss"]) for r in rows if r.get("train/loss")}
+
+
+def _val(metrics_csv: Path) -> dict[str, float]:
+    rows = [r for r in csv.DictReader(metrics_csv.open()) if r.get("val/bleu4")]
+    return {k: float(v) for k, v in rows[-1].items() if k.startswith("val/") and v}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_datamodule_args, tmp_path):
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    runs = {"clean": _train(tiny_datamodule_args, clean),
+            "killed": _train(tiny_datamodule_args, killed, env={**ENV, "KILL_AT_STEP": str(KILL_AT)})}
+    out = {name: proc.communicate(timeout=400)[0] for name, proc in runs.items()}
+    assert runs["clean"].returncode == 0, out["clean"][-3000:]
+    assert runs["killed"].returncode == -signal.SIGKILL, out["killed"][-3000:]
+    assert f"KILLING at global step {KILL_AT}, epoch 1, batch 3" in out["killed"]
+
+    last = killed / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 12 and saved["epoch"] == 1  # mid-epoch: 2 of the 2nd epoch's 10 batches done
+    assert saved["CaptioningDataModule"] == {"train_sampler": {"epoch": 1, "samples_seen": 16}}
+    resumed = _train(tiny_datamodule_args, killed, f"--ckpt_path={last}")
+    log = resumed.communicate(timeout=400)[0]
+    assert resumed.returncode == 0, log[-3000:]
+
+    a_dir, b_dir = clean / "logs" / "version_0", killed / "logs" / "version_1"  # the resumed run's own folder
+    # every step after the restart sees the same batch, dropout mask and learning rate: the same loss
+    a, b = _losses(a_dir / "metrics.csv"), _losses(b_dir / "metrics.csv")
+    assert sorted(b) == list(range(12, 20))
+    for step in b:
+        assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+    assert _val(b_dir / "metrics.csv") == pytest.approx(_val(a_dir / "metrics.csv"), abs=1e-6)
+    # and ends with the same weights, optimizer and scheduler state, vocabulary and test scores
+    a_ckpt = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    b_ckpt = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a_ckpt["global_step"] == b_ckpt["global_step"] == 20
+    assert a_ckpt["hyper_parameters"]["vocab"] == b_ckpt["hyper_parameters"]["vocab"]
+    for name, weight in a_ckpt["state_dict"].items():
+        torch.testing.assert_close(b_ckpt["state_dict"][name], weight, rtol=1e-6, atol=1e-6, msg=name)
+    for key, value in a_ckpt["optimizer_states"][0]["state"].items():
+        torch.testing.assert_close(b_ckpt["optimizer_states"][0]["state"][key]["exp_avg_sq"], value["exp_avg_sq"],
+                                   rtol=1e-6, atol=1e-9)
+    assert a_ckpt["lr_schedulers"][0]["last_epoch"] == b_ckpt["lr_schedulers"][0]["last_epoch"] == 20
+    a_test = json.loads(next(a_dir.rglob("test_metrics.json")).read_text())
+    b_test = json.loads(next(b_dir.rglob("test_metrics.json")).read_text())
+    assert b_test == pytest.approx(a_test, abs=1e-6)
+
+
+def test_resumable_sampler_order_depends_on_seed_and_epoch_only():
+    from torch.utils.data import DistributedSampler
+
+    from captioner.data.datamodule import ResumableShuffleSampler
+
+    data = list(range(50))
+    sampler = ResumableShuffleSampler(data, seed=3)
+    sampler.set_epoch(2)
+    torch.manual_seed(123)  # the global random state plays no part
+    full = list(sampler)
+    reference = DistributedSampler(data, num_replicas=1, rank=0, shuffle=True, seed=3)
+    reference.set_epoch(2)
+    assert full == list(reference) and sorted(full) == data
+    sampler.set_epoch(1)
+    assert list(sampler) != full
+    resumed = ResumableShuffleSampler(data, seed=3)
+    resumed.resume(epoch=2, samples_seen=16)
+    assert list(resumed) == full[16:]
+    assert list(resumed) == full  # only the first pass is shortened
+    resumed.resume(epoch=2, samples_seen=16)
+    resumed.set_epoch(3)  # a checkpoint of another epoch: nothing skipped
+    assert len(list(resumed)) == 50
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def dataset(tiny_dataset, tmp_path_factory) -> Path:
+    """The tiny dataset plus an unreadable clip."""
+    root = tmp_path_factory.mktemp("data") / "tiny"
+    shutil.copytree(tiny_dataset, root)
+    (root / "videos" / "broken.mp4").write_text("not a video")
+    ann = json.loads((root / "annotations.json").read_text())
+    ann["videos"].append({"id": "broken", "path": "videos/broken.mp4", "split": "train", "captions": ["nothing"]})
+    (root / "annotations.json").write_text(json.dumps(ann))
+    return root
+
+
+def _extract_argv(dataset: Path, features: Path) -> list[str]:
+    # the features of tiny_datamodule_args (224 px): one clip a batch is slow enough for the kill to land mid-run
+    return ["--data-dir", str(dataset), "--features-dir", str(features), "--backbone", "resnet18", "--weights", "null",
+            "--num-frames", "4", "--image-size", "null", "--accelerator", "cpu", "--batch-size", "1",
+            "--num-workers", "0", "--no-progress"]
+
+
+def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
+    from captioner.extract import REPORT_NAME, main
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "extract_features.py"),
+                             *_extract_argv(dataset, killed)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, env=ENV)
+    deadline = time.monotonic() + 300
+    while not list(killed.rglob("clip*.npy")) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # a few more clips, and maybe a write in flight
+    proc.send_signal(signal.SIGKILL)
+    log = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+    cache_dir = killed / dataset.name / "resnet18-random-4f"
+    done = sorted(cache_dir.glob("*.npy"))
+    assert 0 < len(done) < 25, "the kill did not land mid-run"
+    assert all(np.load(p).shape == (4, 512) for p in done)  # whatever the moment of the kill: only whole files
+    assert not (cache_dir / REPORT_NAME).exists()
+
+    assert main(_extract_argv(dataset, killed)) == 0  # the rerun extracts what is missing
+    names = sorted(p.name for p in cache_dir.iterdir())  # no temporary file left over
+    assert (cache_dir / REPORT_NAME).read_text().startswith("broken\t")
+    # a clean run of the same clips with the same spec: the session's DataModule extraction of the tiny dataset
+    clean_dir = Path(tiny_datamodule_args["features_dir"]) / Path(tiny_datamodule_args["data_dir"]).name / cache_dir.name
+    clean = sorted(p.name for p in clean_dir.glob("*.npy"))
+    assert names == sorted(clean + [REPORT_NAME]) and len(clean) == 25
+    for name in clean:
+        np.testing.assert_allclose(np.load(cache_dir / name).astype(np.float32),
+                                   np.load(clean_dir / name).astype(np.float32), rtol=1e-2, atol=1e-2)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_slurm_sigusr1_saves_and_requeues_sigterm_saves(tiny_datamodule_args, tmp_path):
+    """Lightning's SLURMEnvironment with fake SLURM variables and a fake `scontrol` that records its arguments."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    scontrol = bin_dir / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "$@" >> "$SCONTROL_LOG"\n')
+    scontrol.chmod(0o755)
+    calls = tmp_path / "scontrol.log"
+    env = {**ENV, "PATH": f"{bin_dir}{os.pathsep}{ENV['PATH']}", "SCONTROL_LOG": str(calls), "SLURM_JOB_ID": "4242",
+           "SLURM_NTASKS": "1", "SLURM_JOB_NAME": "captioner-test", "SLURM_PROCID": "0", "SLURM_LOCALID": "0",
+           "SLURM_NODEID": "0", "SLURM_NODELIST": "localhost"}
+    root = tmp_path / "run"
+    proc = _train(tiny_datamodule_args, root, "--trainer.max_epochs=100", env=env)
+
+    def wait_for(condition, what: str) -> None:
+        deadline = time.monotonic() + 300
+        while not condition():
+            assert proc.poll() is None and time.monotonic() < deadline, f"no {what}: " + proc.communicate()[0][-3000:]
+            time.sleep(0.05)
+
+    wait_for(lambda: list(root.rglob("last.ckpt")), "last.ckpt")  # training is under way
+    proc.send_signal(signal.SIGUSR1)  # SLURM's --signal=SIGUSR1@90: time is nearly up
+    wait_for(lambda: calls.exists() and (root / "hpc_ckpt_1.ckpt").exists(), "requeue")
+    assert calls.read_text() == "requeue 4242\n"
+    proc.send_signal(signal.SIGTERM)  # preemption, or the end of the grace time
+    log = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 143, log[-3000:]  # stopped, not finished
+    assert "SLURM auto-requeueing enabled" in log and "SIGTERM: saved" in log
+    first = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=True)
+    second = torch.load(root / "hpc_ckpt_2.ckpt", weights_only=True)
+    assert 0 < first["global_step"] <= second["global_step"] < 1000
+    for ckpt in (first, second):  # whole training states, ready for --ckpt_path
+        assert {"optimizer_states", "lr_schedulers", "loops", "CaptioningDataModule", "rng_states"} <= set(ckpt)
+    from captioner import VideoCaptioner
+
+    assert VideoCaptioner.from_checkpoint(root / "hpc_ckpt_2.ckpt").vocab.itos == first["hyper_parameters"]["vocab"]
