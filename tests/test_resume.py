@@ -109,6 +109,27 @@ def test_resumable_sampler_order_depends_on_seed_and_epoch_only():
     assert len(list(resumed)) == 50
 
 
+def test_resume_keeps_the_checkpoints_vocabulary(trained):
+    """Data changed since the checkpoint (a new word): the run goes on with the vocabulary the weights know."""
+    from types import SimpleNamespace
+
+    from captioner.systems.captioning import CaptioningSystem
+
+    ckpt = torch.load(trained[2], weights_only=True)
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # not the CLI's class path
+    system = CaptioningSystem(**{**hp, "vocab": hp["vocab"] + ["zebra"]})  # as set up from the changed data
+    datamodule = SimpleNamespace(vocab=system.model.vocab)
+    system._trainer = SimpleNamespace(datamodule=datamodule)
+    with pytest.warns(UserWarning, match="differs from the checkpoint's .* resuming with the checkpoint's"):
+        system.on_load_checkpoint(ckpt)
+    assert system.model.vocab.itos == system.hparams.vocab == hp["vocab"]
+    assert datamodule.vocab.itos == hp["vocab"]  # captions are encoded with the checkpoint's words
+    system.load_state_dict(ckpt["state_dict"])  # and the weights fit
+    other = CaptioningSystem(**{**hp, "vocab": hp["vocab"] + ["zebra"], "feature_dim": 7})
+    with pytest.raises(ValueError, match="trained on other features"):
+        other.on_load_checkpoint(ckpt)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -194,6 +215,7 @@ def test_slurm_sigusr1_saves_and_requeues_sigterm_saves(tiny_datamodule_args, tm
     proc.send_signal(signal.SIGTERM)  # preemption, or the end of the grace time
     log = proc.communicate(timeout=300)[0]
     assert proc.returncode == 143, log[-3000:]  # stopped, not finished
+    assert calls.read_text() == "requeue 4242\n"  # SIGTERM does not requeue: it may be `scancel`
     assert "SLURM auto-requeueing enabled" in log and "SIGTERM: saved" in log
     first = torch.load(root / "hpc_ckpt_1.ckpt", weights_only=True)
     second = torch.load(root / "hpc_ckpt_2.ckpt", weights_only=True)
