@@ -126,6 +126,24 @@ def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
     _check_extraction(bad_corpus, own, failures)
 
 
+def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypatch):
+    import captioner.data.features as features
+
+    read = features.read_frames
+
+    def exploding(path, *args):
+        if "gray" in str(path):
+            raise RuntimeError("decoder exploded\nin a second line")
+        return read(path, *args)
+
+    monkeypatch.setattr(features, "read_frames", exploding)
+    clips = features.ClipFrames([(n, str(bad_corpus[n].path)) for n in ("gray", "yuv444p")], 2, 64)
+    vid, frames, error = clips[0]
+    assert frames is None and error == f"{bad_corpus['gray'].path}: could not be read (RuntimeError: decoder " \
+                                       "exploded in a second line)"
+    assert clips[1][2] is None and clips[1][1].shape == (2, 64, 64, 3)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # `captioner caption`: one process over the whole corpus
 

@@ -94,6 +94,8 @@ class ClipFrames(Dataset):
             return vid, read_frames(path, self.num_frames, self.short_side), None
         except VideoReadError as err:
             return vid, None, str(err)
+        except Exception as err:  # a decoder failing in a way nobody foresaw: still this clip's problem only
+            return vid, None, " ".join(f"{path}: could not be read ({type(err).__name__}: {err})".split())
 
 
 def _keep_list(batch):
