@@ -176,7 +176,8 @@ def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_dat
     names = sorted(p.name for p in cache_dir.iterdir())  # no temporary file left over
     assert (cache_dir / REPORT_NAME).read_text().startswith("broken\t")
     # a clean run of the same clips with the same spec: the session's DataModule extraction of the tiny dataset
-    clean_dir = Path(tiny_datamodule_args["features_dir"]) / Path(tiny_datamodule_args["data_dir"]).name / cache_dir.name
+    dm = tiny_datamodule_args
+    clean_dir = Path(dm["features_dir"]) / Path(dm["data_dir"]).name / cache_dir.name
     clean = sorted(p.name for p in clean_dir.glob("*.npy"))
     assert names == sorted(clean + [REPORT_NAME]) and len(clean) == 25
     for name in clean:

@@ -26,8 +26,8 @@ if __name__ == "__main__":
     if os.environ.get("KILL_AT_STEP"):
         from captioner.systems.captioning import CaptioningSystem
 
-        configure = CaptioningSystem.configure_callbacks
-        CaptioningSystem.configure_callbacks = lambda self: [*configure(self), KillAtStep(int(os.environ["KILL_AT_STEP"]))]
+        configure, step = CaptioningSystem.configure_callbacks, int(os.environ["KILL_AT_STEP"])
+        CaptioningSystem.configure_callbacks = lambda self: [*configure(self), KillAtStep(step)]
     from captioner.cli import train_main
 
     train_main(sys.argv[1:])
