@@ -143,9 +143,11 @@ def plot_accuracy_vs_length(rows: list[dict], cells: list[str], lengths: list[in
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 4))
-    for cell in cells:
+    styles = [("o", "-", 8), ("s", "--", 6), ("^", ":", 5)]  # distinct, so lines that coincide stay visible
+    for i, cell in enumerate(cells):
         accs = [mean(r["test_acc"] for r in rows if r["cell"] == cell and r["seq_len"] == t) for t in lengths]
-        (line,) = ax.plot(lengths, accs, marker="o", label=cell.upper())
+        marker, linestyle, size = styles[i % len(styles)]
+        (line,) = ax.plot(lengths, accs, marker=marker, linestyle=linestyle, markersize=size, label=cell.upper())
         seeds = [r for r in rows if r["cell"] == cell]
         if len(seeds) > len(lengths):  # several seeds: show each run faintly
             ax.scatter([r["seq_len"] for r in seeds], [r["test_acc"] for r in seeds], color=line.get_color(), alpha=0.3, s=12)
@@ -231,8 +233,10 @@ def plot_grad_norms(histories: dict[str, list[dict]], path: Path) -> None:
                     label=f"{name}: applied", linewidth=1, linestyle="--")  # fmt: skip
         bad = [s for s, n in zip(steps, norms) if not math.isfinite(n)]
         if bad:
-            ax.scatter(bad[:1], [ax.get_ylim()[1]], marker="x", color="red", zorder=3, label=f"{name}: NaN from here")
+            top = max((n for n in norms if math.isfinite(n)), default=1.0)
+            ax.scatter(bad[:1], [top], marker="x", color="red", zorder=3, label=f"{name}: NaN from here")
     ax.set_yscale("log")
+    ax.set_ylim(bottom=1e-3)  # a fitted model's gradients can reach 0, which a log axis cannot show
     ax.set_xlabel("training step")
     ax.set_ylabel("gradient L2 norm")
     ax.set_title("Exploding gradients and gradient clipping")

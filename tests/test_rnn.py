@@ -204,6 +204,15 @@ def test_chrono_init_sets_long_memory_gate_biases(cell):
         assert torch.equal(model.rnn.bias_ih_l0[:16], -keep)  # input gate opposes the forget gate
 
 
+def test_chrono_init_leaves_a_plain_rnn_alone():
+    torch.manual_seed(0)
+    default = SequenceModel(4, 2, cell="rnn", hidden_dim=8)
+    torch.manual_seed(0)
+    chrono = SequenceModel(4, 2, cell="rnn", hidden_dim=8, gate_init="chrono")
+    for (name, a), b in zip(default.named_parameters(), chrono.parameters()):
+        assert torch.equal(a, b), name
+
+
 def test_recurrent_gain_scales_orthogonal_recurrent_weights():
     model = SequenceModel(4, 2, cell="rnn", hidden_dim=16, recurrent_gain=2.0)
     singular_values = torch.linalg.svdvals(model.rnn.weight_hh_l0.detach())

@@ -189,6 +189,8 @@ class SequenceModel(nn.Module):
     def _chrono_init(self, max_len: int) -> None:
         # A gate that keeps fraction sigmoid(b) of the old state remembers for about 1 / (1 - sigmoid(b)) ~ e^b
         # steps, so b ~ log(U(1, max_len - 1)) spreads memory over all time scales up to max_len.
+        if self.cell == "rnn":  # no gates, nothing to set
+            return
         h = self.hidden_dim
         for name, p in self.rnn.named_parameters():
             if not name.startswith("bias"):
