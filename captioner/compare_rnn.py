@@ -150,12 +150,14 @@ def plot_accuracy_vs_length(rows: list[dict], cells: list[str], lengths: list[in
         (line,) = ax.plot(lengths, accs, marker=marker, linestyle=linestyle, markersize=size, label=cell.upper())
         seeds = [r for r in rows if r["cell"] == cell]
         if len(seeds) > len(lengths):  # several seeds: show each run faintly
-            ax.scatter([r["seq_len"] for r in seeds], [r["test_acc"] for r in seeds], color=line.get_color(), alpha=0.3, s=12)
+            xs, ys = [r["seq_len"] for r in seeds], [r["test_acc"] for r in seeds]
+            ax.scatter(xs, ys, color=line.get_color(), alpha=0.3, s=12)
     ax.axhline(0.25, color="gray", linestyle="--", linewidth=1, label="chance (1/4)")
     ax.set_xlabel("sequence length T (steps between the symbol and the answer)")
     ax.set_ylabel("test accuracy")
     ax.set_ylim(0, 1.05)
-    ax.set_title("Recall the first symbol (mean over seeds)" if len(rows) > len(cells) * len(lengths) else "Recall the first symbol")
+    several_seeds = len(rows) > len(cells) * len(lengths)
+    ax.set_title("Recall the first symbol" + (" (mean over seeds)" if several_seeds else ""))
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -194,7 +196,8 @@ def compare_clipping(out: Path, clip_values: list[Optional[float]], max_epochs: 
         print(json.dumps(row), flush=True)
         rows.append(row)
         histories[name] = history
-        _write_csv(out / f"exploding_{name}_steps.csv", [{k: h.get(k) for k in ("step", *StepHistory.KEYS)} for h in history])
+        per_step = [{k: h.get(k) for k in ("step", *StepHistory.KEYS)} for h in history]
+        _write_csv(out / f"exploding_{name}_steps.csv", per_step)
     _write_csv(out / "exploding.csv", rows)
     (out / "exploding.md").write_text(clipping_table(rows) + "\n")
     plot_grad_norms(histories, out / "exploding.png")
@@ -204,7 +207,8 @@ def compare_clipping(out: Path, clip_values: list[Optional[float]], max_epochs: 
 def clipping_table(rows: list[dict]) -> str:
     """Markdown table of the clipping comparison."""
     lines = [
-        "| run | max grad norm (before clipping) | median | max norm applied | first NaN loss at step | final loss | test acc |",
+        "| run | max grad norm (before clipping) | median | max norm applied | first NaN loss at step "
+        "| final loss | test acc |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in rows:

@@ -1,5 +1,6 @@
 """Tests for SequenceSystem: configs, learning tasks 1-3 with each cell, gradient-norm logging, checkpoints."""
 
+import csv
 import inspect
 import json
 import math
@@ -29,7 +30,9 @@ def single_thread():
 
 
 def system_for(dm: SequenceDataModule, **kwargs) -> SequenceSystem:
-    return SequenceSystem(vocab_size=dm.vocab_size, num_classes=dm.num_classes, mode=dm.mode, padding_idx=dm.padding_idx, **kwargs)
+    return SequenceSystem(
+        vocab_size=dm.vocab_size, num_classes=dm.num_classes, mode=dm.mode, padding_idx=dm.padding_idx, **kwargs
+    )
 
 
 def trainer(tmp_path, **kwargs) -> pl.Trainer:
@@ -135,7 +138,9 @@ def test_bidirectional_system_trains(mode, tmp_path):
 
 def test_only_a_bidirectional_model_detects_repeats_in_the_future(tmp_path):
     pl.seed_everything(0, verbose=False)
-    dm = SequenceDataModule(task="repetition", repeat_scope="anywhere", seq_len=8, num_symbols=5, num_train=1024, num_val=256)
+    dm = SequenceDataModule(
+        task="repetition", repeat_scope="anywhere", seq_len=8, num_symbols=5, num_train=1024, num_val=256
+    )
     accs = {}
     for bidirectional in (False, True):
         system = system_for(dm, cell="gru", embed_dim=16, hidden_dim=32, lr=1e-2, bidirectional=bidirectional)
@@ -147,13 +152,18 @@ def test_only_a_bidirectional_model_detects_repeats_in_the_future(tmp_path):
 def grad_norm_history(tmp_path, clip, steps, **system_kwargs):
     from pytorch_lightning.loggers import CSVLogger
 
-    dm = SequenceDataModule(task="first_symbol", seq_len=15, num_symbols=4, num_distractors=4, num_train=256, num_val=32, num_test=32)
+    dm = SequenceDataModule(
+        task="first_symbol", seq_len=15, num_symbols=4, num_distractors=4, num_train=256, num_val=32, num_test=32
+    )
     system = system_for(dm, **system_kwargs)
     system.configure_callbacks = lambda: []
     logger = CSVLogger(tmp_path, name="clip" if clip else "noclip")
-    t = trainer(tmp_path, max_steps=steps, logger=logger, log_every_n_steps=1, gradient_clip_val=clip, limit_val_batches=1)
+    t = trainer(
+        tmp_path, max_steps=steps, logger=logger, log_every_n_steps=1, gradient_clip_val=clip, limit_val_batches=1
+    )
     t.fit(system, datamodule=dm)
-    rows = list(__import__("csv").DictReader(open(Path(logger.log_dir) / "metrics.csv")))
+    with open(Path(logger.log_dir) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
     raw = [float(r["train/grad_norm"]) for r in rows if r.get("train/grad_norm")]
     applied = [float(r["train/grad_norm_clipped"]) for r in rows if r.get("train/grad_norm_clipped")]
     return raw, applied
@@ -172,7 +182,10 @@ def test_gradient_norm_is_logged_every_step_and_clipping_bounds_it(tmp_path):
 
 def test_clipping_tames_exploding_gradients(tmp_path):
     # The exploding.yaml set-up: ReLU RNN, orthogonal W_hh x 2, plain SGD.
-    kwargs = dict(cell="rnn", nonlinearity="relu", recurrent_gain=2.0, embed_dim=16, hidden_dim=64, optimizer="sgd", lr=0.05, momentum=0.9)
+    kwargs = dict(
+        cell="rnn", nonlinearity="relu", recurrent_gain=2.0, embed_dim=16, hidden_dim=64,
+        optimizer="sgd", lr=0.05, momentum=0.9,
+    )  # fmt: skip
     pl.seed_everything(0, verbose=False)
     raw, _ = grad_norm_history(tmp_path, clip=None, steps=8, **kwargs)
     assert any(not math.isfinite(n) or n > 1e4 for n in raw)  # explodes without clipping

@@ -89,7 +89,7 @@ class SequenceSystem(LightningModule):
 
     def setup(self, stage: str) -> None:
         # The YAML repeats vocab_size/num_classes/mode for the model; catch a mismatch before training.
-        data = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        data = getattr(self.trainer, "datamodule", None)  # setup() is only called by a Trainer
         if data is None:
             return
         for name in ("vocab_size", "num_classes", "mode"):
