@@ -32,8 +32,10 @@ def build_cli(args: Optional[list[str]] = None):
 
     class CaptionerCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
-            # Class defaults reproduce the embedded synthetic job when no config file is found.
-            parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
+            if not DEFAULT_CONFIG.exists():
+                # Installed without configs/: the classes' defaults are the embedded synthetic job. Only then, since
+                # jsonargparse carries a default's init_args over to another class_path that shares their names.
+                parser.set_defaults({"model": {"class_path": DEFAULT_MODEL}, "data": {"class_path": DEFAULT_DATA}})
             parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                                 help="Resume training from this checkpoint (e.g. .../checkpoints/last.ckpt).")
 

@@ -14,9 +14,19 @@ def test_there_are_configs():
     assert (CONFIG_DIR / "synthetic.yaml") in CONFIGS
 
 
+# files that only change part of a run, layered over a full config (the README's usage)
+OVERLAYS = {"temporal", "trainer"}
+
+
+def base_for(config: Path) -> list[str]:
+    if config.parent.name not in OVERLAYS:
+        return []
+    return ["--config", str(CONFIG_DIR / ("msvd.yaml" if config.parent.name == "trainer" else "synthetic.yaml"))]
+
+
 @pytest.mark.parametrize("config", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR)) for p in CONFIGS])
 def test_config_parses(config: Path, tmp_path):
-    cli = build_cli(["--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
+    cli = build_cli(base_for(config) + ["--config", str(config), f"--trainer.default_root_dir={tmp_path}"])
     assert isinstance(cli.model, LightningModule)
     assert isinstance(cli.datamodule, LightningDataModule)
 
