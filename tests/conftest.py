@@ -26,6 +26,17 @@ def real_clips() -> list[Path]:
     return clips
 
 
+@pytest.fixture
+def single_thread():
+    """Run a test with one torch thread (restored afterwards)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def moving_square(num_frames: int = 12, side: int = 32) -> np.ndarray:
     """Frames `(T, side, side, 3)`: a white square moving right over black."""
     frames = np.zeros((num_frames, side, side, 3), dtype=np.uint8)

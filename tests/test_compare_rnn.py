@@ -3,17 +3,12 @@
 import csv
 
 import pytest
-import torch
 
 from captioner.compare_rnn import clipping_table, compare, long_range_table, plot_accuracy_vs_length
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def test_long_range_table_and_plot(tmp_path):

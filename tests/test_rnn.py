@@ -10,13 +10,8 @@ from captioner.models.rnn import ExplicitRNN, SequenceModel
 CELLS = ["rnn", "gru", "lstm"]
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def scalar_layer(activation="identity", stateful=False):

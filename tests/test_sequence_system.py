@@ -20,13 +20,8 @@ CELLS = ["rnn", "gru", "lstm"]
 WORDS = ["house", "list", "moon", "tree", "cat", "dog"]  # one word per first letter: every next letter is determined
 
 
-@pytest.fixture(autouse=True)
-def single_thread():
-    # Tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot
+pytestmark = pytest.mark.usefixtures("single_thread")
 
 
 def system_for(dm: SequenceDataModule, **kwargs) -> SequenceSystem:
