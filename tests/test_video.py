@@ -1,7 +1,4 @@
-import os
-import subprocess
 
-import numpy as np
 import pytest
 import torch
 
