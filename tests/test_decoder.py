@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from captioner.models.decoder import CaptionDecoder
@@ -58,6 +59,30 @@ def test_batched_beam_search_equals_one_video_at_a_time():
         n = single.shape[1]
         assert torch.equal(batched[i, :n], single[0])
         assert (batched[i, n:] == dec.pad_id).all()
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+@pytest.mark.parametrize("attention", [False, True])
+def test_videos_leave_the_beam_batch_when_done_without_changing_results(length_penalty, attention):
+    dec = make_decoder(**({"memory_dim": 5} if attention else {})).eval()
+    with torch.no_grad():  # make <eos> depend strongly on the state, so that the searches end at different steps
+        dec.out.weight[dec.eos_id] *= 8
+        dec.out.bias[dec.eos_id] -= 0.2
+    torch.manual_seed(1)
+    video = torch.randn(12, D) * 3
+    memory = torch.randn(12, 4, 5) if attention else None
+    mask = torch.ones(12, 4, dtype=torch.bool) if attention else None
+    if attention:
+        mask[::3, 2:] = False  # some clips have fewer frames
+    batched = dec.beam_search(video, 4, 9, length_penalty, memory, mask)
+    lengths = set()
+    for i in range(12):
+        one = lambda x: None if x is None else x[i : i + 1]  # noqa: E731
+        single = dec.beam_search(video[i : i + 1], 4, 9, length_penalty, one(memory), one(mask))[0]
+        assert torch.equal(batched[i, : len(single)], single)
+        assert (batched[i, len(single) :] == dec.pad_id).all()
+        lengths.add(int((single != dec.pad_id).sum()))
+    assert len(lengths) > 1  # the searches end at different steps, so videos really leave the batch early
 
 
 def test_beam_search_finds_at_least_the_greedy_log_probability():

@@ -22,6 +22,9 @@ class _Memory:
         rep = lambda x: None if x is None else x.repeat_interleave(k, 0)  # noqa: E731
         return _Memory(rep(self.keys), rep(self.values), rep(self.mask))
 
+    def select(self, rows: torch.Tensor) -> "_Memory":
+        return _Memory(self.keys[rows], self.values[rows], None if self.mask is None else self.mask[rows])
+
 
 class CaptionDecoder(nn.Module):
     """Word embedding + LSTM conditioned on a video vector, optionally attending over frames at every step.
@@ -153,10 +156,12 @@ class CaptionDecoder(nn.Module):
     @torch.no_grad()
     def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
                     memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Beam search batched over videos (all `B * K` hypotheses advance in one LSTM call per step).
+        """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
 
         A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
-        `log p / length ** length_penalty` (0 = plain log-probability, 1 = per-word average).
+        `log p / length ** length_penalty` (0 = plain log-probability, 1 = per-word average). A video whose
+        search is over leaves the batch at once, so the others' steps get cheaper: the result for each video is
+        the one a search over that video alone gives.
 
         Returns:
             token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`.
@@ -174,30 +179,48 @@ class CaptionDecoder(nn.Module):
         history = torch.empty(b * k, 0, dtype=torch.long, device=dev)
         finished_row = torch.full((self.vocab_size,), float("-inf"), device=dev)
         finished_row[self.pad_id] = 0.0
-        for _ in range(max_len):
+        videos = torch.arange(b, device=dev)  # which input video each row of `scores` still searches for
+        best: list[Optional[torch.Tensor]] = [None] * b
+        for step in range(max_len):
+            n = len(videos)
             logp, (h, c) = self._step(ctx, tokens, (h, c))
             logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
-            cand = (scores.view(-1, 1) + logp).view(b, k * self.vocab_size)
-            scores, flat = cand.topk(k, dim=1)  # (B, K)
-            src = (flat // self.vocab_size + torch.arange(b, device=dev).unsqueeze(1) * k).view(-1)
+            cand = (scores.view(-1, 1) + logp).view(n, k * self.vocab_size)
+            scores, flat = cand.topk(k, dim=1)  # (n, K)
+            src = (flat // self.vocab_size + torch.arange(n, device=dev).unsqueeze(1) * k).view(-1)
             tokens = (flat % self.vocab_size).view(-1)
             h, c = h[:, src], c[:, src]
             lengths = lengths[src] + (~done[src]).float()
             done = done[src] | (tokens == self.eos_id)
             history = torch.cat([history[src], tokens.unsqueeze(1)], dim=1)
-            if done.all() or (length_penalty == 0 and self._settled(scores, done.view(b, k))):
+            over = done.view(n, k).all(1)
+            if length_penalty == 0:  # an unfinished hypothesis can only lose probability: none can overtake
+                over |= self._settled(scores, done.view(n, k))
+            if step == max_len - 1:
+                over[:] = True
+            if not over.any():
+                continue
+            ranked = (scores / lengths.view(n, k).clamp_min(1.0).pow(length_penalty)).argmax(1)  # (n,)
+            for i in over.nonzero().flatten().tolist():
+                best[int(videos[i])] = history[i * k + int(ranked[i])]
+            keep = (~over).nonzero().flatten()
+            if len(keep) == 0:
                 break
-        ranked = scores.view(-1) / lengths.clamp_min(1.0).pow(length_penalty)
-        best = history[ranked.view(b, k).argmax(1) + torch.arange(b, device=dev) * k]
-        width = int((best != self.pad_id).sum(1).max().clamp_min(1))
-        return best[:, :width]  # drop the columns that only hold padding
+            rows = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)  # the kept videos' K rows
+            videos, scores = videos[keep], scores[keep]
+            tokens, done, lengths, history = tokens[rows], done[rows], lengths[rows], history[rows]
+            h, c = h[:, rows], c[:, rows]
+            ctx = ctx.select(rows) if isinstance(ctx, _Memory) else ctx[rows]
+        out = nn.utils.rnn.pad_sequence(best, batch_first=True, padding_value=self.pad_id)
+        width = int((out != self.pad_id).sum(1).max().clamp_min(1))
+        return out[:, :width]  # drop the columns that only hold padding
 
     @staticmethod
-    def _settled(scores: torch.Tensor, done: torch.Tensor) -> bool:
-        """True when every video's best finished hypothesis outscores all its unfinished ones.
+    def _settled(scores: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
+        """Per video `(B,)`: True when its best finished hypothesis outscores all its unfinished ones.
 
         Without a length penalty an unfinished hypothesis can only lose probability, so none can overtake.
         """
         best_done = scores.masked_fill(~done, float("-inf")).max(1).values
         best_open = scores.masked_fill(done, float("-inf")).max(1).values
-        return bool((best_done >= best_open).all())
+        return best_done >= best_open

@@ -38,7 +38,7 @@ class TemporalEncoder(nn.Module):
         super().__init__()
         if kind not in TEMPORAL_CHOICES:
             raise ValueError(f"unknown temporal encoder {kind!r}; choose from {', '.join(TEMPORAL_CHOICES)}")
-        self.kind = kind
+        self.kind, self.feature_dim = kind, feature_dim
         self.attends = kind.endswith("attention")
         cell = kind.split("_")[0]
         if cell in ("lstm", "gru"):

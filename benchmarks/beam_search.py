@@ -1,0 +1,143 @@
+"""Benchmark beam search batched over many videos against the same search run one video at a time.
+
+    python benchmarks/beam_search.py                  # newest runs/synthetic checkpoint, 64 videos, beam 5
+    python benchmarks/beam_search.py --checkpoint my.ckpt --videos 256 --device cuda
+    python benchmarks/beam_search.py --smoke          # a tiny untrained decoder: checks the script runs
+
+Both searches must give the same captions; the batched one should be at least 10x faster at 64 videos.
+The video features are the checkpoint's cached features (`data/features/**/<spec>/`) when present, else random.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, Row, format_table, machine_line, median, set_threads, timed, verdict
+
+RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"
+
+
+def newest_checkpoint() -> Path | None:
+    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def tiny_captioner(seed: int = 0):
+    """An untrained captioner with a small vocabulary (for --smoke and when no checkpoint exists)."""
+    import torch
+
+    from captioner.data.features import FeatureSpec
+    from captioner.data.vocab import Vocabulary
+    from captioner.models.decoder import CaptionDecoder
+    from captioner.models.captioner import VideoCaptioner
+
+    torch.manual_seed(seed)
+    vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right", "a green star grows"])
+    decoder = CaptionDecoder(len(vocab), 64, embed_dim=32, hidden_dim=64, pad_id=vocab.pad_id,
+                             bos_id=vocab.bos_id, eos_id=vocab.eos_id)
+    return VideoCaptioner(vocab, decoder, FeatureSpec(backbone="resnet18", weights=None, num_frames=4)).eval()
+
+
+def video_features(model, count: int, features_root: Path, seed: int = 0):
+    """`(count, T, D)` features: cached ones of real clips for this spec when there are enough, else random."""
+    import numpy as np
+    import torch
+
+    folders = sorted(features_root.glob(f"**/{model.spec.key}")) if features_root.is_dir() else []
+    folder = folders[0] if folders else features_root / model.spec.key
+    files = sorted(folder.glob("*.npy"))[:count]
+    dim = model.pool.feature_dim
+    if len(files) == count:
+        feats = torch.from_numpy(np.stack([np.load(f) for f in files]).astype(np.float32))
+        if feats.shape[-1] == dim:
+            return feats, f"cached features of {count} clips ({folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder})"
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(count, model.spec.num_frames, dim, generator=gen), "random features"
+
+
+def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", checkpoint: Path | None = None,
+        videos: int = 64, beam_size: int = 5, max_len: int | None = None, repeats: int = 3) -> list[Row]:
+    import torch
+
+    from captioner.models.captioner import VideoCaptioner
+
+    set_threads(threads)
+    device = torch.device(device)
+    if smoke:
+        model, source = tiny_captioner(), "tiny untrained decoder"
+        videos, repeats = min(videos, 6), 1
+    else:
+        checkpoint = checkpoint or newest_checkpoint()
+        if checkpoint is not None:
+            model, source = VideoCaptioner.from_checkpoint(checkpoint), str(checkpoint)
+        else:
+            model, source = tiny_captioner(), "tiny untrained decoder (no checkpoint found: run scripts/train.py)"
+    model = model.to(device).eval()
+    feats, feats_source = video_features(model, videos, REPO / "data" / "features")
+    feats = feats.to(device)
+    max_len = max_len or model.generate_defaults.get("max_len", 20)
+    kwargs = dict(beam_size=beam_size, max_len=max_len, length_penalty=model.generate_defaults.get("length_penalty", 0.0))
+
+    def sync():
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def batched():
+        with torch.no_grad():
+            out = model.generate(feats, **kwargs)
+        sync()
+        return out
+
+    def one_by_one():
+        with torch.no_grad():
+            out = [model.generate(feats[i : i + 1], **kwargs)[0] for i in range(len(feats))]
+        sync()
+        return out
+
+    captions_batched = [model.vocab.decode(row) for row in batched()]
+    captions_single = [model.vocab.decode(row) for row in one_by_one()]
+    same = sum(a == b for a, b in zip(captions_batched, captions_single))
+    t_batched = median(timed(batched, repeats, warmup=1))
+    t_single = median(timed(one_by_one, repeats))
+    speedup = t_single / t_batched
+    notes = f"beam {beam_size}, max length {max_len}; {source}; {feats_source}; median of {repeats}"
+    return [
+        Row(f"beam search, {videos} videos batched", f"{videos / t_batched:.0f} videos/s",
+            f"{speedup:.1f}x one video at a time (target >= 10x): {verdict(speedup, 10)}",
+            f"{t_batched * 1000:.1f} ms; {notes}"),
+        Row(f"beam search, {videos} videos one at a time", f"{videos / t_single:.0f} videos/s", "baseline",
+            f"{t_single * 1000:.1f} ms"),
+        Row("beam search, same captions batched vs one at a time", f"{same}/{videos}",
+            "PASS" if same == videos else "MISS", ""),
+    ]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--checkpoint", type=Path, default=None, help=f"checkpoint (default: the newest {RUNS_GLOB})")
+    p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    p.add_argument("--videos", type=int, default=64, help="videos searched")
+    p.add_argument("--beam-size", type=int, default=5)
+    p.add_argument("--max-len", type=int, default=None, help="maximum caption length (default: the checkpoint's)")
+    p.add_argument("--repeats", type=int, default=3, help="timed runs (median reported)")
+    p.add_argument("--threads", type=int, default=1, help="CPU threads for PyTorch (0: PyTorch's choice)")
+    p.add_argument("--smoke", action="store_true", help="tiny untrained decoder, few videos: checks the script runs")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    rows = run(args.smoke, args.threads or None, args.device, args.checkpoint, args.videos, args.beam_size,
+               args.max_len, args.repeats)
+    print(f"machine: {machine_line(args.device)}\n")
+    print(format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

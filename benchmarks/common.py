@@ -1,0 +1,90 @@
+"""What every benchmark shares: a result row, the table printer, the machine description, timers, peak memory."""
+
+from __future__ import annotations
+
+import os
+import platform
+import resource
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ on the path, not the repo
+    sys.path.insert(0, str(REPO))
+
+
+@dataclass
+class Row:
+    """One measured figure: the absolute result, and (when there is one) the ratio against its baseline/bound."""
+
+    measurement: str
+    result: str
+    ratio: str = ""  # e.g. "12.3x faster than full decode (target >= 5x): PASS"
+    notes: str = ""
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    return "PASS" if ok else "MISS"
+
+
+def format_table(rows: list[Row], title: str | None = None) -> str:
+    header = ("measurement", "result", "ratio / target", "notes")
+    cells = [header] + [(r.measurement, r.result, r.ratio, r.notes) for r in rows]
+    widths = [max(len(c[i]) for c in cells) for i in range(4)]
+    lines = [title, ""] if title else []
+    lines.append(" | ".join(h.ljust(w) for h, w in zip(header, widths)).rstrip())
+    lines.append("-|-".join("-" * w for w in widths))
+    lines += [" | ".join(c.ljust(w) for c, w in zip(cell, widths)).rstrip() for cell in cells[1:]]
+    return "\n".join(lines)
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def machine_line(device=None) -> str:
+    import torch
+
+    device = torch.device(device or "cpu")
+    where = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores visible, "
+            f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}: {where}")
+
+
+def timed(fn, repeats: int = 1, warmup: int = 0) -> list[float]:
+    """Wall-clock seconds of `repeats` calls of `fn` (after `warmup` untimed calls)."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def median(times: list[float]) -> float:
+    return statistics.median(times)
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
