@@ -11,8 +11,6 @@ and a folder of short clips like the synthetic dataset's (2 s, 12 fps, 160x160).
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -22,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import REPO, Row, format_table, machine_line, timed  # noqa: E402
+
 RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"
 
 
@@ -41,40 +41,13 @@ def write_clip(path: Path, index: int, side: int, num_frames: int, fps: int) -> 
     return path
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def machine_line(device) -> str:
-    import torch
-
-    where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"{cpu_name()}"
-    return (f"{platform.system()} {platform.machine()}, {os.cpu_count()} CPU cores visible, "
-            f"torch {torch.__version__} ({torch.get_num_threads()} threads), device {device.type}: {where}")
-
-
-def timed(fn, repeats: int) -> list[float]:
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
-
-
 def run_cli(args: list[str]) -> float:
     """Wall time of one `python -m captioner caption ...` process (fails loudly if the command fails)."""
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "captioner", "caption", *args], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
-        raise SystemExit(f"the CLI failed ({proc.returncode}):\n{proc.stderr.strip()}")
+        raise RuntimeError(f"the CLI failed ({proc.returncode}):\n{proc.stderr.strip()}")
     return elapsed
 
 
@@ -96,33 +69,42 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.smoke:
-        args.num_clips, args.clip_seconds, args.fps, args.side = 3, 1.0, 8, 64
-        args.repeats, args.cold_repeats, args.batch_size = 1, 1, 2
-    ckpt = args.checkpoint or newest_checkpoint()
+class NoCheckpoint(RuntimeError):
+    pass
+
+
+def run(smoke: bool = False, threads: int | None = None, device: str = "auto", checkpoint: Path | None = None,
+        batch_size: int = 8, num_clips: int = 50, clip_seconds: float = 10.0, fps: int = 25, side: int = 320,
+        repeats: int = 5, cold_repeats: int = 3, header: list | None = None) -> list[Row]:
+    """The measurements as rows; `header` (a list) receives the checkpoint, backbone and machine lines.
+
+    Raises:
+        NoCheckpoint: no checkpoint was given and none was found under `runs/synthetic`.
+    """
+    if smoke:
+        num_clips, clip_seconds, fps, side = 3, 1.0, 8, 64
+        repeats, cold_repeats, batch_size = 1, 1, 2
+    ckpt = checkpoint or newest_checkpoint()
     if ckpt is None or not Path(ckpt).is_file():
-        print(f"No checkpoint {'at ' + str(ckpt) if ckpt else 'under ' + RUNS_GLOB}: train one first with "
-              "`python scripts/train.py`, or pass --checkpoint.", file=sys.stderr)
-        return 2
+        raise NoCheckpoint(f"No checkpoint {'at ' + str(ckpt) if ckpt else 'under ' + RUNS_GLOB}: train one first "
+                           "with `python scripts/train.py`, or pass --checkpoint.")
 
     from captioner import VideoCaptioner
     from captioner.inference import caption_videos, resolve_device
 
-    device = resolve_device(args.device)
-    if args.threads:
+    device = resolve_device(device)
+    if threads:
         import torch
 
-        torch.set_num_threads(args.threads)
-    short_frames, short_side = (8, 48) if args.smoke else (24, 160)
+        torch.set_num_threads(threads)
+    short_frames, short_side = (8, 48) if smoke else (24, 160)
     with tempfile.TemporaryDirectory(prefix="caption-bench-") as tmp:
         tmp = Path(tmp)
-        long_frames = max(1, round(args.clip_seconds * args.fps))
-        long_clip = write_clip(tmp / "long.mp4", 0, args.side, long_frames, args.fps)
+        long_frames = max(1, round(clip_seconds * fps))
+        long_clip = write_clip(tmp / "long.mp4", 0, side, long_frames, fps)
         folder = tmp / "folder"
         folder.mkdir()
-        for i in range(args.num_clips):
+        for i in range(num_clips):
             write_clip(folder / f"clip{i:03d}.mp4", i + 1, short_side, short_frames, 12)
 
         load_start = time.perf_counter()
@@ -140,36 +122,48 @@ def main(argv: list[str] | None = None) -> int:
             model.caption([long_clip])
             sync()
 
-        warm = timed(caption_long, args.repeats)
-        read = timed(lambda: model.read_clip(long_clip), args.repeats)
-        folder_s = timed(lambda: (list(caption_videos(model, [folder], batch_size=args.batch_size)), sync()), 1)[0]
-        cli_args = ["--checkpoint", str(ckpt), "--device", args.device, "--batch-size", str(args.batch_size)]
-        cli_args += ["--threads", str(args.threads)] if args.threads else []
-        cold = [run_cli([str(long_clip), *cli_args]) for _ in range(args.cold_repeats)]
+        warm = timed(caption_long, repeats)
+        read = timed(lambda: model.read_clip(long_clip), repeats)
+        folder_s = timed(lambda: (list(caption_videos(model, [folder], batch_size=batch_size)), sync()), 1)[0]
+        cli_args = ["--checkpoint", str(ckpt), "--device", device.type, "--batch-size", str(batch_size)]
+        cli_args += ["--threads", str(threads)] if threads else []
+        cold = [run_cli([str(long_clip), *cli_args]) for _ in range(cold_repeats)]
         cli_folder_s = run_cli([str(folder), *cli_args])
 
-    n = args.num_clips
-    long_desc = f"{args.clip_seconds:g} s clip, {args.side}x{args.side} @ {args.fps} fps"
-    rows = [
-        ("load checkpoint + first caption", f"{load_s:.2f} s", "once per process"),
-        (f"warm latency, one {long_desc}", f"{statistics.median(warm):.3f} s",
-         f"median of {len(warm)}, model loaded; {model.spec.num_frames} frames sampled"),
-        ("  of which: open + decode the sampled frames", f"{statistics.median(read):.3f} s", "decord, CPU"),
-        (f"cold start, CLI, one {long_desc}", f"{statistics.median(cold):.2f} s",
-         f"median of {len(cold)} `python -m captioner caption` processes"),
-        (f"folder of {n} clips, in process", f"{n / folder_s:.1f} videos/s",
-         f"{folder_s:.2f} s, batch size {args.batch_size}; clips {short_frames / 12:.2g} s, {short_side}px"),
-        (f"folder of {n} clips, CLI", f"{n / cli_folder_s:.1f} videos/s", f"{cli_folder_s:.2f} s incl. start-up"),
+    n = num_clips
+    long_desc = f"{clip_seconds:g} s clip, {side}x{side} @ {fps} fps"
+    if header is not None:
+        header += [f"checkpoint: {ckpt}",
+                   f"backbone:   {model.spec.backbone} (crop {model.encoder.preprocessing.crop_size}px), "
+                   f"generation {model.generate_defaults}",
+                   f"machine:    {machine_line(device)}"]
+    return [
+        Row("load checkpoint + first caption", f"{load_s:.2f} s", "", "once per process"),
+        Row(f"warm latency, one {long_desc}", f"{statistics.median(warm):.3f} s", "",
+            f"median of {len(warm)}, model loaded; {model.spec.num_frames} frames sampled"),
+        Row("  of which: open + decode the sampled frames", f"{statistics.median(read):.3f} s",
+            f"{statistics.median(read) / statistics.median(warm):.0%} of the warm latency", "decord, CPU"),
+        Row(f"cold start, CLI, one {long_desc}", f"{statistics.median(cold):.2f} s",
+            f"{statistics.median(cold) / statistics.median(warm):.0f}x the warm latency",
+            f"median of {len(cold)} `python -m captioner caption` processes"),
+        Row(f"folder of {n} clips, in process", f"{n / folder_s:.1f} videos/s", "",
+            f"{folder_s:.2f} s, batch size {batch_size}; clips {short_frames / 12:.2g} s, {short_side}px"),
+        Row(f"folder of {n} clips, CLI", f"{n / cli_folder_s:.1f} videos/s",
+            f"{folder_s / cli_folder_s:.0%} of in-process speed", f"{cli_folder_s:.2f} s incl. start-up"),
     ]
-    print(f"checkpoint: {ckpt}")
-    print(f"backbone:   {model.spec.backbone} (crop {model.encoder.preprocessing.crop_size}px), "
-          f"generation {model.generate_defaults}")
-    print(f"machine:    {machine_line(device)}\n")
-    widths = [max(len(r[i]) for r in rows + [("measurement", "result", "notes")]) for i in range(3)]
-    print(" | ".join(h.ljust(w) for h, w in zip(("measurement", "result", "notes"), widths)))
-    print("-|-".join("-" * w for w in widths))
-    for row in rows:
-        print(" | ".join(c.ljust(w) for c, w in zip(row, widths)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    header: list[str] = []
+    try:
+        rows = run(args.smoke, args.threads, args.device, args.checkpoint, args.batch_size, args.num_clips,
+                   args.clip_seconds, args.fps, args.side, args.repeats, args.cold_repeats, header)
+    except NoCheckpoint as err:
+        print(err, file=sys.stderr)
+        return 2
+    print("\n".join(header) + "\n")
+    print(format_table(rows))
     return 0
 
 
