@@ -63,7 +63,10 @@ class CaptioningDataModule(pl.LightningDataModule):
         min_word_count: words seen fewer times in the training captions become `<unk>`.
         max_caption_len: training captions are cut to this many words.
         batch_size: training batch size (caption pairs); evaluation batches hold clips.
-        num_workers: DataLoader workers (video decoding during extraction, feature loading during training).
+        num_workers: DataLoader workers: video decoding during extraction, feature loading during evaluation, and
+            during training when `features_in_memory` is false.
+        features_in_memory: hold the training features in memory (float16, N x T x D) and gather each batch in
+            one call, in the main process; false reads one `.npy` per caption pair (caches larger than memory).
         extract_batch_size: clips per CNN batch during feature extraction.
         extract_device: device for feature extraction (`auto`: CUDA when available).
     """
@@ -86,6 +89,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         max_caption_len: int = 20,
         batch_size: int = 64,
         num_workers: int = 0,
+        features_in_memory: bool = True,
         extract_batch_size: int = 16,
         extract_device: str = "auto",
     ):
@@ -170,16 +174,26 @@ class CaptioningDataModule(pl.LightningDataModule):
                                       min_count=self.hparams.min_word_count)
 
     def train_dataloader(self) -> DataLoader:
-        ds = CaptionPairs(self.splits["train"], self.cache, self.vocab, self.hparams.max_caption_len)
+        in_memory = self.hparams.get("features_in_memory", True)
+        ds = CaptionPairs(self.splits["train"], self.cache, self.vocab, self.hparams.max_caption_len,
+                          in_memory=in_memory)
         if ds.truncated:
             log.warning("%d of %d training captions are longer than max_caption_len=%d words and are cut to it",
                         ds.truncated, len(ds), self.hparams.max_caption_len)
         self.train_sampler = ResumableShuffleSampler(ds, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
         if self._resume_state:
             self.train_sampler.resume(**self._resume_state)
-        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_pairs,
-                          drop_last=len(ds) > self.hparams.batch_size, persistent_workers=self.hparams.num_workers > 0)
+        # in memory, a batch is one gather: workers would only add a copy of it through shared memory
+        workers = 0 if in_memory else self.hparams.num_workers
+        if in_memory:
+            warnings.filterwarnings("ignore", message=r"The 'train_dataloader' does not have many workers")
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler, num_workers=workers,
+                          collate_fn=collate_pairs, drop_last=len(ds) > self.hparams.batch_size,
+                          persistent_workers=workers > 0, pin_memory=self._on_gpu())
+
+    def _on_gpu(self) -> bool:
+        """Page-locked batches copy to a GPU asynchronously (Lightning moves them with `non_blocking`)."""
+        return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
     def state_dict(self) -> dict:
         """Where training is in the current epoch (saved in every checkpoint), so a resumed run skips what it saw."""

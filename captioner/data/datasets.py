@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
@@ -94,10 +95,20 @@ def load_annotations(path: str | os.PathLike) -> list[Clip]:
 
 
 class CaptionPairs(Dataset):
-    """Training items: one per (clip, caption) pair -> `(features (T, D), caption ids (S,))`."""
+    """Training items: one per (clip, caption) pair -> `(features (T, D), caption ids (S,))`.
 
-    def __init__(self, clips: list[Clip], cache: FeatureCache, vocab: Vocabulary, max_len: Optional[int] = None):
-        self.cache = cache
+    With `in_memory`, the clips' features are read once, on first use, into one float16 tensor `(N, T, D)`, and
+    the DataLoader fetches a whole batch in one call (`__getitems__`): one gather instead of one `.npy` file read
+    per item. Reading and collating items one by one cost more than the decoder's own step on a GPU.
+
+    Args:
+        in_memory: hold the features in memory (2 bytes per number); `False` reads each item's file when it is
+            fetched, for caches larger than memory.
+    """
+
+    def __init__(self, clips: list[Clip], cache: FeatureCache, vocab: Vocabulary, max_len: Optional[int] = None,
+                 in_memory: bool = False):
+        self.cache, self.in_memory = cache, in_memory
         self.pairs = []
         self.truncated = 0  # captions longer than `max_len` words, cut to their first `max_len` words
         for c in clips:
@@ -107,13 +118,38 @@ class CaptionPairs(Dataset):
                     ids = ids[: max_len + 1] + [vocab.eos_id]  # what vocab.encode(cap, max_len) gives
                     self.truncated += 1
                 self.pairs.append((c.id, ids))
+        self._ids = [torch.tensor(ids) for _, ids in self.pairs]
+        self._feats: Optional[torch.Tensor] = None  # (N, T, D) float16, loaded on first use when in_memory
+        self._rows: Optional[torch.Tensor] = None  # pair -> row of `_feats`
 
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def load_features(self) -> torch.Tensor:
+        """Read every clip's features once into one float16 tensor `(N, T, D)` (done on first use)."""
+        if self._feats is None:
+            order = list(dict.fromkeys(vid for vid, _ in self.pairs))
+            row = {vid: i for i, vid in enumerate(order)}
+            self._feats = torch.stack([torch.from_numpy(np.load(self.cache.path(vid))) for vid in order]).half()
+            self._rows = torch.tensor([row[vid] for vid, _ in self.pairs])
+        return self._feats
+
     def __getitem__(self, i: int):
-        vid, ids = self.pairs[i]
-        return self.cache.load(vid), torch.tensor(ids)
+        vid, _ = self.pairs[i]
+        if self.in_memory:
+            return self.load_features()[self._rows[i]].float(), self._ids[i]
+        return self.cache.load(vid), self._ids[i]
+
+    def __getitems__(self, indices: list[int]):
+        """A whole batch: `{"feats": (B, T, D), "captions": (B, S)}` in memory, else the list of its items."""
+        if not self.in_memory:
+            return [self[i] for i in indices]
+        feats = self.load_features()[self._rows[indices]].float()  # one gather: (B, T, D)
+        return {"feats": feats, "captions": _pad([self._ids[i] for i in indices])}
+
+
+def _pad(caps: list[torch.Tensor]) -> torch.Tensor:
+    return pad_sequence(caps, batch_first=True, padding_value=0)  # 0 = <pad>
 
 
 class ClipReferences(Dataset):
@@ -131,8 +167,12 @@ class ClipReferences(Dataset):
 
 
 def collate_pairs(batch) -> dict:
+    """`(features, caption ids)` items -> `{"feats": (B, T, D), "captions": (B, S)}`; a batch that
+    `CaptionPairs.__getitems__` already built passes through."""
+    if isinstance(batch, dict):
+        return batch
     feats, caps = zip(*batch)
-    return {"feats": torch.stack(feats), "captions": pad_sequence(caps, batch_first=True, padding_value=0)}
+    return {"feats": torch.stack(feats), "captions": _pad(list(caps))}
 
 
 def collate_clips(batch) -> dict:

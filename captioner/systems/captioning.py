@@ -76,10 +76,14 @@ class CaptioningSystem(pl.LightningModule):
         self.hparams.update(vocab=list(dm.vocab.itos), feature_spec=dm.spec.to_dict(), feature_dim=dm.feature_dim)
         self.model = build_captioner(self.hparams)
 
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+    def loss(self, batch: dict) -> torch.Tensor:
+        """Teacher-forced cross-entropy of a training batch `{"feats": (B, T, D), "captions": (B, S)}`."""
         video, memory = self.model.pool.encode(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
-        loss = self.model.decoder.loss(video, batch["captions"], memory)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(video))
+        return self.model.decoder.loss(video, batch["captions"], memory)
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["captions"]))
         return loss
 
     def _eval_step(self, batch: dict) -> None:

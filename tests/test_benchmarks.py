@@ -1,0 +1,51 @@
+"""The benchmarks' smoke versions: each runs at tiny sizes and returns its rows (no thresholds on time)."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _benchmark_module(name: str):
+    spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _number(text: str) -> float:
+    return float(re.match(r"-?[\d.]+", text).group())
+
+
+def test_training_benchmark_smoke(single_thread, capsys):
+    bench = _benchmark_module("training")
+    rows = bench.run(smoke=True, threads=1)
+    names = [r.measurement for r in rows]
+    for b in (8, 32):
+        assert f"training, batch {b}, Trainer (cpu, 32-true)" in names
+        assert f"training, batch {b}, model alone (cpu, 32-true)" in names
+        assert f"training, batch {b}, share of step outside the model" in names
+        assert f"training, batch {b}, before: features read per item" in names
+    for r in rows:
+        value = _number(r.result)
+        assert value > 0 or "share" in r.measurement  # a share can come out negative on a noisy machine
+        if "Trainer" in r.measurement or "model alone" in r.measurement:
+            assert r.result.endswith("clips/s") and r.ratio.endswith("tokens/s") and _number(r.ratio) > 0
+    assert bench.main(["--smoke", "--no-baseline", "--batch-size", "16"]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "training, batch 2, share of step outside the model" in out
+
+
+def test_extraction_benchmark_smoke(single_thread, capsys):
+    bench = _benchmark_module("extraction")
+    rows = bench.run(smoke=True, threads=1)
+    assert [r.measurement.split(" (")[0] for r in rows] == [
+        "extraction end to end", "extraction bound: CNN alone", "extraction: decode + crop alone"]
+    assert all(r.result.endswith("frames/s") and _number(r.result) > 0 for r in rows)
+    assert _number(rows[0].ratio) > 0 and "of the CNN alone" in rows[0].ratio
+    assert bench.main(["--smoke", "--workers", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "extraction end to end (cpu, 32-true, batch 2 clips x 2 frames, 0 workers)" in out
