@@ -122,6 +122,9 @@ class ExtractionData(pl.LightningDataModule):
 class FeatureWriter(BasePredictionWriter):
     """Save each clip's features as soon as its batch is done (`FeatureCache.save`: write, then rename).
 
+    On a GPU, a batch's features are written when the next batch ends (the last at the end of the run, or when
+    it stops on an error): their copy to the host runs while the next batch is computed, instead of making the
+    GPU wait for the files.
     A killed run loses at most the batches in flight. Unreadable clips are listed per rank, and rank 0 merges
     the lists into `<cache dir>/failed.txt` (`<id>\\t<reason>` per line) at the end of the run.
     """
@@ -132,17 +135,42 @@ class FeatureWriter(BasePredictionWriter):
         self.written = 0
         self.failures: list[tuple[str, str]] = []
         self.merged_failures: Optional[list[tuple[str, str]]] = None
+        self._pending: Optional[tuple[list[str], torch.Tensor, Any]] = None  # (ids, host features, copy done)
 
     def write_on_batch_end(self, trainer, pl_module, prediction: Any, batch_indices, batch, batch_idx: int,
                            dataloader_idx: int) -> None:
-        if prediction["feats"] is not None:
-            feats = prediction["feats"].to("cpu", torch.float16)  # one transfer per batch
-            for vid, f in zip(prediction["ids"], feats):
-                self.cache.save(vid, f)
-            self.written += len(prediction["ids"])
+        self._write_pending()
+        feats = prediction["feats"]
+        if feats is not None:
+            # one transfer per batch; from a GPU it goes to page-locked memory without waiting for the GPU
+            host = feats.to("cpu", torch.float16, non_blocking=feats.is_cuda)
+            done = torch.cuda.Event() if feats.is_cuda else None
+            if done is not None:
+                done.record(torch.cuda.current_stream(feats.device))
+            self._pending = (prediction["ids"], host, done)
+            if done is None:  # on the CPU nothing runs meanwhile: write now
+                self._write_pending()
         self.failures += prediction["failures"]
 
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        try:
+            self._write_pending()  # a finished batch is kept whatever stopped the run
+        except Exception:  # e.g. the GPU itself failed: the run's own error is the one to report
+            pass
+
+    def _write_pending(self) -> None:
+        if self._pending is None:
+            return
+        ids, host, done = self._pending
+        self._pending = None
+        if done is not None:
+            done.synchronize()
+        for vid, f in zip(ids, host):
+            self.cache.save(vid, f)
+        self.written += len(ids)
+
     def on_predict_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._write_pending()
         self.cache.dir.mkdir(parents=True, exist_ok=True)
         part = self.cache.dir / f".failed.rank{trainer.global_rank}.txt"
         _write_text_atomic(part, _format_failures(self.failures))

@@ -82,6 +82,7 @@ def caption_videos(
     inputs: Iterable[PathLike],
     batch_size: int = 8,
     num_frames: Optional[int] = None,
+    seek: Optional[str] = None,
     progress: Optional[bool] = False,
     **generate_kwargs,
 ) -> Iterator[CaptionResult]:
@@ -96,6 +97,8 @@ def caption_videos(
         inputs: video files and/or directories (a directory stands for its video files, sorted by name).
         batch_size: clips encoded and decoded together.
         num_frames: frames sampled per clip instead of the checkpoint's own.
+        seek: `"exact"`, or `"keyframe"`: each sample snapped to the nearest keyframe, approximate and much faster
+            on long videos (see `read_frames`); default: the checkpoint's.
         progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
         generate_kwargs: `beam_size`, `max_len`, `length_penalty`; default: the checkpoint's.
     """
@@ -117,7 +120,7 @@ def caption_videos(
                     results[i] = CaptionResult(path, error=error)
                     continue
                 try:
-                    clips[i] = model.read_clip(path, num_frames)
+                    clips[i] = model.read_clip(path, num_frames, seek)
                 except VideoReadError as err:
                     results[i] = CaptionResult(path, error=err.reason)
                 except Exception as err:  # a decoder library failing in a way we did not foresee: still per file

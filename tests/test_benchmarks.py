@@ -49,3 +49,31 @@ def test_extraction_benchmark_smoke(single_thread, capsys):
     assert bench.main(["--smoke", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "extraction end to end (cpu, 32-true, batch 2 clips x 2 frames, 0 workers)" in out
+
+
+def test_frame_sampling_benchmark_smoke(single_thread, capsys):
+    bench = _benchmark_module("frame_sampling")
+    rows = bench.run(smoke=True, threads=1)
+    assert [r.measurement for r in rows] == [
+        "frame sampling: full decode, PyAV (baseline)", "frame sampling: exact uniform (default)",
+        "frame sampling: keyframe (--fast-seek)", "frame sampling: of which probe_video",
+        "frame sampling: of which opening decord's reader"]
+    assert all(_number(r.result) > 0 for r in rows)
+    for r in rows[1:3]:
+        assert "faster than full decode" in r.ratio and _number(r.ratio) > 0
+        assert "PASS" not in r.ratio and "MISS" not in r.ratio  # smoke: no targets
+    assert "15 keyframes" in rows[2].notes  # 3 s at 25 fps, a keyframe every 5 frames
+    assert bench.main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "frame sampling: keyframe (--fast-seek)" in out
+
+
+def test_memory_benchmark_smoke(capsys):
+    bench = _benchmark_module("memory")
+    rows = bench.run(smoke=True, threads=1)
+    assert [r.measurement for r in rows] == [
+        "peak memory: caption a 1 s clip", "peak memory: caption a 3 s video",
+        "peak memory: caption a 3 s video, --fast-seek"]
+    assert all(r.result.endswith("MiB") and _number(r.result) > 0 for r in rows)
+    assert _number(rows[1].ratio) >= 1 and "the short clip's" in rows[1].ratio  # peaks only grow in one process
+    assert "tiny untrained" in rows[0].notes

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from captioner import VideoCaptioner
-from captioner.caption_cli import caption_command
+from captioner.caption_cli import build_parser, caption_command
 from captioner.cli import main
 from captioner.data.synthetic import write_mp4
 from conftest import moving_square
@@ -162,3 +162,30 @@ def test_benchmark_smoke(ckpt, capsys):
                 "folder of 3 clips, CLI", "machine:"):
         assert row in out
     assert out.count("videos/s") == 2
+
+
+def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys):
+    """--fast-seek reads frames with seek="keyframe"; without it, the checkpoint's own sampling (exact) is used."""
+    import torch
+
+    import captioner.data.video as video
+    from captioner.data.features import FeatureSpec
+    from captioner.data.vocab import SPECIALS
+    from captioner.models.captioner import build_captioner
+
+    hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 1280, "embed_dim": 8, "hidden_dim": 8,
+          "feature_spec": FeatureSpec(weights=None, num_frames=4, image_size=32).to_dict(), "beam_size": 1,
+          "max_len": 3}
+    ckpt = tmp_path / "tiny.ckpt"
+    torch.save({"hyper_parameters": hp,
+                "state_dict": {f"model.{k}": v for k, v in build_captioner(hp).state_dict().items()}}, ckpt)
+    clip = tmp_path / "clip.mp4"
+    write_mp4(moving_square(16, 48), clip)
+    seen = []
+    read_frames = video.read_frames
+    monkeypatch.setattr(video, "read_frames", lambda *a, seek, **k: seen.append(seek) or read_frames(*a, seek=seek, **k))
+    for flag, expected in ((["--fast-seek"], "keyframe"), ([], "exact"), (["--no-fast-seek"], "exact")):
+        assert caption_command([str(clip), "--checkpoint", str(ckpt), "--device", "cpu", *flag]) == 0
+        assert seen.pop() == expected
+    assert str(clip) in capsys.readouterr().out
+    assert "--fast-seek" in build_parser().format_help()

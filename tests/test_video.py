@@ -2,7 +2,8 @@ import pytest
 import torch
 
 from captioner.data.synthetic import write_mp4
-from captioner.data.video import VideoReadError, decode_size, probe_video, read_frames, sample_frame_indices
+from captioner.data.video import (VideoReadError, decode_size, probe_video, read_frames, sample_frame_indices,
+                                  snap_to_keyframes)
 from conftest import moving_square
 
 
@@ -104,3 +105,116 @@ def test_resize_targets_decord_rejects_still_work(tmp_path):
     write_mp4(moving_square(12, 64), path)
     frames = read_frames(path, num_frames=3, short_side=72)
     assert frames.shape == (3, 72, 72, 3) and frames.float().std() > 5
+
+
+def write_gop_mp4(frames, path, gop: int, fps: int = 12):
+    """H.264 with a keyframe exactly every `gop` frames (and B-frames: `veryfast` reorders frames)."""
+    import av
+
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        s.options = {"preset": "veryfast", "crf": "18", "g": str(gop), "keyint_min": str(gop), "sc_threshold": "0"}
+        for img in frames:
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+def decode_all(path):
+    """Every frame `(N, H, W, 3)` and the indices of the keyframes, decoding the whole stream with PyAV."""
+    import av
+    import numpy as np
+
+    with av.open(str(path)) as c:
+        frames = list(c.decode(video=0))
+    return np.stack([f.to_ndarray(format="rgb24") for f in frames]), [i for i, f in enumerate(frames) if f.key_frame]
+
+
+def test_snap_to_keyframes_picks_the_nearest_keyframe():
+    keys = [0, 10, 20]
+    assert snap_to_keyframes([0, 4, 5, 6, 14, 16, 20, 29], keys) == [0, 0, 0, 10, 10, 20, 20, 20]  # tie: earlier
+    assert snap_to_keyframes([3, 3, 18], [20, 10, 0, 10]) == [0, 0, 20]  # keys in any order, repeated
+    assert snap_to_keyframes([2, 7], [5]) == [5, 5]
+    assert snap_to_keyframes([2, 7], []) == [2, 7]  # no keyframe information: unchanged
+    indices = sample_frame_indices(300, 16)
+    assert snap_to_keyframes(indices, range(300)) == indices  # every frame a keyframe: exact
+
+
+def test_keyframe_seek_returns_the_keyframes_nearest_the_samples(tmp_path):
+    import numpy as np
+
+    path = write_gop_mp4(moving_square(48, 64), tmp_path / "gop4.mp4", gop=4)
+    frames, keys = decode_all(path)
+    assert keys == list(range(0, 48, 4))
+    wanted = snap_to_keyframes(sample_frame_indices(len(frames), 8), keys)  # [4, 8, 16, 20, 28, 32, 40, 44]
+    assert len(set(wanted)) == 8 and set(wanted) <= set(keys)
+    fast = read_frames(path, num_frames=8, short_side=None, seek="keyframe")
+    assert fast.shape == (8, 64, 64, 3) and fast.dtype == torch.uint8
+    # each frame is the keyframe nearest its sample, decoded exactly (not a neighbour: the square moves 1 px a frame)
+    diffs = np.abs(fast.numpy().astype(int)[:, None] - frames.astype(int)[None]).mean(axis=(2, 3, 4))  # (8, 48)
+    assert diffs.argmin(1).tolist() == wanted
+    assert diffs.min(1).max() < 1
+    exact = read_frames(path, num_frames=8, short_side=None)
+    assert not torch.equal(fast, exact)  # the samples did move: keyframe mode was not silently exact
+    resized = read_frames(path, num_frames=8, short_side=96, seek="keyframe")
+    exact_resized = read_frames(path, num_frames=8, short_side=96)
+    assert resized.shape == exact_resized.shape == (8, 96, 96, 3)
+
+
+def test_keyframe_seek_reads_exactly_when_keyframes_are_too_few(tmp_path, tiny_mp4):
+    # one keyframe in 12 frames: snapping would repeat it 4 times; the exact samples are read instead
+    assert torch.equal(read_frames(tiny_mp4, 4, None, seek="keyframe"), read_frames(tiny_mp4, 4, None))
+    path = write_gop_mp4(moving_square(48, 64), tmp_path / "gop12.mp4", gop=12)  # 4 keyframes for 8 samples
+    assert torch.equal(read_frames(path, 8, None, seek="keyframe"), read_frames(path, 8, None))
+    with pytest.raises(ValueError, match="seek"):
+        read_frames(tiny_mp4, 4, seek="nearest")
+
+
+def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path):
+    """MPEG-TS has no index: keyframe mode reads the exact samples; missing files still fail clearly."""
+    import av
+
+    path = tmp_path / "stream.ts"
+    with av.open(str(path), "w", format="mpegts") as c:
+        s = c.add_stream("libx264", rate=12)
+        s.width = s.height = 32
+        s.pix_fmt = "yuv420p"
+        s.options = {"g": "2"}
+        for img in moving_square(24):
+            for p in s.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    fast = read_frames(path, 4, None, seek="keyframe")
+    assert fast.shape == (4, 32, 32, 3)
+    assert torch.equal(fast, read_frames(path, 4, None))
+    with pytest.raises(VideoReadError, match="not found"):
+        read_frames(tmp_path / "missing.mp4", seek="keyframe")
+
+
+def test_feature_spec_seek_has_its_own_cache_key():
+    from captioner.data.features import FeatureSpec
+
+    exact, fast = FeatureSpec(), FeatureSpec(seek="keyframe")
+    assert exact.key == "efficientnet_lite0-DEFAULT-8f"  # unchanged: caches made before `seek` existed still match
+    assert fast.key == "efficientnet_lite0-DEFAULT-8f-keyframe"
+    assert "seek" not in exact.to_dict() and fast.to_dict()["seek"] == "keyframe"
+    assert FeatureSpec(**exact.to_dict()) == exact and FeatureSpec(**fast.to_dict()) == fast
+    with pytest.raises(ValueError, match="seek"):
+        FeatureSpec(seek="fast")
+
+
+def test_keyframe_seek_over_the_bad_and_odd_inputs(bad_corpus):
+    """Every odd input gives keyframe mode what it gives exact mode: frames of the same size, or the same error."""
+    for name, case in bad_corpus.items():
+        if not case.readable:
+            with pytest.raises(VideoReadError) as err:
+                read_frames(case.path, num_frames=4, short_side=None, seek="keyframe")
+            assert case.reason in str(err.value), name
+            continue
+        fast = read_frames(case.path, num_frames=4, short_side=None, seek="keyframe")
+        assert fast.shape == (4, *case.size, 3), name
+        assert fast.shape == read_frames(case.path, num_frames=4, short_side=None).shape, name

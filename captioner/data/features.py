@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.data.video import VideoReadError, read_frames
+from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 
@@ -27,12 +27,18 @@ class FeatureSpec:
     num_frames: int = 8
     image_size: Optional[int] = None  # None: the weights' own crop size
     spatial_grid: int = 1  # g > 1: features of a g x g grid of regions, concatenated
+    seek: str = "exact"  # frame sampling, see `read_frames`: "keyframe" is approximate and much faster on long videos
+
+    def __post_init__(self):
+        if self.seek not in SEEK_MODES:
+            raise ValueError(f"seek must be one of {SEEK_MODES}, got {self.seek!r}")
 
     @property
     def key(self) -> str:
         size = f"-{self.image_size}px" if self.image_size else ""
         grid = f"-grid{self.spatial_grid}" if self.spatial_grid > 1 else ""
-        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}{grid}"
+        seek = f"-{self.seek}" if self.seek != "exact" else ""  # exact: the key caches had before seek existed
+        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}{grid}{seek}"
 
     def build_encoder(self):
         """The `FrameEncoder` these features come from."""
@@ -42,7 +48,11 @@ class FeatureSpec:
                             spatial_grid=self.spatial_grid)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The fields, without `seek` when it is the default: specs stored before it existed compare equal."""
+        fields = asdict(self)
+        if fields["seek"] == "exact":
+            del fields["seek"]
+        return fields
 
 
 class FeatureCache:
@@ -80,10 +90,13 @@ class FeatureCache:
 
 
 class ClipFrames(Dataset):
-    """`(video id, path)` pairs -> `(id, frames (T, H, W, 3) uint8 or None, error message or None)`."""
+    """`(video id, path)` pairs -> `(id, frames (T, H, W, 3) uint8 or None, error message or None)`.
 
-    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, short_side: int):
-        self.items, self.num_frames, self.short_side = list(items), num_frames, short_side
+    `seek` is `read_frames`'s: `"exact"` or the approximate, faster `"keyframe"`.
+    """
+
+    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, short_side: int, seek: str = "exact"):
+        self.items, self.num_frames, self.short_side, self.seek = list(items), num_frames, short_side, seek
 
     def __len__(self) -> int:
         return len(self.items)
@@ -91,7 +104,7 @@ class ClipFrames(Dataset):
     def __getitem__(self, i: int):
         vid, path = self.items[i]
         try:
-            return vid, read_frames(path, self.num_frames, self.short_side), None
+            return vid, read_frames(path, self.num_frames, self.short_side, seek=self.seek), None
         except VideoReadError as err:
             return vid, None, str(err)
         except Exception as err:  # a decoder failing in a way nobody foresaw: still this clip's problem only
@@ -127,7 +140,7 @@ def extract_features(
     if not todo:
         return []
     encoder = encoder.to(device).eval()
-    loader = DataLoader(ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size),
+    loader = DataLoader(ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size, cache.spec.seek),
                         batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
     failures = []
     with tqdm(total=len(todo), desc=f"Extracting features ({cache.spec.key})", unit="clip", disable=not progress) as bar:

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import bisect
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 PathLike = Union[str, os.PathLike]
+SeekMode = Literal["exact", "keyframe"]
+SEEK_MODES = ("exact", "keyframe")
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
@@ -45,6 +48,24 @@ def sample_frame_indices(num_available: int, num_samples: int) -> list[int]:
     if num_available < 1 or num_samples < 1:
         raise ValueError(f"need at least one frame and one sample, got {num_available=}, {num_samples=}")
     return [min(int((i + 0.5) * num_available / num_samples), num_available - 1) for i in range(num_samples)]
+
+
+def snap_to_keyframes(indices: Sequence[int], key_indices: Sequence[int]) -> list[int]:
+    """Each index moved to the nearest of `key_indices` (the earlier one on a tie); unchanged when there are none."""
+    keys = sorted(set(key_indices))
+    if not keys:
+        return list(indices)
+    snapped = []
+    for i in indices:
+        j = bisect.bisect_left(keys, i)  # keys[j] is the first keyframe at or after i
+        if j == 0:
+            snapped.append(keys[0])
+        elif j == len(keys):
+            snapped.append(keys[-1])
+        else:
+            before, after = keys[j - 1], keys[j]
+            snapped.append(after if after - i < i - before else before)
+    return snapped
 
 
 def _check_file(path: Path) -> None:
@@ -98,11 +119,22 @@ def decode_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     return even(width), even(height)
 
 
-def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 256) -> torch.Tensor:
+def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 256,
+                seek: SeekMode = "exact") -> torch.Tensor:
     """Decode `num_frames` frames sampled uniformly over the whole clip.
 
     Decoding resizes on the fly (the short side becomes `short_side`; `None` keeps the original size),
     and only the sampled frames are kept, so memory is bounded by `num_frames`, not the video length.
+
+    Args:
+        seek: `"exact"` (the default) decodes exactly the uniformly spaced frames: each seek lands on the
+            keyframe before the frame and decodes forward to it, up to a keyframe interval of work per frame.
+            `"keyframe"` is an approximate, much faster mode for long videos: each sample moves to the nearest
+            keyframe (by up to half a keyframe interval, a second or two in most videos), so only keyframes
+            are decoded. It falls back to exact sampling when the container has no keyframe index, when
+            snapping would give two samples the same frame (fewer keyframes than samples: short clips, where
+            exact sampling is cheap anyway), or when the fast path fails. Frames may differ by a pixel
+            value or so from exact mode's, which decodes them with decord rather than PyAV.
 
     Returns:
         uint8 tensor `(T, H, W, 3)` in RGB.
@@ -110,11 +142,17 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     Raises:
         VideoReadError: the file is missing, empty, not a video, truncated or has no frames.
     """
+    if seek not in SEEK_MODES:
+        raise ValueError(f"seek must be one of {SEEK_MODES}, got {seek!r}")
     path = Path(path)
     info = probe_video(path)
     # decord returns frames rotated as they are displayed: ask for the displayed size, or a portrait clip's
     # frames would be squeezed into a landscape size
     width, height = decode_size(*info.display_size, short_side) if short_side else (-1, -1)
+    if seek == "keyframe":
+        frames = _decode_keyframes(path, num_frames, width, height, info.rotation)
+        if frames is not None:
+            return frames
     try:
         return _decode(path, num_frames, width, height)
     except VideoReadError as err:
@@ -160,6 +198,54 @@ def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tenso
             frames = reader.get_batch(sample_frame_indices(count, num_frames)).asnumpy()
         except Exception as err:
             raise VideoReadError(path, f"decoding failed ({_short(err)})") from None
+    return torch.from_numpy(np.ascontiguousarray(frames))
+
+
+def _decode_keyframes(path: Path, num_frames: int, width: int, height: int, rotation: int) -> Optional[torch.Tensor]:
+    """`read_frames(seek="keyframe")`: seek to the keyframe nearest each sample and decode that frame only.
+
+    PyAV rather than decord: with the container's index in hand, one seek and one decoded frame per sample
+    is all the work (decord hands every frame between its own threads, about 3x slower on a busy machine).
+    Returns `None` where exact sampling must do the job instead (see `read_frames`).
+    """
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.codec_context.thread_count = 1  # as decord's reader: one sample, one frame, no pipeline
+            entries = getattr(stream, "index_entries", None)  # one per packet (PyAV >= 14); empty without an index
+            if not entries:
+                return None
+            timestamps = [entry.timestamp for entry in entries]
+            keys = [j for j, entry in enumerate(entries) if entry.is_keyframe]
+            wanted = sample_frame_indices(len(timestamps), num_frames)
+            snapped = snap_to_keyframes(wanted, keys)
+            if not keys or len(set(snapped)) < len(set(wanted)):
+                return None
+            # the index holds decoding times; seeking takes presentation times, later by the decoder's reordering
+            # delay (B-frames). A keyframe's delay is the first one's: measure it on the first frame.
+            first = next(container.decode(stream), None)
+            if first is None or first.pts is None:
+                return None
+            shift = first.pts - timestamps[keys[0]]
+            # the decoder's native size before rotation: the display size turned back
+            size = (height, width) if rotation % 180 == 90 else (width, height)
+            kept = {}
+            for j in sorted(set(snapped)):
+                container.seek(timestamps[j] + shift, stream=stream, backward=True)
+                frame = next(container.decode(stream), None)
+                if frame is None or frame.pts != timestamps[j] + shift:  # not the keyframe asked for: read exactly
+                    return None
+                # scale and convert in one step with bilinear filtering: the closest to decord's resize (mean
+                # |difference| under 1 in 255; scaling in YUV first, then converting, differs by 3)
+                sized = dict(width=size[0], height=size[1]) if size[0] > 0 else {}
+                kept[j] = frame.reformat(format="rgb24", interpolation="BILINEAR", **sized).to_ndarray()
+    except Exception:  # a broken index or packet: the exact path reads it, or explains why it cannot
+        return None
+    frames = np.stack([kept[j] for j in snapped])  # (T, H, W, 3)
+    if rotation:
+        frames = np.rot90(frames, k=rotation // 90, axes=(1, 2))  # counter-clockwise, as displayed
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 

@@ -107,19 +107,25 @@ class VideoCaptioner(nn.Module):
         x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in clips])  # (B, T, 3, S, S)
         return self.caption_features(enc(x), **generate_kwargs)
 
-    def read_clip(self, path: str | os.PathLike, num_frames: Optional[int] = None) -> torch.Tensor:
+    def read_clip(self, path: str | os.PathLike, num_frames: Optional[int] = None,
+                  seek: Optional[str] = None) -> torch.Tensor:
         """Frames `(T, H, W, 3)` of one video file, sampled as in training. Raises `VideoReadError`.
 
         Args:
             num_frames: frames to sample instead of the checkpoint's `spec.num_frames`.
+            seek: `"exact"`, or `"keyframe"` for the approximate, faster sampling of long videos (see
+                `read_frames`); default: the checkpoint's `spec.seek`.
         """
         from captioner.data.video import read_frames
 
-        return read_frames(path, num_frames or self.spec.num_frames, self.encoder.preprocessing.resize_size)
+        return read_frames(path, num_frames or self.spec.num_frames, self.encoder.preprocessing.resize_size,
+                           seek=seek or self.spec.seek)
 
     def caption(self, paths: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 8,
-                **generate_kwargs) -> list[str]:
+                seek: Optional[str] = None, **generate_kwargs) -> list[str]:
         """Captions for video files, in order; a directory stands for the video files inside it, sorted.
+
+        `seek="keyframe"` samples the frames approximately, much faster on long videos (see `read_frames`).
 
         Raises `VideoReadError` naming the first unreadable file (`captioner.inference.caption_videos` instead
         reports each failure and captions the other files).
@@ -129,7 +135,7 @@ class VideoCaptioner(nn.Module):
         paths = expand_video_paths([paths] if isinstance(paths, (str, os.PathLike)) else paths)
         captions: list[str] = []
         for start in range(0, len(paths), batch_size):
-            clips = [self.read_clip(p) for p in paths[start : start + batch_size]]
+            clips = [self.read_clip(p, seek=seek) for p in paths[start : start + batch_size]]
             captions += self.caption_clips(clips, **generate_kwargs)
         return captions
 
