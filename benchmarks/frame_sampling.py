@@ -165,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gop-seconds", type=float, default=3.0, help="keyframe interval (default: %(default)s)")
     parser.add_argument("--frames", type=int, default=32, help="frames sampled (default: %(default)s)")
     parser.add_argument("--short-side", type=int, help="decode size (default: the default CNN's, 256)")
-    parser.add_argument("--repeats", type=int, default=3, help="timed runs of each sampling mode (default: %(default)s)")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="timed runs of each sampling mode (default: %(default)s)")
     args = parser.parse_args(argv)
     rows = run(smoke=args.smoke, threads=args.threads or None, seconds=args.seconds, width=args.width,
                height=args.height, fps=args.fps, gop_seconds=args.gop_seconds, num_frames=args.frames,

@@ -183,7 +183,8 @@ def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys)
     write_mp4(moving_square(16, 48), clip)
     seen = []
     read_frames = video.read_frames
-    monkeypatch.setattr(video, "read_frames", lambda *a, seek, **k: seen.append(seek) or read_frames(*a, seek=seek, **k))
+    monkeypatch.setattr(video, "read_frames",
+                        lambda *a, seek, **k: seen.append(seek) or read_frames(*a, seek=seek, **k))
     for flag, expected in ((["--fast-seek"], "keyframe"), ([], "exact"), (["--no-fast-seek"], "exact")):
         assert caption_command([str(clip), "--checkpoint", str(ckpt), "--device", "cpu", *flag]) == 0
         assert seen.pop() == expected

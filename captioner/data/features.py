@@ -140,8 +140,8 @@ def extract_features(
     if not todo:
         return []
     encoder = encoder.to(device).eval()
-    loader = DataLoader(ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size, cache.spec.seek),
-                        batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
+    frames = ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size, cache.spec.seek)
+    loader = DataLoader(frames, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
     failures = []
     with tqdm(total=len(todo), desc=f"Extracting features ({cache.spec.key})", unit="clip", disable=not progress) as bar:
         for batch in loader:
