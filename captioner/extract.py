@@ -31,8 +31,9 @@ class CroppedClips(Dataset):
     accelerator, so a batch crosses to the GPU as compact uint8.
     """
 
-    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, preprocessing: Preprocessing):
-        self.frames = ClipFrames(items, num_frames, preprocessing.resize_size)
+    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, preprocessing: Preprocessing,
+                 seek: str = "exact"):
+        self.frames = ClipFrames(items, num_frames, preprocessing.resize_size, seek)
         self.preprocessing = preprocessing
 
     def __len__(self) -> int:
@@ -114,7 +115,7 @@ class ExtractionData(pl.LightningDataModule):
         self.todo = self.trainer.strategy.broadcast(todo, src=0)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(CroppedClips(self.todo, self.cache.spec.num_frames, self.preprocessing),
+        return DataLoader(CroppedClips(self.todo, self.cache.spec.num_frames, self.preprocessing, self.cache.spec.seek),
                           batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_cropped,
                           pin_memory=self.pin_memory, shuffle=False)
 
@@ -328,6 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CNN input size; null = the weights' own (default: {d['image_size']})")
     g.add_argument("--spatial-grid", type=int,
                    help=f"pool the last feature map over a g x g grid (default: {d['spatial_grid']})")
+    g.add_argument("--fast-seek", action="store_true",
+                   help="approximate frame sampling: each sample moves to the nearest keyframe, so only keyframes "
+                        "are decoded (much faster on long videos; clips with fewer keyframes than frames are read "
+                        "exactly). Cached in a folder of its own, <...>-keyframe/ (default: exact sampling)")
     g.add_argument("--split", action="append", choices=("train", "val", "test"),
                    help="only clips of this split; repeatable (default: every clip)")
     h = parser.add_argument_group("how to run it")
@@ -368,7 +373,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     data = resolve_data_args(args)
     spec = FeatureSpec(backbone=data["backbone"], weights=data["weights"], num_frames=int(data["num_frames"]),
-                       image_size=data["image_size"], spatial_grid=int(data["spatial_grid"]))
+                       image_size=data["image_size"], spatial_grid=int(data["spatial_grid"]),
+                       seek="keyframe" if args.fast_seek else "exact")
     data_dir = Path(data["data_dir"])
     cache = FeatureCache(Path(data["features_dir"]) / data_dir.name, spec)  # the DataModule's layout
     try:
