@@ -267,6 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' level on import: quieten them after)
+
     for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
         logging.getLogger(name).setLevel(logging.WARNING)  # the Trainer's start-up notes would bury the table
     rows = run(smoke=args.smoke, threads=args.threads or None, device=args.device,

@@ -130,7 +130,10 @@ class CaptionPairs(Dataset):
         if self._feats is None:
             order = list(dict.fromkeys(vid for vid, _ in self.pairs))
             row = {vid: i for i, vid in enumerate(order)}
-            self._feats = torch.stack([torch.from_numpy(np.load(self.cache.path(vid))) for vid in order]).half()
+            first = np.load(self.cache.path(order[0]))
+            self._feats = torch.empty((len(order), *first.shape), dtype=torch.float16)  # filled in place: no 2x peak
+            for i, vid in enumerate(order):
+                self._feats[i] = torch.from_numpy(first if i == 0 else np.load(self.cache.path(vid)))
             self._rows = torch.tensor([row[vid] for vid, _ in self.pairs])
         return self._feats
 
