@@ -131,10 +131,10 @@ def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypa
 
     read = features.read_frames
 
-    def exploding(path, *args):
+    def exploding(path, *args, **kwargs):
         if "gray" in str(path):
             raise RuntimeError("decoder exploded\nin a second line")
-        return read(path, *args)
+        return read(path, *args, **kwargs)
 
     monkeypatch.setattr(features, "read_frames", exploding)
     clips = features.ClipFrames([(n, str(bad_corpus[n].path)) for n in ("gray", "yuv444p")], 2, 64)
