@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -39,17 +40,20 @@ def build_cli(args: Optional[list[str]] = None):
             parser.add_argument("--ckpt_path", type=Optional[str], default=None,
                                 help="Resume training from this checkpoint (e.g. .../checkpoints/last.ckpt).")
 
-    cli = CaptionerCLI(
-        LightningModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_kwargs={"overwrite": True},
-        seed_everything_default=0,
-        auto_configure_optimizers=False,  # the system configures its own optimizer and schedule
-        args=args,
-        run=False,
-    )
+    with warnings.catch_warnings():
+        # sys.argv (plus the default config) is passed as `args` on purpose; Lightning warns about that mix
+        warnings.filterwarnings("ignore", message="LightningCLI's args parameter")
+        cli = CaptionerCLI(
+            LightningModule,
+            LightningDataModule,
+            subclass_mode_model=True,
+            subclass_mode_data=True,
+            save_config_kwargs={"overwrite": True},
+            seed_everything_default=0,
+            auto_configure_optimizers=False,  # the system configures its own optimizer and schedule
+            args=args,
+            run=False,
+        )
     if cli.config.trainer.get("logger") in (None, True):
         cli.trainer.loggers = default_loggers(cli.trainer.default_root_dir)
     from captioner.checkpointing import use_atomic_checkpoints

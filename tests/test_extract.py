@@ -77,6 +77,27 @@ def test_cache_is_the_datamodules(dataset, extracted, tmp_path):
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
+def test_keyframe_sampling_is_a_datamodule_option_with_its_own_cache(dataset, tmp_path):
+    """`data.seek: keyframe` trains on the cache `captioner extract --fast-seek` writes, and the spec records it."""
+    from captioner.models.captioner import FeatureSpec as Spec
+
+    assert main(_argv(dataset, tmp_path, "--fast-seek")) == 0
+    dm = CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path), **SPEC,
+                              seek="keyframe")
+    assert dm.cache.dir.name == FeatureSpec(**SPEC).key + "-keyframe"
+    assert len(_files(dm.cache)) == 25 and not _cache(dataset, tmp_path).dir.exists()
+    before = _files(dm.cache)
+    dm.prepare_data()  # nothing left to extract
+    assert _files(dm.cache) == before
+    dm.setup("fit")
+    assert len(dm.splits["train"]) == 16
+    # what a checkpoint stores, and what captioning then samples with by default
+    assert Spec(**dm.spec.to_dict()).seek == "keyframe"
+    assert CaptioningDataModule(data_dir=str(dataset), synthetic=False).spec.to_dict() == FeatureSpec().to_dict()
+    with pytest.raises(ValueError, match="seek"):
+        CaptioningDataModule(data_dir=str(dataset), synthetic=False, seek="nearest")
+
+
 def test_unreadable_clip_is_reported(dataset, extracted):
     cache = _cache(dataset, extracted)
     report = (cache.dir / REPORT_NAME).read_text().splitlines()

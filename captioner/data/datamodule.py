@@ -6,7 +6,7 @@ import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Iterator, Literal, Optional
 
 import pytorch_lightning as pl
 import torch.distributed as dist
@@ -60,6 +60,9 @@ class CaptioningDataModule(pl.LightningDataModule):
         num_frames: frames sampled uniformly from each clip.
         image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
         spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
+        seek: frame sampling: `exact` (decode the frame at each uniformly spaced position), or `keyframe` (snap each
+            position to the nearest keyframe: approximate, much faster on long videos; cached separately and
+            recorded in the checkpoint, so captioning samples the same way).
         min_word_count: words seen fewer times in the training captions become `<unk>`.
         max_caption_len: training captions are cut to this many words.
         batch_size: training batch size (caption pairs); evaluation batches hold clips.
@@ -85,6 +88,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         num_frames: int = 8,
         image_size: Optional[int] = None,
         spatial_grid: int = 1,
+        seek: Literal["exact", "keyframe"] = "exact",
         min_word_count: int = 1,
         max_caption_len: int = 20,
         batch_size: int = 64,
@@ -97,7 +101,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
         self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size,
-                                spatial_grid=spatial_grid)
+                                spatial_grid=spatial_grid, seek=seek)
         # one cache per dataset folder: clip ids of different datasets may collide
         self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
         self.vocab: Optional[Vocabulary] = None
