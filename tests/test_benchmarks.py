@@ -77,3 +77,31 @@ def test_memory_benchmark_smoke(capsys):
     assert all(r.result.endswith("MiB") and _number(r.result) > 0 for r in rows)
     assert _number(rows[1].ratio) >= 1 and "the short clip's" in rows[1].ratio  # peaks only grow in one process
     assert "tiny untrained" in rows[0].notes
+
+
+def test_beam_search_benchmark_smoke_gives_the_same_captions_both_ways(single_thread):
+    rows = _benchmark_module("beam_search").run(smoke=True, threads=1)
+    assert [r.measurement for r in rows] == ["beam search, 6 videos batched", "beam search, 6 videos one at a time",
+                                            "beam search, same captions batched vs one at a time"]
+    assert rows[2].result == "6/6" and rows[2].ratio == "PASS"
+    assert _number(rows[0].result) > 0 and "x one video at a time" in rows[0].ratio
+
+
+def test_run_all_prints_one_table_and_fails_when_a_benchmark_does(single_thread, capsys, monkeypatch):
+    run_all = _benchmark_module("run_all")
+    assert run_all.main(["--smoke", "--only", "beam_search", "--markdown"]) == 0
+    out = capsys.readouterr().out
+    assert "machine:" in out and "command: python benchmarks/run_all.py --smoke --only beam_search" in out
+    assert "[beam_search] batched beam search vs one video at a time" in out
+    assert "| beam search, same captions batched vs one at a time | 6/6 | PASS |" in out
+
+    class Broken:
+        @staticmethod
+        def run(smoke: bool = False):
+            raise RuntimeError("no video decoder\nsecond line")
+
+    monkeypatch.setattr(run_all, "load", lambda name: Broken)
+    assert run_all.main(["--smoke", "--only", "memory", "training"]) == 1
+    captured = capsys.readouterr()
+    assert captured.out.count("RuntimeError") == 2 and "no video decoder" in captured.out
+    assert "failed: training, memory" in captured.err
