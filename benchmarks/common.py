@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import platform
-import resource
 import statistics
 import sys
 import time
@@ -75,12 +74,6 @@ def timed(fn, repeats: int = 1, warmup: int = 0) -> list[float]:
 
 def median(times: list[float]) -> float:
     return statistics.median(times)
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (Linux reports KiB, macOS bytes)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def set_threads(threads: int | None) -> None:

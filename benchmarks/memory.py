@@ -4,8 +4,8 @@
     python benchmarks/memory.py --checkpoint my.ckpt
     python benchmarks/memory.py --smoke              # 1 s and 3 s 160x90 clips: checks the script runs
 
-Each figure is the peak resident set size (`ru_maxrss`) of a new Python process that loads the checkpoint and
-captions one video with `VideoCaptioner.from_checkpoint(ckpt).caption([path])`, so it includes the interpreter,
+Each figure is the peak resident set size (`VmHWM` from /proc, `ru_maxrss` elsewhere) of a new Python process
+that loads the checkpoint and captions one video with `VideoCaptioner.from_checkpoint(ckpt).caption([path])`, so it includes the interpreter,
 torch and the CNN. The videos are the ones `frame_sampling.py` caches under `runs/benchmarks/`.
 """
 
@@ -27,9 +27,14 @@ RATIO_TARGET, LIMIT_MB = 1.2, 1536.0  # long within 20% of short; under 1.5 GB o
 
 # argv: checkpoint, threads, then `seek:path` per video; prints the peak after loading and after each caption
 CAPTION = """
-import json, resource, sys, torch
-scale = 1024 * 1024 if sys.platform == "darwin" else 1024
-peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / scale
+import json, os, resource, sys, torch
+def peak():
+    # VmHWM: this process's own peak. ru_maxrss is not: after a vfork + exec (what subprocess does) Linux starts it
+    # at the parent's peak, so a big parent (run_all.py after the training benchmark) would be measured instead.
+    if os.path.exists("/proc/self/status"):
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1024 * 1024 if sys.platform == "darwin" else 1024)
 if int(sys.argv[2]):
     torch.set_num_threads(int(sys.argv[2]))
 from captioner import VideoCaptioner

@@ -44,6 +44,27 @@ def test_generation_respects_max_len_and_stops_at_eos():
     assert dec.beam_search(video, beam_size=3, max_len=5).tolist() == [[2], [2], [2]]
 
 
+@pytest.mark.parametrize("num_layers", [1, 2])
+@pytest.mark.parametrize("attention", [False, True])
+@pytest.mark.parametrize("tabulated", [True, False])
+def test_generation_steps_give_the_teacher_forced_log_probabilities(num_layers, attention, tabulated):
+    """Generation's hand-written LSTM step (input products hoisted out of the loop) is the nn.LSTM of `forward`."""
+    dec = make_decoder(num_layers=num_layers, memory_dim=5 if attention else None).eval()
+    video, memory = torch.randn(3, D), (torch.randn(3, 4, 5) if attention else None)
+    tokens = torch.tensor([[1, 5, 6, 7], [1, 4, 9, 2], [1, 8, 3, 3]])
+    with torch.no_grad():
+        logits = dec(video, tokens, memory)
+        logits[..., [dec.pad_id, dec.bos_id]] = float("-inf")
+        expected = logits.log_softmax(-1)
+        ctx, state = dec.start(video, memory)
+        rows = 3 if tabulated else 1  # the word table is built when V <= rows * steps (here V = 10)
+        table, ctx = dec._generation_inputs(ctx, rows=rows, steps=4)
+        assert (table is not None) == tabulated
+        for t in range(tokens.shape[1]):
+            logp, state = dec._step(ctx, table, tokens[:, t], state)
+            torch.testing.assert_close(logp, expected[:, t], rtol=1e-5, atol=1e-5)
+
+
 def test_beam_width_one_equals_greedy():
     dec = make_decoder().eval()
     video = torch.randn(5, D)

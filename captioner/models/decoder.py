@@ -128,12 +128,49 @@ class CaptionDecoder(nn.Module):
         logits = self(video, captions[:, :-1], memory, memory_mask)
         return F.cross_entropy(logits.flatten(0, 1), captions[:, 1:].flatten(), ignore_index=self.pad_id)
 
-    def _step(self, ctx, tokens, state):
-        x = torch.cat([self.embed(tokens), self._context(ctx, state[0][-1])], dim=-1).unsqueeze(1)  # (N, 1, 2E)
-        out, state = self.lstm(x, state)
-        logits = self.out(out.squeeze(1))  # (N, V)
+    def _generation_inputs(self, ctx, rows: int, steps: int):
+        """Hoist out of the generation loop the first LSTM layer's input products that do not change per step.
+
+        The first layer's gates are `W_ih [embed(w); context] + b_ih + W_hh h + b_hh`, and `W_ih` splits into a word
+        half and a context half. A static context (no attention) gives `W_ctx context` once per video instead of at
+        every step for every beam; with a vocabulary no larger than the words the search can generate
+        (`V <= rows * steps`), `W_word embed(w) + b` is tabulated for every word. Each step then multiplies only
+        `W_hh h`: half the FLOPs of the LSTM call it replaces, which are most of a step.
+
+        Returns:
+            `(table, ctx)`: the word table `(V, 4H)` or `None`; `ctx` as given for attention, else its gate term.
+        """
+        e = self.embed.embedding_dim
+        w_word, w_ctx = self.lstm.weight_ih_l0[:, :e], self.lstm.weight_ih_l0[:, e:]
+        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
+        table = F.linear(self.embed.weight, w_word, bias) if self.vocab_size <= rows * steps else None
+        return table, (ctx if isinstance(ctx, _Memory) else F.linear(ctx, w_ctx))
+
+    def _step(self, ctx, table: Optional[torch.Tensor], tokens: torch.Tensor, state):
+        """One generation step: `tokens (N,)`, state `(L, N, H)` x 2 -> log-probabilities `(N, V)`, new state.
+
+        The same LSTM as in `forward`, written out cell by cell to use `_generation_inputs` (gate order i, f, g, o
+        as `nn.LSTM`); no dropout, which generation never applies.
+        """
+        h, c = state
+        lstm, e = self.lstm, self.embed.embedding_dim
+        if table is not None:
+            x = table[tokens]
+        else:
+            x = F.linear(self.embed(tokens), lstm.weight_ih_l0[:, :e], lstm.bias_ih_l0 + lstm.bias_hh_l0)
+        x = x + (F.linear(self._context(ctx, h[-1]), lstm.weight_ih_l0[:, e:]) if isinstance(ctx, _Memory) else ctx)
+        hs, cs = [], []
+        for layer in range(self.num_layers):
+            if layer > 0:
+                x = F.linear(hs[-1], getattr(lstm, f"weight_ih_l{layer}"),
+                             getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
+            gates = torch.addmm(x, h[layer], getattr(lstm, f"weight_hh_l{layer}").t())  # x + h W_hh^T, one kernel
+            i, f, g, o = gates.chunk(4, dim=1)
+            cs.append(torch.sigmoid(f) * c[layer] + torch.sigmoid(i) * torch.tanh(g))
+            hs.append(torch.sigmoid(o) * torch.tanh(cs[-1]))
+        logits = self.out(hs[-1])  # (N, V)
         logits[:, [self.pad_id, self.bos_id]] = float("-inf")  # never generated as words
-        return F.log_softmax(logits, dim=-1), state
+        return F.log_softmax(logits, dim=-1), (torch.stack(hs), torch.stack(cs))
 
     @torch.no_grad()
     def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
@@ -141,11 +178,12 @@ class CaptionDecoder(nn.Module):
         """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`."""
         ctx, state = self.start(video, memory, memory_mask)
         b = video.shape[0]
+        table, ctx = self._generation_inputs(ctx, b, max_len)
         tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=video.device)
         done = torch.zeros(b, dtype=torch.bool, device=video.device)
         out = []
         for _ in range(max_len):
-            logp, state = self._step(ctx, tokens, state)
+            logp, state = self._step(ctx, table, tokens, state)
             tokens = logp.argmax(-1).masked_fill(done, self.pad_id)
             out.append(tokens)
             done |= tokens == self.eos_id
@@ -168,6 +206,7 @@ class CaptionDecoder(nn.Module):
         """
         b, k, dev = video.shape[0], beam_size, video.device
         ctx, (h, c) = self.start(video, memory, memory_mask)
+        table, ctx = self._generation_inputs(ctx, b * k, max_len)
         # (B, ...) -> (B*K, ...); hypotheses never move between videos, so the memory needs no reordering
         ctx = ctx.repeat(k) if isinstance(ctx, _Memory) else ctx.repeat_interleave(k, 0)
         h, c = h.repeat_interleave(k, 1), c.repeat_interleave(k, 1)  # (L, B, H) -> (L, B*K, H)
@@ -183,7 +222,7 @@ class CaptionDecoder(nn.Module):
         best: list[Optional[torch.Tensor]] = [None] * b
         for step in range(max_len):
             n = len(videos)
-            logp, (h, c) = self._step(ctx, tokens, (h, c))
+            logp, (h, c) = self._step(ctx, table, tokens, (h, c))
             logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
             cand = (scores.view(-1, 1) + logp).view(n, k * self.vocab_size)
             scores, flat = cand.topk(k, dim=1)  # (n, K)
