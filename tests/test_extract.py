@@ -223,3 +223,15 @@ def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
     assert cli.trainer.gradient_clip_val == 1.0 and "bf16" in str(cli.trainer.precision)
     assert cli.datamodule.hparams.backbone == "resnet152" and cli.datamodule.hparams.data_dir == "data/msvd"
     assert cli.model.hparams.beam_size == 5 and cli.model.hparams.hidden_dim == 512
+
+
+def test_datamodule_extraction_reports_an_unreadable_clip_once(dataset, tmp_path):
+    """`prepare_data` lists the broken clip in failed.txt (written then renamed), and a rerun leaves it out."""
+    dm = _datamodule(dataset, tmp_path)
+    dm.prepare_data()
+    report = _cache(dataset, tmp_path).dir / REPORT_NAME
+    lines = report.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("broken\t") and "not a readable video" in lines[0]
+    _datamodule(dataset, tmp_path).prepare_data()  # nothing left to extract: the known bad clip is not retried
+    assert report.read_text().splitlines() == lines
+    assert not [p.name for p in report.parent.iterdir() if p.name.endswith(".tmp")]

@@ -147,8 +147,12 @@ class CaptioningDataModule(pl.LightningDataModule):
         failures = extract_features(encoder, [(c.id, c.path) for c in todo], self.cache,
                                     batch_size=hp.extract_batch_size, num_workers=hp.num_workers, device=device)
         if failures:
-            with open(report, "a", encoding="utf-8") as f:
-                f.writelines(f"{vid}\t{err}\n" for vid, err in failures)
+            # the old list plus the new lines, written then renamed: a kill leaves one list or the other, whole
+            listed = report.read_text(encoding="utf-8") if report.exists() else ""
+            tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
+            tmp.write_text(listed + "".join(f"{vid}\t{' '.join(err.split())}\n" for vid, err in failures),
+                           encoding="utf-8")
+            os.replace(tmp, report)
             log.warning("%d clips could not be read and are left out (listed in %s)", len(failures), report)
 
     def _check_synthetic_matches(self) -> None:
