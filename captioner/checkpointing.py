@@ -16,7 +16,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     Lightning's own writer stages the file in the system's temporary folder and moves it; when that folder is on
     another file system (node-local `/tmp`, run folder on a network file system, as on most clusters) the move
     is a copy, and a job killed during it leaves a truncated `last.ckpt` in place of the previous one. A rename
-    within one folder is atomic: a kill at any moment leaves the old file or the new one, complete.
+    within one folder is atomic: a kill at any moment leaves the old file or the new one, complete. Temporary
+    files left by a killed run are deleted by the next successful write of the same checkpoint name.
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -33,6 +34,10 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+        # a run killed by SIGKILL mid-write leaves its temporary file: once a newer checkpoint of that name is in
+        # place, those are garbage (one process writes a given checkpoint name)
+        for stale in path.parent.glob(f".{path.name}.*.tmp"):
+            stale.unlink(missing_ok=True)
 
 
 def use_atomic_checkpoints(trainer) -> None:

@@ -473,6 +473,16 @@ def test_writers_leave_the_old_file_whole_when_killed_before_the_rename(tmp_path
     assert remove_stale_temp_files(cache) == 1 and [p.name for p in cache.dir.iterdir()] == ["clip.npy"]
 
 
+def test_checkpoint_writer_clears_the_temporary_file_of_a_killed_write(tmp_path):
+    from captioner.checkpointing import AtomicCheckpointIO
+
+    (tmp_path / ".last.ckpt.4242.tmp").write_bytes(b"half a checkpoint")  # what SIGKILL mid-write leaves
+    (tmp_path / ".best.ckpt.4242.tmp").write_bytes(b"another file's")
+    AtomicCheckpointIO().save_checkpoint({"step": 3}, tmp_path / "last.ckpt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".best.ckpt.4242.tmp", "last.ckpt"]
+    assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 3}
+
+
 def test_training_writes_checkpoints_atomically(tmp_path):
     from captioner.checkpointing import AtomicCheckpointIO
     from captioner.cli import build_cli
