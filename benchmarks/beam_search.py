@@ -73,7 +73,9 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     else:
         checkpoint = checkpoint or newest_checkpoint()
         if checkpoint is not None:
-            model, source = VideoCaptioner.from_checkpoint(checkpoint), str(checkpoint)
+            checkpoint = Path(checkpoint).resolve()
+            source = str(checkpoint.relative_to(REPO) if checkpoint.is_relative_to(REPO) else checkpoint)
+            model = VideoCaptioner.from_checkpoint(checkpoint)
         else:
             model, source = tiny_captioner(), "tiny untrained decoder (no checkpoint found: run scripts/train.py)"
     model = model.to(device).eval()

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import Counter
 from typing import Iterable, Sequence
 
 import torch
-from nltk.tokenize import TreebankWordTokenizer
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIALS = (PAD, BOS, EOS, UNK)
 
-# Treebank's rules need no downloaded data (word_tokenize needs the punkt model).
-_TOKENIZER = TreebankWordTokenizer()
 _WORD = re.compile(r"\w")
+
+
+@functools.cache
+def _tokenizer():
+    """NLTK's Treebank tokenizer: its rules need no downloaded data (`word_tokenize` needs the punkt model).
+
+    Imported on first use: `import nltk` loads scipy.stats and takes about a second, which captioning, where
+    nothing is tokenised, would pay at every start.
+    """
+    from nltk.tokenize import TreebankWordTokenizer
+
+    return TreebankWordTokenizer()
 
 
 def tokenize(caption: str) -> list[str]:
@@ -23,7 +33,7 @@ def tokenize(caption: str) -> list[str]:
     >>> tokenize("A man is riding a horse.")
     ['a', 'man', 'is', 'riding', 'a', 'horse']
     """
-    return [tok for tok in _TOKENIZER.tokenize(caption.lower()) if _WORD.search(tok)]
+    return [tok for tok in _tokenizer().tokenize(caption.lower()) if _WORD.search(tok)]
 
 
 class Vocabulary:
