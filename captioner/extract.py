@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import inspect
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -16,12 +15,12 @@ import torchvision.transforms.v2.functional as TF
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.data.features import ClipFrames, FeatureCache, FeatureSpec
+from captioner.atomic import write_text_atomic
+from captioner.data.features import ClipFrames, FeatureCache, FeatureSpec, format_failures, parse_failures
 from captioner.models.encoder import Preprocessing
 
 log = logging.getLogger(__name__)
 
-REPORT_NAME = "failed.txt"  # the same report file the DataModule's own extraction writes
 
 
 class CroppedClips(Dataset):
@@ -174,35 +173,17 @@ class FeatureWriter(BasePredictionWriter):
         self._write_pending()
         self.cache.dir.mkdir(parents=True, exist_ok=True)
         part = self.cache.dir / f".failed.rank{trainer.global_rank}.txt"
-        _write_text_atomic(part, _format_failures(self.failures))
+        write_text_atomic(part, format_failures(self.failures))
         trainer.strategy.barrier("failure_reports")
         if trainer.is_global_zero:
             merged = []
             for rank in range(trainer.world_size):
                 path = self.cache.dir / f".failed.rank{rank}.txt"
                 if path.exists():
-                    merged += _parse_failures(path.read_text())
+                    merged += parse_failures(path.read_text(encoding="utf-8"))
                     path.unlink()
             self.merged_failures = sorted(set(merged))
-            report = self.cache.dir / REPORT_NAME
-            if self.merged_failures:
-                _write_text_atomic(report, _format_failures(self.merged_failures))
-            elif report.exists():
-                report.unlink()  # every clip listed there has now been extracted
-
-
-def _format_failures(failures: Sequence[tuple[str, str]]) -> str:
-    return "".join(f"{vid}\t{' '.join(err.split())}\n" for vid, err in failures)
-
-
-def _parse_failures(text: str) -> list[tuple[str, str]]:
-    return [tuple(line.split("\t", 1)) for line in text.splitlines() if "\t" in line]  # type: ignore[misc]
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+            self.cache.write_failures(self.merged_failures)  # none: every clip listed before is now extracted
 
 
 def remove_stale_temp_files(cache: FeatureCache) -> int:
@@ -397,6 +378,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         done = sum(cache.has(vid) for vid, _ in items)
         print(f"{done}/{len(items)} clips cached in {cache.dir}")
         if failures:
-            print(f"{len(failures)} clips could not be read (listed in {cache.dir / REPORT_NAME}), first: "
+            print(f"{len(failures)} clips could not be read (listed in {cache.report_path}), first: "
                   f"{failures[0][0]}: {failures[0][1]}")
     return 0

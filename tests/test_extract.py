@@ -13,8 +13,8 @@ import pytorch_lightning as pl
 import torch
 
 from captioner.data.datamodule import CaptioningDataModule
-from captioner.data.features import FeatureCache, FeatureSpec
-from captioner.extract import REPORT_NAME, data_args_from_configs, main, run_extraction
+from captioner.data.features import REPORT_NAME, FeatureCache, FeatureSpec
+from captioner.extract import data_args_from_configs, main, run_extraction
 
 REPO = Path(__file__).resolve().parents[1]
 # a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds

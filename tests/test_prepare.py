@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from captioner.data.datasets import load_annotations
-from captioner.data.prepare import is_safe_id, main, normalize_caption, prepare_msrvtt, prepare_msvd
+from captioner.data.prepare import is_safe_id, main, normalize_caption, prepare_msvd
 from captioner.data.vocab import tokenize
 
 MSVD_HEADER = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]

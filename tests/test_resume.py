@@ -153,7 +153,8 @@ def _extract_argv(dataset: Path, features: Path) -> list[str]:
 
 
 def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
-    from captioner.extract import REPORT_NAME, main
+    from captioner.data.features import REPORT_NAME
+    from captioner.extract import main
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "extract_features.py"),

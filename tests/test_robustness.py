@@ -112,7 +112,8 @@ def _check_extraction(bad_corpus, cache: FeatureCache, failures: list[tuple[str,
 
 
 def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
-    from captioner.extract import REPORT_NAME, run_extraction
+    from captioner.data.features import REPORT_NAME
+    from captioner.extract import run_extraction
 
     items = [(name, str(case.path)) for name, case in bad_corpus.items()]
     cache = FeatureCache(tmp_path / "lightning", SPEC)

@@ -130,12 +130,12 @@ class CaptioningDataModule(pl.LightningDataModule):
         elif hp.synthetic:
             self._check_synthetic_matches()
         clips = load_annotations(self.annotations_path)
-        report = self.cache.dir / "failed.txt"
-        known_bad = {line.split("\t", 1)[0] for line in report.read_text().splitlines()} if report.exists() else set()
+        listed = self.cache.failures()
+        known_bad = {vid for vid, _ in listed}
         todo = [c for c in clips if not self.cache.has(c.id) and c.id not in known_bad]
         if known_bad:
             log.warning("%d clips listed in %s as unreadable are left out (delete that file to retry them)",
-                        len(known_bad), report)
+                        len(known_bad), self.cache.report_path)
         if not todo:
             return
         import torch
@@ -147,13 +147,9 @@ class CaptioningDataModule(pl.LightningDataModule):
         failures = extract_features(encoder, [(c.id, c.path) for c in todo], self.cache,
                                     batch_size=hp.extract_batch_size, num_workers=hp.num_workers, device=device)
         if failures:
-            # the old list plus the new lines, written then renamed: a kill leaves one list or the other, whole
-            listed = report.read_text(encoding="utf-8") if report.exists() else ""
-            tmp = report.with_name(f".{report.name}.{os.getpid()}.tmp")
-            tmp.write_text(listed + "".join(f"{vid}\t{' '.join(err.split())}\n" for vid, err in failures),
-                           encoding="utf-8")
-            os.replace(tmp, report)
-            log.warning("%d clips could not be read and are left out (listed in %s)", len(failures), report)
+            self.cache.write_failures(listed + failures)
+            log.warning("%d clips could not be read and are left out (listed in %s)", len(failures),
+                        self.cache.report_path)
 
     def _check_synthetic_matches(self) -> None:
         import json

@@ -13,9 +13,20 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from captioner.atomic import write_text_atomic
 from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
+REPORT_NAME = "failed.txt"  # in the cache folder: the clips that could not be read, `<id>\t<reason>` per line
+
+
+def format_failures(failures: Sequence[tuple[str, str]]) -> str:
+    """`(id, reason)` pairs -> report lines (a reason is kept on one line)."""
+    return "".join(f"{vid}\t{' '.join(err.split())}\n" for vid, err in failures)
+
+
+def parse_failures(text: str) -> list[tuple[str, str]]:
+    return [tuple(line.split("\t", 1)) for line in text.splitlines() if "\t" in line]  # type: ignore[misc]
 
 
 @dataclass(frozen=True)
@@ -59,7 +70,8 @@ class FeatureCache:
     """Folder `root/<spec.key>/` holding `<video id>.npy` arrays `(T, D)` in float16.
 
     Each file is written to a temporary name and renamed, so a crash never leaves a partial entry.
-    Files are read one at a time, so the cache can be far larger than memory.
+    Files are read one at a time, so the cache can be far larger than memory. `failed.txt` in the same folder
+    lists the clips that could not be read.
     """
 
     def __init__(self, root: str | os.PathLike, spec: FeatureSpec):
@@ -87,6 +99,23 @@ class FeatureCache:
         tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.npy")
         np.save(tmp, feats.detach().to("cpu", torch.float16).numpy())
         os.replace(tmp, final)
+
+    @property
+    def report_path(self) -> Path:
+        return self.dir / REPORT_NAME
+
+    def failures(self) -> list[tuple[str, str]]:
+        """`(id, reason)` of the clips listed in the report as unreadable; empty without a report."""
+        path = self.report_path
+        return parse_failures(path.read_text(encoding="utf-8")) if path.exists() else []
+
+    def write_failures(self, failures: Sequence[tuple[str, str]]) -> None:
+        """Replace the report with `failures`, atomically; with none, remove it."""
+        if failures:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            write_text_atomic(self.report_path, format_failures(failures))
+        else:
+            self.report_path.unlink(missing_ok=True)
 
 
 class ClipFrames(Dataset):

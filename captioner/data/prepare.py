@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
+from captioner.atomic import write_text_atomic
 from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, probe_video
 from captioner.data.vocab import tokenize
 
@@ -89,9 +90,7 @@ class PrepareReport:
 def write_json_atomic(path: Path, data) -> None:
     """Write JSON under a temporary name, then rename: readers never see a partial file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def index_videos(video_dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:

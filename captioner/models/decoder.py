@@ -146,11 +146,14 @@ class CaptionDecoder(nn.Module):
         Returns:
             `(table, ctx)`: the word table `(V, 4H)` or `None`; `ctx` as given for attention, else its gate term.
         """
-        e = self.embed.embedding_dim
-        w_word, w_ctx = self.lstm.weight_ih_l0[:, :e], self.lstm.weight_ih_l0[:, e:]
-        bias = self.lstm.bias_ih_l0 + self.lstm.bias_hh_l0
+        w_word, w_ctx, bias = self._first_layer_input()
         table = F.linear(self.embed.weight, w_word, bias) if self.vocab_size <= rows * steps else None
         return table, (ctx if isinstance(ctx, _Memory) else F.linear(ctx, w_ctx))
+
+    def _first_layer_input(self):
+        """The first LSTM layer's input weights split into their word and context halves, and its biases summed."""
+        e, lstm = self.embed.embedding_dim, self.lstm
+        return lstm.weight_ih_l0[:, :e], lstm.weight_ih_l0[:, e:], lstm.bias_ih_l0 + lstm.bias_hh_l0
 
     def _step(self, ctx, table: Optional[torch.Tensor], tokens: torch.Tensor, state):
         """One generation step: `tokens (N,)`, state `(L, N, H)` x 2 -> log-probabilities `(N, V)`, new state.
@@ -159,12 +162,12 @@ class CaptionDecoder(nn.Module):
         as `nn.LSTM`); no dropout, which generation never applies.
         """
         h, c = state
-        lstm, e = self.lstm, self.embed.embedding_dim
-        if table is not None:
-            x = table[tokens]
-        else:
-            x = F.linear(self.embed(tokens), lstm.weight_ih_l0[:, :e], lstm.bias_ih_l0 + lstm.bias_hh_l0)
-        x = x + (F.linear(self._context(ctx, h[-1]), lstm.weight_ih_l0[:, e:]) if isinstance(ctx, _Memory) else ctx)
+        lstm = self.lstm
+        attend = isinstance(ctx, _Memory)
+        if table is None or attend:  # what `_generation_inputs` could not hoist out of the loop
+            w_word, w_ctx, bias = self._first_layer_input()
+        x = table[tokens] if table is not None else F.linear(self.embed(tokens), w_word, bias)
+        x = x + (F.linear(self._context(ctx, h[-1]), w_ctx) if attend else ctx)
         hs, cs = [], []
         for layer in range(self.num_layers):
             if layer > 0:
