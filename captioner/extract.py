@@ -22,7 +22,6 @@ from captioner.models.encoder import Preprocessing
 log = logging.getLogger(__name__)
 
 
-
 class CroppedClips(Dataset):
     """`(id, path)` -> `(id, frames (T, 3, S, S) uint8 resized and centre-cropped, or None, error or None)`.
 

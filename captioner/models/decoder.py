@@ -27,8 +27,8 @@ class _Memory:
 
 
 def _tanh(x: torch.Tensor) -> torch.Tensor:
-    """tanh as 2 sigmoid(2x) - 1: the same function (to float rounding), and on CPU builds of PyTorch about 2.5x
-    faster than `torch.tanh`, whose precise vectorised kernel was a seventh of a batched beam search step."""
+    """tanh as 2 sigmoid(2x) - 1: the same function (to 2e-7), and on this project's CPU about 2x faster than
+    `torch.tanh` (0.23 against 0.53 ms on 320 x 512), which was 7 % of a batched beam search in the profile."""
     return torch.sigmoid(2 * x).mul_(2).sub_(1)
 
 
