@@ -6,6 +6,10 @@
 
 Both searches must give the same captions; the batched one should be at least 10x faster at 64 videos.
 The video features are the checkpoint's cached features (`data/features/**/<spec>/`) when present, else random.
+
+A third figure is the bound: the matrix products the batched search cannot avoid (per step and layer `h W_hh^T`
+and the output layer, at the rows that step carried) timed alone. It says how much of the batched time is
+arithmetic, and how far batching can go on this machine (one at a time / bound).
 """
 
 from __future__ import annotations
@@ -59,6 +63,45 @@ def video_features(model, count: int, features_root: Path, seed: int = 0):
     return torch.randn(count, model.spec.num_frames, dim, generator=gen), "random features"
 
 
+def rows_per_step(decoder, search) -> list[int]:
+    """Run `search()` once and return the number of rows (hypotheses) each generation step carried."""
+    rows, step = [], decoder._step
+
+    def counting(ctx, table, tokens, state):
+        rows.append(len(tokens))
+        return step(ctx, table, tokens, state)
+
+    decoder._step = counting
+    try:
+        search()
+    finally:
+        del decoder._step  # back to the class's method
+    return rows
+
+
+def matmul_bound(decoder, rows: list[int], repeats: int, sync) -> float:
+    """Seconds of the matrix products of a search that carried `rows` per step: each layer's `h W_hh^T` (plus
+    `W_ih h` below the top layer's successors) and the output layer, on random states of those sizes."""
+    import torch
+
+    lstm, out, hid = decoder.lstm, decoder.out, decoder.hidden_dim
+    dev = out.weight.device
+    states = {n: torch.randn(n, hid, device=dev) for n in set(rows)}
+    gates = {n: torch.empty(n, 4 * hid, device=dev) for n in set(rows)}
+
+    def products():
+        with torch.no_grad():
+            for n in rows:
+                for layer in range(decoder.num_layers):
+                    if layer > 0:
+                        torch.addmm(gates[n], states[n], getattr(lstm, f"weight_ih_l{layer}").t(), out=gates[n])
+                    gates[n].addmm_(states[n], getattr(lstm, f"weight_hh_l{layer}").t())
+                out(states[n])
+        sync()
+
+    return median(timed(products, repeats, warmup=1))
+
+
 def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", checkpoint: Path | None = None,
         videos: int = 64, beam_size: int = 5, max_len: int | None = None, repeats: int = 3) -> list[Row]:
     import torch
@@ -106,6 +149,8 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     t_batched = median(timed(batched, repeats, warmup=1))
     t_single = median(timed(one_by_one, repeats))
     speedup = t_single / t_batched
+    steps = rows_per_step(model.decoder, batched)
+    t_bound = matmul_bound(model.decoder, steps, max(repeats, 3), sync)
     notes = f"beam {beam_size}, max length {max_len}; {source}; {feats_source}; median of {repeats}"
     return [
         Row(f"beam search, {videos} videos batched", f"{videos / t_batched:.0f} videos/s",
@@ -115,6 +160,9 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
             f"{t_single * 1000:.1f} ms"),
         Row("beam search, same captions batched vs one at a time", f"{same}/{videos}",
             "PASS" if same == videos else "MISS", ""),
+        Row("beam search bound: its matrix products alone", f"{videos / t_bound:.0f} videos/s",
+            f"{t_bound / t_batched:.0%} of the batched time; one at a time / bound = {t_single / t_bound:.1f}x",
+            f"{t_bound * 1000:.1f} ms; {len(steps)} steps, {sum(steps)} rows in all (the batched search's)"),
     ]
 
 

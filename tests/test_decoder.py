@@ -136,3 +136,14 @@ def test_overfit_one_batch_reproduces_the_captions():
     out = dec.greedy(video, max_len=6)
     assert out[:, : caps.shape[1] - 1].tolist() == caps[:, 1:].tolist()
     assert torch.equal(dec.beam_search(video, beam_size=3, max_len=6)[:, :4], out[:, :4])
+
+
+def test_beam_wider_than_the_vocabulary():
+    """Beam 12 over 10 words: the first step cannot fill the beam; the search still runs and matches per video."""
+    dec = make_decoder().eval()
+    video = torch.randn(3, D)
+    batched = dec.beam_search(video, beam_size=12, max_len=5)
+    assert ((batched >= 0) & (batched < dec.vocab_size)).all()
+    for i in range(3):
+        single = dec.beam_search(video[i : i + 1], beam_size=12, max_len=5)
+        assert torch.equal(batched[i, : single.shape[1]], single[0])
