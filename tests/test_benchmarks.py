@@ -6,6 +6,8 @@ import importlib.util
 import re
 from pathlib import Path
 
+import torch
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -82,9 +84,21 @@ def test_memory_benchmark_smoke(capsys):
 def test_beam_search_benchmark_smoke_gives_the_same_captions_both_ways(single_thread):
     rows = _benchmark_module("beam_search").run(smoke=True, threads=1)
     assert [r.measurement for r in rows] == ["beam search, 6 videos batched", "beam search, 6 videos one at a time",
-                                            "beam search, same captions batched vs one at a time"]
+                                            "beam search, same captions batched vs one at a time",
+                                            "beam search bound: its matrix products alone"]
     assert rows[2].result == "6/6" and rows[2].ratio == "PASS"
     assert _number(rows[0].result) > 0 and "x one video at a time" in rows[0].ratio
+    assert _number(rows[3].result) > 0 and "of the batched time" in rows[3].ratio
+
+
+def test_beam_search_bound_counts_the_rows_of_every_step():
+    beam = _benchmark_module("beam_search")
+    model = beam.tiny_captioner()
+    video = torch.randn(3, model.pool.feature_dim)
+    rows = beam.rows_per_step(model.decoder, lambda: model.decoder.beam_search(video, beam_size=4, max_len=6))
+    assert rows[0] == 3 and all(n % 4 == 0 and 0 < n <= 12 for n in rows[1:]) and len(rows) <= 6
+    assert "_step" not in vars(model.decoder)  # the counting wrapper is gone again
+    assert beam.matmul_bound(model.decoder, rows, repeats=1, sync=lambda: None) > 0
 
 
 def test_run_all_prints_one_table_and_fails_when_a_benchmark_does(single_thread, capsys, monkeypatch):
