@@ -163,7 +163,7 @@ def evaluate(
     ones are computed on the fly from the video (not saved). Unreadable clips are reported and left out.
 
     Args:
-        checkpoint: a training checkpoint (`*.ckpt`), loaded safely.
+        checkpoint: a training checkpoint (`*.ckpt`), loaded safely, or a run folder (its newest best checkpoint).
         split: `train`, `val` or `test`.
         data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
         out_dir: default `<checkpoint folder>/eval-<split>/`.
@@ -181,9 +181,9 @@ def evaluate(
     from captioner.data.features import FeatureCache
     from captioner.data.video import VideoReadError
     from captioner.inference import resolve_device
-    from captioner.models.captioner import VideoCaptioner
+    from captioner.models.captioner import VideoCaptioner, find_checkpoint
 
-    checkpoint = Path(checkpoint)
+    checkpoint = find_checkpoint(checkpoint)
     dev = resolve_device(device)
     model = VideoCaptioner.from_checkpoint(checkpoint, map_location=dev)
     stored = _checkpoint_data_args(checkpoint)
@@ -260,7 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
                     "<out>/predictions.json ([{video, caption, references}]) and <out>/metrics.json.")
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt)")
+    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt), or a run folder: its newest best checkpoint")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
     parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
     parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "

@@ -190,3 +190,14 @@ def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys)
         assert seen.pop() == expected
     assert str(clip) in capsys.readouterr().out
     assert "--fast-seek" in build_parser().format_help()
+
+
+def test_a_run_folder_stands_for_its_newest_best_checkpoint(trained, clips, tmp_path, capsys):
+    _, root, best = trained
+    real = str(clips["real"])
+    assert caption_command([real, "--checkpoint", str(root), "--beam-size", "1", "--threads", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert err.strip() == f"captioner caption: checkpoint {best}"
+    assert out.split("\t")[1].strip() == VideoCaptioner.from_checkpoint(best).caption([real], beam_size=1)[0]
+    assert caption_command([real, "--checkpoint", str(tmp_path)]) == 2  # a folder without checkpoints
+    assert f"{tmp_path}: no checkpoint in this folder" in capsys.readouterr().err

@@ -20,6 +20,26 @@ class CheckpointError(ValueError):
     """A file is missing or is not a captioner checkpoint."""
 
 
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` itself when it is a file; for a folder (a run such as `runs/synthetic`, or a `checkpoints/` folder),
+    the newest best-score checkpoint beneath it (`epoch*.ckpt`: training keeps one per run, the best on the
+    validation metric), else the newest `last.ckpt`.
+
+    Raises:
+        CheckpointError: `path` does not exist, or the folder holds no checkpoint.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        return path
+    for pattern in ("epoch*.ckpt", "last.ckpt"):
+        found = [f for f in path.rglob(pattern) if f.is_file()]
+        if found:
+            return max(found, key=lambda f: (f.stat().st_mtime, str(f)))
+    raise CheckpointError(f"{path}: no checkpoint in this folder (looked for epoch*.ckpt and last.ckpt beneath it)")
+
+
 class VideoCaptioner(nn.Module):
     """Video in, sentence out.
 
@@ -28,7 +48,8 @@ class VideoCaptioner(nn.Module):
     text through `vocab`. `encoder`, `pool` and `decoder` are plain `nn.Module`s.
 
     `generate_defaults` holds the beam size, maximum length and length penalty the checkpoint was evaluated
-    with; the `caption*` methods use them unless given other values.
+    with; the `caption*` methods use them unless given other values. `checkpoint_path` is the file it was
+    loaded from (`None` when built in code).
 
     Args:
         vocab: the word vocabulary.
@@ -51,6 +72,7 @@ class VideoCaptioner(nn.Module):
         self.decoder = decoder
         self.pool = pool if pool is not None else TemporalEncoder("mean", decoder.video_norm.normalized_shape[0])
         self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty; filled from a checkpoint
+        self.checkpoint_path: Optional[Path] = None  # the file `from_checkpoint` loaded
         self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
 
     @property
@@ -143,12 +165,13 @@ class VideoCaptioner(nn.Module):
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VideoCaptioner":
         """Load a checkpoint written by training (`*.ckpt`), safely (`weights_only=True`: no code runs).
 
+        `path` may be a run folder: its newest best checkpoint is loaded (see `find_checkpoint`); the file is
+        `model.checkpoint_path`.
+
         Raises:
             CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
         """
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found")
+        path = find_checkpoint(path)
         try:
             ckpt = torch.load(path, map_location=map_location, weights_only=True)
         except Exception as err:
@@ -169,6 +192,7 @@ class VideoCaptioner(nn.Module):
         except RuntimeError as err:
             reason = " ".join(str(err).split())[:300]  # torch lists every mismatched tensor, over many lines
             raise CheckpointError(f"{path}: weights do not match the model it describes ({reason})") from None
+        model.checkpoint_path = path
         return model.eval().to(map_location)
 
 
