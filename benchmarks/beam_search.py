@@ -20,15 +20,8 @@ from pathlib import Path
 import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Row, format_table, machine_line, median, set_threads, timed, verdict
-
-RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"
-
-
-def newest_checkpoint() -> Path | None:
-    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
+from common import (REPO, RUNS_GLOB, Row, format_table, machine_line, median, newest_checkpoint, set_threads, timed,
+                    verdict)
 
 def tiny_captioner(seed: int = 0):
     """An untrained captioner with a small vocabulary (for --smoke and when no checkpoint exists)."""

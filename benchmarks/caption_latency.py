@@ -21,15 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Row, format_table, machine_line, timed  # noqa: E402
-
-RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"
-
-
-def newest_checkpoint() -> Path | None:
-    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
-
+from common import RUNS_GLOB, Row, format_table, machine_line, newest_checkpoint, timed  # noqa: E402
 
 def write_clip(path: Path, index: int, side: int, num_frames: int, fps: int) -> Path:
     """A synthetic clip of moving shapes (the training data's look), `num_frames / fps` seconds long."""

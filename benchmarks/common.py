@@ -14,6 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ on the path, not the repo
     sys.path.insert(0, str(REPO))
 
+RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"  # the main job's best checkpoints
+
+
+def newest_checkpoint() -> Path | None:
+    """The newest best checkpoint of the main job (`python scripts/train.py`), or None before it ran."""
+    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
 
 @dataclass
 class Row:

@@ -19,10 +19,9 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Row, format_table, machine_line, set_threads, verdict  # noqa: E402
+from common import REPO, Row, format_table, machine_line, newest_checkpoint, set_threads, verdict  # noqa: E402
 from frame_sampling import long_video_path  # noqa: E402
 
-RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"
 RATIO_TARGET, LIMIT_MB = 1.2, 1536.0  # long within 20% of short; under 1.5 GB on CPU (issue 8)
 
 # argv: checkpoint, threads, then `seek:path` per video; prints the peak after loading and after each caption
@@ -46,11 +45,6 @@ for job in sys.argv[3:]:
     peaks.append(peak())
 print(json.dumps({"loaded_mb": loaded, "peak_mb": peaks}))
 """
-
-
-def newest_checkpoint() -> Path | None:
-    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
-    return found[-1] if found else None
 
 
 def tiny_checkpoint(path: Path) -> Path:

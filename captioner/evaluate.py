@@ -260,7 +260,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
                     "<out>/predictions.json ([{video, caption, references}]) and <out>/metrics.json.")
-    parser.add_argument("--checkpoint", required=True, help="training checkpoint (.ckpt), or a run folder: its newest best checkpoint")
+    parser.add_argument("--checkpoint", required=True,
+                        help="training checkpoint (.ckpt), or a run folder: its newest best checkpoint")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
     parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
     parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "
