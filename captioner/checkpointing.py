@@ -1,4 +1,5 @@
-"""Checkpoint files written atomically: a temporary file in the same folder, then a rename."""
+"""Checkpoint files written atomically (a temporary file in the same folder, then a rename), and the systems'
+checkpoint callbacks living beside a user's own."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Any, Optional
 
 import torch
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -44,3 +46,29 @@ def use_atomic_checkpoints(trainer) -> None:
     """Give `trainer` the atomic writer, unless it was configured with a checkpoint plugin of its own."""
     if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+_OWN = "_captioner_system_checkpoint"  # marks the ModelCheckpoints a system made itself
+
+
+def _settings(cb: ModelCheckpoint) -> tuple:
+    keys = ("dirpath", "filename", "monitor", "mode", "save_top_k", "save_last", "save_weights_only",
+            "_every_n_train_steps", "_every_n_epochs", "_train_time_interval")
+    return tuple(str(getattr(cb, k, None)) for k in keys)
+
+
+def with_user_checkpoints(trainer, *own: ModelCheckpoint) -> list[ModelCheckpoint]:
+    """A system's own checkpoint callbacks followed by the `ModelCheckpoint`s the user gave the Trainer.
+
+    For `configure_callbacks`: Lightning replaces every Trainer callback of a type that method returns, so a
+    system returning only its own `ModelCheckpoint`s would silently drop one given in `--trainer.callbacks`.
+    Returned here, the user's are kept. Left out: Lightning's default (an unconfigured `ModelCheckpoint()`, which
+    the system's supersede) and the system's own from an earlier call (`fit`, then `test`). The system's come
+    first, so `trainer.checkpoint_callback`, whose best checkpoint training tests, stays the system's.
+    """
+    for cb in own:
+        setattr(cb, _OWN, True)
+    default = _settings(ModelCheckpoint())
+    users = [cb for cb in (trainer.callbacks if trainer is not None else [])
+             if type(cb) is ModelCheckpoint and not getattr(cb, _OWN, False) and _settings(cb) != default]
+    return [*own, *users]

@@ -70,3 +70,39 @@ def test_loading_never_runs_code_from_the_checkpoint(tmp_path):
     with pytest.raises(CheckpointError):
         VideoCaptioner.from_checkpoint(evil)
     assert not Path(__file__).with_name("PWNED").exists()
+
+
+def test_a_users_own_checkpoint_callback_runs_beside_the_systems(tiny_datamodule_args, tmp_path):
+    """`--trainer.callbacks ModelCheckpoint` with settings of its own is kept (Lightning would replace it with the
+    system's from configure_callbacks); the system's best checkpoint is still the one tested."""
+    from conftest import tiny_args
+
+    from captioner.cli import train_main
+
+    user_dir = tmp_path / "mine"
+    train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=2", "--model.num_samples=0",
+                         "--trainer.callbacks+=ModelCheckpoint", f"--trainer.callbacks.dirpath={user_dir}",
+                         "--trainer.callbacks.filename=mine-{epoch}", "--trainer.callbacks.save_top_k=-1"))
+    assert sorted(p.name for p in user_dir.iterdir()) == ["mine-epoch=0.ckpt", "mine-epoch=1.ckpt"]
+    [best] = (tmp_path / "run").rglob("epoch*-bleu4_*.ckpt")
+    assert (best.parent / "test_metrics.json").exists() and (best.parent / "last.ckpt").exists()
+
+
+def test_with_user_checkpoints_keeps_only_the_users_own():
+    from types import SimpleNamespace
+
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from captioner.checkpointing import with_user_checkpoints
+
+    class Subclass(ModelCheckpoint):  # Lightning does not replace it: it must not be returned a second time
+        pass
+
+    users = ModelCheckpoint(monitor="val/loss")
+    first = ModelCheckpoint(monitor="val/bleu4")
+    trainer = SimpleNamespace(callbacks=[ModelCheckpoint(), users, Subclass(monitor="a")])  # + Lightning's default
+    assert with_user_checkpoints(trainer, first) == [first, users]
+    trainer.callbacks = [first, users]  # after fit: the next call (test) makes new ones
+    again = ModelCheckpoint(monitor="val/bleu4")
+    assert with_user_checkpoints(trainer, again) == [again, users]
+    assert with_user_checkpoints(None, again) == [again]

@@ -12,6 +12,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
+from captioner.checkpointing import with_user_checkpoints
 from captioner.data.synthetic import direction_report
 from captioner.metrics import bleu_scores
 from captioner.models.captioner import build_captioner
@@ -144,10 +145,11 @@ class CaptioningSystem(pl.LightningModule):
         # with a second writer of last.ckpt, both must overwrite it rather than add last-v1.ckpt
         best = ModelCheckpoint(monitor="val/bleu4", mode="max", save_last=True, auto_insert_metric_name=False,
                                filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}", enable_version_counter=not every)
-        if not every:
-            return [best, SaveOnSigterm()]
-        steps = ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every, enable_version_counter=False)
-        return [best, steps, SaveOnSigterm()]
+        own = [best]
+        if every:
+            own.append(ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every,
+                                       enable_version_counter=False))
+        return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
     # Resuming: Lightning restores weights, optimizer, scheduler and loop counters; the data module restores the
     # position in the epoch. The random state (dropout) and the vocabulary are the system's to restore.

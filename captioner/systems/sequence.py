@@ -10,6 +10,7 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
+from captioner.checkpointing import with_user_checkpoints
 from captioner.models.rnn import Cell, GateInit, Mode, SequenceModel
 
 IGNORE_INDEX = -100  # padding in targets (same value as captioner.data.sequence_tasks.IGNORE_INDEX)
@@ -148,12 +149,6 @@ class SequenceSystem(LightningModule):
         return torch.optim.Adam(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
 
     def configure_callbacks(self) -> list:
-        return [
-            ModelCheckpoint(
-                monitor="val/acc",
-                mode="max",
-                save_last=True,
-                auto_insert_metric_name=False,
-                filename="epoch{epoch:03d}-acc{val/acc:.4f}",
-            )
-        ]
+        best = ModelCheckpoint(monitor="val/acc", mode="max", save_last=True, auto_insert_metric_name=False,
+                               filename="epoch{epoch:03d}-acc{val/acc:.4f}")
+        return with_user_checkpoints(self._trainer, best)
