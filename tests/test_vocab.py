@@ -27,3 +27,12 @@ def test_rejects_malformed_vocabularies():
         Vocabulary(["a", "b"])
     with pytest.raises(ValueError):
         Vocabulary(list(SPECIALS) + ["a", "a"])
+
+
+def test_tokenize_is_remembered_but_hands_out_copies():
+    from captioner.data.vocab import _tokens
+
+    first = tokenize("A dog runs after the ball!")
+    first.append("changed")
+    assert tokenize("A dog runs after the ball!") == ["a", "dog", "runs", "after", "the", "ball"]
+    assert _tokens.cache_info().hits >= 1

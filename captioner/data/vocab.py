@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import re
+import sys
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -33,7 +34,15 @@ def tokenize(caption: str) -> list[str]:
     >>> tokenize("A man is riding a horse.")
     ['a', 'man', 'is', 'riding', 'a', 'horse']
     """
-    return [tok for tok in _tokenizer().tokenize(caption.lower()) if _WORD.search(tok)]
+    return list(_tokens(caption))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _tokens(caption: str) -> tuple[str, ...]:
+    """`tokenize`, remembered: a caption is tokenised to build the vocabulary, again to encode it, and references
+    again at every validation. The Treebank rules cost about 85 us a caption (17 s for MSR-VTT's 200,000, in
+    every process). Tokens are interned, so the remembered captions share one copy of each word."""
+    return tuple(sys.intern(tok) for tok in _tokenizer().tokenize(caption.lower()) if _WORD.search(tok))
 
 
 class Vocabulary:
