@@ -4,10 +4,12 @@ checkpoint callbacks living beside a user's own."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any, Optional
 
 import torch
+from fsspec.core import url_to_fs
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
 
@@ -19,7 +21,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     another file system (node-local `/tmp`, run folder on a network file system, as on most clusters) the move
     is a copy, and a job killed during it leaves a truncated `last.ckpt` in place of the previous one. A rename
     within one folder is atomic: a kill at any moment leaves the old file or the new one, complete. Temporary
-    files left by a killed run are deleted by the next successful write of the same checkpoint name.
+    files left by a killed run are deleted by the next successful write of the same checkpoint name, and are
+    named so that Lightning never mistakes them for checkpoints (`_temp_prefix`).
     """
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Optional[Any] = None) -> None:
@@ -27,7 +30,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             return super().save_checkpoint(checkpoint, path, storage_options)
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        prefix = _temp_prefix(path.name)
+        tmp = path.with_name(f"{prefix}{os.getpid()}.tmp")
         try:
             with open(tmp, "wb") as f:
                 torch.save(checkpoint, f)
@@ -38,8 +42,29 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             tmp.unlink(missing_ok=True)
         # a run killed by SIGKILL mid-write leaves its temporary file: once a newer checkpoint of that name is in
         # place, those are garbage (one process writes a given checkpoint name)
-        for stale in path.parent.glob(f".{path.name}.*.tmp"):
-            stale.unlink(missing_ok=True)
+        for stale in path.parent.iterdir():
+            name = stale.name
+            if name.startswith(prefix) and name.endswith(".tmp") and name[len(prefix) : -4].isdigit():
+                stale.unlink(missing_ok=True)
+
+
+def _temp_prefix(name: str) -> str:
+    """`.<name>.` with `ckpt_` spelt `ckpt-`: Lightning takes the digits of every file whose name holds `ckpt_`
+    for an `hpc_ckpt_<n>` number, so `.hpc_ckpt_2.ckpt.4242.tmp`, left by a job killed while saving, would make
+    the requeued job resume from `hpc_ckpt_24242.ckpt`, which does not exist."""
+    return f".{name.replace('ckpt_', 'ckpt-')}."
+
+
+_HPC_NAME = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
+
+
+def next_hpc_checkpoint(folder: str | os.PathLike) -> str:
+    """`<folder>/hpc_ckpt_<n>.ckpt`, n one above the highest there (0 for none): the name Lightning's SLURM
+    handler saves to, and whose highest number a job started under SLURM resumes from."""
+    fs, uri = url_to_fs(str(folder))
+    names = [os.path.basename(f["name"].rstrip("/")) for f in fs.listdir(uri)] if fs.isdir(uri) else []
+    top = max((int(m.group(1)) for n in names if (m := _HPC_NAME.fullmatch(n))), default=0)
+    return os.path.join(str(folder), f"hpc_ckpt_{top + 1}.ckpt")
 
 
 def use_atomic_checkpoints(trainer) -> None:

@@ -484,6 +484,34 @@ def test_checkpoint_writer_clears_the_temporary_file_of_a_killed_write(tmp_path)
     assert torch.load(tmp_path / "last.ckpt", weights_only=True) == {"step": 3}
 
 
+def test_a_save_killed_under_slurm_leaves_the_resume_point_intact(tmp_path, monkeypatch):
+    """A job killed while saving `hpc_ckpt_2.ckpt` leaves a temporary file; its name must not look like a
+    checkpoint number to Lightning (which reads the digits of any name holding `ckpt_`), or the requeued job
+    would resume from a file that does not exist. The next SIGTERM save still counts from the real ones."""
+    from captioner.checkpointing import AtomicCheckpointIO, next_hpc_checkpoint
+
+    assert next_hpc_checkpoint(tmp_path / "nothing yet") == str(tmp_path / "nothing yet" / "hpc_ckpt_1.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "hpc_ckpt_1.ckpt")
+    written = []
+
+    def killed(src, dst):
+        written.append(Path(src))
+        raise _Killed
+
+    monkeypatch.setattr(os, "replace", killed)
+    with pytest.raises(_Killed):
+        AtomicCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "hpc_ckpt_2.ckpt")
+    monkeypatch.undo()
+    [temp] = written
+    assert temp.parent == tmp_path and "ckpt_" not in temp.name
+    temp.write_bytes(b"half a checkpoint")  # a real SIGKILL leaves it (no `finally` runs)
+    assert next_hpc_checkpoint(tmp_path) == str(tmp_path / "hpc_ckpt_2.ckpt")
+    AtomicCheckpointIO().save_checkpoint({"step": 2}, tmp_path / "hpc_ckpt_2.ckpt")  # the retry clears it
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["hpc_ckpt_1.ckpt", "hpc_ckpt_2.ckpt"]
+    (tmp_path / "hpc_ckpt_10.ckpt").write_bytes(b"")
+    assert next_hpc_checkpoint(tmp_path) == str(tmp_path / "hpc_ckpt_11.ckpt")
+
+
 def test_training_writes_checkpoints_atomically(tmp_path):
     from captioner.checkpointing import AtomicCheckpointIO
     from captioner.cli import build_cli

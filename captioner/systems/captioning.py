@@ -12,7 +12,7 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 
-from captioner.checkpointing import with_user_checkpoints
+from captioner.checkpointing import next_hpc_checkpoint, with_user_checkpoints
 from captioner.data.synthetic import direction_report
 from captioner.metrics import bleu_scores
 from captioner.models.captioner import build_captioner
@@ -194,7 +194,7 @@ class SaveOnSigterm(Callback):
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
         if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            path = trainer._checkpoint_connector.hpc_save_path(trainer.default_root_dir)
+            path = next_hpc_checkpoint(trainer.default_root_dir)
             trainer.save_checkpoint(path)
             rank_zero_info(f"SIGTERM: saved {path}")
 
