@@ -89,3 +89,13 @@ def set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def quiet_lightning() -> None:
+    """Only warnings from Lightning: the Trainer's start-up notes would bury the table."""
+    import logging
+
+    import pytorch_lightning  # noqa: F401  (it sets its loggers' level on import: quieten them after)
+
+    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
+        logging.getLogger(name).setLevel(logging.WARNING)

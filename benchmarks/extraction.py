@@ -16,16 +16,15 @@ which starts the workers and warms the CNN up, is left out.
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
 import tempfile
 import time
 from pathlib import Path
 
 try:
-    from common import Row, format_table, machine_line, median, set_threads, verdict
+    from common import Row, format_table, machine_line, median, quiet_lightning, set_threads, verdict
 except ImportError:  # imported as benchmarks.extraction
-    from benchmarks.common import Row, format_table, machine_line, median, set_threads, verdict
+    from benchmarks.common import Row, format_table, machine_line, median, quiet_lightning, set_threads, verdict
 
 GPU_TARGET = 0.80  # end to end, as a share of the CNN alone, on a GPU
 DISTINCT_CLIPS = 6  # rendered and encoded; the other clips are copies (decoding costs the same)
@@ -223,10 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import pytorch_lightning  # noqa: F401  (it sets its loggers' level on import: quieten them after)
-
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # the Trainer's start-up notes would bury the table
+    quiet_lightning()
     rows = run(smoke=args.smoke, threads=args.threads or None, device=args.device, num_clips=args.num_clips,
                batch_size=args.batch_size, workers=args.workers, precision=args.precision, backbone=args.backbone,
                image_size=args.image_size, num_frames=args.num_frames, width=args.width, height=args.height,

@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import tempfile
 import time
 from pathlib import Path
 
 try:
-    from common import Row, format_table, machine_line, median, set_threads, verdict
+    from common import Row, format_table, machine_line, median, quiet_lightning, set_threads, verdict
 except ImportError:  # imported as benchmarks.training
-    from benchmarks.common import Row, format_table, machine_line, median, set_threads, verdict
+    from benchmarks.common import Row, format_table, machine_line, median, quiet_lightning, set_threads, verdict
 
 OUTSIDE_TARGET = 0.10  # at most this share of a training step outside forward + backward + optimizer step
 
@@ -270,10 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    import pytorch_lightning  # noqa: F401  (it sets its loggers' level on import: quieten them after)
-
-    for name in ("pytorch_lightning", "lightning.pytorch", "lightning_fabric"):
-        logging.getLogger(name).setLevel(logging.WARNING)  # the Trainer's start-up notes would bury the table
+    quiet_lightning()
     rows = run(smoke=args.smoke, threads=args.threads or None, device=args.device,
                batch_sizes=tuple(args.batch_size), steps=args.steps, warmup=args.warmup, precision=args.precision,
                num_workers=args.num_workers, num_clips=args.num_clips, repeats=args.repeats,
