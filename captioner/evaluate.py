@@ -292,6 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (CheckpointError, OSError, ValueError) as err:
         print(f"captioner evaluate: {err}", file=sys.stderr)
         return 1
+    print(f"checkpoint: {report['checkpoint']}")
     print(f"{report['split']}: {report['num_clips']} clips, generation {report['generation']}")
     for k, v in report["metrics"].items():
         print(f"  {k:11s} {v:.4f}")

@@ -134,3 +134,12 @@ def test_bleu_differs_from_coco_caption_only_by_nltks_one_ngram_minimum():
         assert ours[f"bleu{big_n}"] < coco[f"coco_bleu{big_n}"]
         assert ours[f"bleu{big_n}"] == pytest.approx(coco[f"coco_bleu{big_n}"] * factor, abs=1e-6)
         assert coco[f"coco_bleu{big_n}"] - ours[f"bleu{big_n}"] < 0.05  # "slightly", on this corpus
+
+
+def test_a_run_folder_evaluates_its_best_checkpoint(trained, evaluated, tmp_path, capsys):
+    _, root, best = trained
+    assert ev.main(["--checkpoint", str(root), "--split", "test", "--out", str(tmp_path), "--no-progress",
+                    "--no-meteor"]) == 0
+    assert capsys.readouterr().out.splitlines()[0] == f"checkpoint: {best}"
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["checkpoint"] == str(best) and report["metrics"]["bleu4"] == evaluated[0]["metrics"]["bleu4"]
