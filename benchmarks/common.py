@@ -18,7 +18,7 @@ RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"  # the main 
 
 
 def newest_checkpoint() -> Path | None:
-    """The newest best checkpoint of the main job (`python scripts/train.py`), or None before it ran."""
+    """The newest best checkpoint of the main job (`python scripts/train.py`, its latest run), or None before it ran."""
     found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 

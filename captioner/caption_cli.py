@@ -27,7 +27,7 @@ Exit status: 0 all videos captioned; 1 at least one video failed (or an unexpect
 
 EPILOG = """\
 examples:
-  captioner caption clip.mp4 --checkpoint runs/synthetic           # the newest run's best checkpoint
+  captioner caption clip.mp4 --checkpoint runs/synthetic           # the run's best checkpoint
   captioner caption clip.mp4 --checkpoint runs/synthetic/logs/version_0/checkpoints/last.ckpt
   captioner caption videos/ --checkpoint model.ckpt --json > captions.json
   captioner caption a.mp4 b.mp4 --checkpoint model.ckpt --beam-size 1 --device cuda
@@ -49,8 +49,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files and/or directories of video files")
     p.add_argument("-c", "--checkpoint", required=True, metavar="CKPT",
-                   help="a checkpoint written by training (*.ckpt; required), or a run folder such as runs/synthetic: "
-                        "its newest best checkpoint (epoch*.ckpt), else last.ckpt. Loaded safely: it cannot run code")
+                   help="a checkpoint written by training (*.ckpt; required), or a run folder such as "
+                        "runs/synthetic: its best checkpoint (the highest-scoring epoch*.ckpt), else last.ckpt. "
+                        "Loaded safely: it cannot run code")
     p.add_argument("--beam-size", type=_positive_int, metavar="K",
                    help="beam width, 1 = greedy decoding (default: the checkpoint's beam_size)")
     p.add_argument("--max-length", type=_positive_int, metavar="N",

@@ -163,7 +163,7 @@ def evaluate(
     ones are computed on the fly from the video (not saved). Unreadable clips are reported and left out.
 
     Args:
-        checkpoint: a training checkpoint (`*.ckpt`), loaded safely, or a run folder (its newest best checkpoint).
+        checkpoint: a training checkpoint (`*.ckpt`), loaded safely, or a run folder (its best checkpoint, see `find_checkpoint`).
         split: `train`, `val` or `test`.
         data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
         out_dir: default `<checkpoint folder>/eval-<split>/`.
@@ -261,7 +261,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
                     "<out>/predictions.json ([{video, caption, references}]) and <out>/metrics.json.")
     parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint (.ckpt), or a run folder: its newest best checkpoint")
+                        help="training checkpoint (.ckpt), or a run folder: its best checkpoint")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
     parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
     parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "

@@ -169,25 +169,28 @@ def test_resolve_device():
     assert resolve_device("cpu") == torch.device("cpu")
 
 
-def test_find_checkpoint_prefers_the_newest_best_then_last(tmp_path):
+def test_find_checkpoint_prefers_the_best_score_then_the_newest_then_last(tmp_path):
     import os
 
     from captioner.models.captioner import CheckpointError, find_checkpoint
 
-    old, new = tmp_path / "version_0" / "checkpoints", tmp_path / "version_1" / "checkpoints"
-    for folder in (old, new):
+    first, resumed = tmp_path / "version_0" / "checkpoints", tmp_path / "version_1" / "checkpoints"
+    for folder in (first, resumed):
         folder.mkdir(parents=True)
         (folder / "last.ckpt").write_bytes(b"x")
-    (old / "epoch03-bleu4_0.5000.ckpt").write_bytes(b"x")
-    assert find_checkpoint(tmp_path) == old / "epoch03-bleu4_0.5000.ckpt"  # a best checkpoint beats any last.ckpt
-    (new / "epoch01-bleu4_0.4000.ckpt").write_bytes(b"x")
-    os.utime(old / "epoch03-bleu4_0.5000.ckpt", (1, 1))
-    assert find_checkpoint(tmp_path) == new / "epoch01-bleu4_0.4000.ckpt"  # the newest run's, not the best score
-    assert find_checkpoint(new / "last.ckpt") == new / "last.ckpt"  # a file is itself
+    (first / "epoch03-bleu4_0.5000.ckpt").write_bytes(b"x")
+    assert find_checkpoint(tmp_path) == first / "epoch03-bleu4_0.5000.ckpt"  # a best checkpoint beats any last.ckpt
+    (resumed / "epoch05-bleu4_0.4000.ckpt").write_bytes(b"x")  # newer, but worse: the run's best stays the first
+    assert find_checkpoint(tmp_path) == first / "epoch03-bleu4_0.5000.ckpt"
+    assert find_checkpoint(resumed) == resumed / "epoch05-bleu4_0.4000.ckpt"  # a version folder: its own best
+    (resumed / "epoch07-bleu4_0.5000-v1.ckpt").write_bytes(b"x")  # a tie: the newer one
+    os.utime(first / "epoch03-bleu4_0.5000.ckpt", (1, 1))
+    assert find_checkpoint(tmp_path) == resumed / "epoch07-bleu4_0.5000-v1.ckpt"
+    assert find_checkpoint(first / "last.ckpt") == first / "last.ckpt"  # a file is itself
     for f in tmp_path.rglob("epoch*.ckpt"):
         f.unlink()
-    os.utime(old / "last.ckpt", (1, 1))
-    assert find_checkpoint(tmp_path) == new / "last.ckpt"
+    os.utime(first / "last.ckpt", (1, 1))
+    assert find_checkpoint(tmp_path) == resumed / "last.ckpt"
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(CheckpointError, match="no checkpoint in this folder"):

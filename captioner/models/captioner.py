@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -20,10 +21,16 @@ class CheckpointError(ValueError):
     """A file is missing or is not a captioner checkpoint."""
 
 
+_SCORE = re.compile(r"(?:bleu4_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
-    """`path` itself when it is a file; for a folder (a run such as `runs/synthetic`, or a `checkpoints/` folder),
-    the newest best-score checkpoint beneath it (`epoch*.ckpt`: training keeps one per run, the best on the
-    validation metric), else the newest `last.ckpt`.
+    """`path` itself when it is a file. For a folder (a run root such as `runs/synthetic`, a version folder, a
+    `checkpoints/` folder), the best checkpoint beneath it: among the `epoch*.ckpt` files training keeps (one per
+    run version, the best on the validation metric, whose score the name carries: `epoch18-bleu4_0.5616.ckpt`),
+    the highest score, the newest on a tie or when no name has a score; else the newest `last.ckpt`. A run resumed
+    into a new version folder keeps a best checkpoint in each, so the highest score, not the newest file, is the
+    run's best.
 
     Raises:
         CheckpointError: `path` does not exist, or the folder holds no checkpoint.
@@ -33,10 +40,15 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint not found")
         return path
+
+    def rank(f: Path) -> tuple:
+        score = _SCORE.search(f.name)
+        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
+
     for pattern in ("epoch*.ckpt", "last.ckpt"):
         found = [f for f in path.rglob(pattern) if f.is_file()]
         if found:
-            return max(found, key=lambda f: (f.stat().st_mtime, str(f)))
+            return max(found, key=rank)
     raise CheckpointError(f"{path}: no checkpoint in this folder (looked for epoch*.ckpt and last.ckpt beneath it)")
 
 
@@ -165,7 +177,7 @@ class VideoCaptioner(nn.Module):
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VideoCaptioner":
         """Load a checkpoint written by training (`*.ckpt`), safely (`weights_only=True`: no code runs).
 
-        `path` may be a run folder: its newest best checkpoint is loaded (see `find_checkpoint`); the file is
+        `path` may be a run folder: its best checkpoint is loaded (see `find_checkpoint`); the file is
         `model.checkpoint_path`.
 
         Raises:
