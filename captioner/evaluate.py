@@ -163,7 +163,8 @@ def evaluate(
     ones are computed on the fly from the video (not saved). Unreadable clips are reported and left out.
 
     Args:
-        checkpoint: a training checkpoint (`*.ckpt`), loaded safely, or a run folder (its best checkpoint, see `find_checkpoint`).
+        checkpoint: a training checkpoint (`*.ckpt`), loaded safely, or a run folder (its best checkpoint, see
+            `find_checkpoint`).
         split: `train`, `val` or `test`.
         data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
         out_dir: default `<checkpoint folder>/eval-<split>/`.
