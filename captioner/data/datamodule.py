@@ -118,7 +118,18 @@ class CaptioningDataModule(pl.LightningDataModule):
         return self.cache.load(self.splits["train"][0].id).shape[-1]
 
     def prepare_data(self) -> None:
-        """Generate the synthetic set if needed, then cache the features of every clip (runs on one process)."""
+        """Generate the synthetic set if needed, then cache the features of every clip (runs on one process).
+
+        The global random state is the same after it as before, whether there was work to do or not: extraction's
+        DataLoader draws from it, and the model, built afterwards from the seeded state, would otherwise start from
+        other weights in a first run than in a rerun on the cached features.
+        """
+        from pytorch_lightning.utilities.seed import isolate_rng
+
+        with isolate_rng():
+            self._prepare_data()
+
+    def _prepare_data(self) -> None:
         hp = self.hparams
         if not self.annotations_path.exists():
             if not hp.synthetic:
