@@ -87,7 +87,7 @@ def matmul_bound(decoder, rows: list[int], repeats: int, sync) -> float:
             for n in rows:
                 for layer in range(decoder.num_layers):
                     if layer > 0:
-                        torch.addmm(gates[n], states[n], getattr(lstm, f"weight_ih_l{layer}").t(), out=gates[n])
+                        torch.mm(states[n], getattr(lstm, f"weight_ih_l{layer}").t(), out=gates[n])
                     gates[n].addmm_(states[n], getattr(lstm, f"weight_hh_l{layer}").t())
                 out(states[n])
         sync()

@@ -62,7 +62,7 @@ class Vocabulary:
     @classmethod
     def build(cls, captions: Iterable[str], min_count: int = 1) -> "Vocabulary":
         """Build from raw captions, keeping words seen at least `min_count` times (sorted by count, then word)."""
-        counts = Counter(tok for cap in captions for tok in tokenize(cap))
+        counts = Counter(tok for cap in captions for tok in _tokens(cap))
         kept = sorted((w for w, c in counts.items() if c >= min_count), key=lambda w: (-counts[w], w))
         return cls(list(SPECIALS) + kept)
 
@@ -74,7 +74,7 @@ class Vocabulary:
 
     def encode(self, caption: str, max_len: int | None = None) -> list[int]:
         """Caption -> `[<bos>, w1, ..., wn, <eos>]` ids, truncating the words to `max_len`."""
-        words = tokenize(caption)[:max_len] if max_len else tokenize(caption)
+        words = _tokens(caption)[:max_len] if max_len else _tokens(caption)
         return [self.bos_id] + [self.stoi.get(w, self.unk_id) for w in words] + [self.eos_id]
 
     def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
