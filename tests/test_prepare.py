@@ -198,3 +198,79 @@ def test_normalised_captions_read_back_the_same(caption):
 ])
 def test_ids_cannot_escape_a_folder(clip_id, safe):
     assert is_safe_id(clip_id) is safe
+
+
+def test_wrong_file_message_quotes_a_short_prefix(tmp_path, capsys):
+    # the MSR-VTT JSON passed as the MSVD corpus: one 30,000-character line, which the message must not echo
+    videos = [{"video_id": f"video{i}", "split": "train", "category": 1, "id": i} for i in range(600)]
+    one_line = tmp_path / "train_val_videodatainfo.json"
+    one_line.write_text(json.dumps({"info": {"year": 2016}, "videos": videos, "sentences": []}))
+    assert len(one_line.read_text()) > 30_000
+    (tmp_path / "youtube_mapping.txt").write_text("abc_1_5 vid1\n")
+    assert main(["msvd", "--root", str(tmp_path), "--corpus", str(one_line)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and len(err) < 400, err
+    assert "not the MSVD corpus CSV" in err and '{"info": {"year": 2016}, "videos"' in err and "…" in err
+
+
+def test_long_mapping_line_is_quoted_short(msvd_root):
+    with open(msvd_root / "youtube_mapping.txt", "a") as f:
+        f.write("x" * 5000 + " y z\n")
+    prepare_msvd(msvd_root / "MSR Video Description Corpus.csv", msvd_root / "youtube_mapping.txt",
+                 [msvd_root / "YouTubeClips"], msvd_root)
+    reasons = [p["reason"] for p in json.loads((msvd_root / "prepare_report.json").read_text())["malformed"]]
+    assert max(map(len, reasons)) < 200
+
+
+def test_msvd_language_is_matched_whatever_its_case(msvd_root):
+    with open(msvd_root / "MSR Video Description Corpus.csv", "a", newline="") as f:
+        csv.writer(f).writerow(_row("abc", 1, 5, "A man strums.", language="english"))
+    report = prepare_msvd(msvd_root / "MSR Video Description Corpus.csv", msvd_root / "youtube_mapping.txt",
+                          [msvd_root / "YouTubeClips"], msvd_root)
+    videos = {v["id"]: v for v in json.loads((msvd_root / "annotations.json").read_text())["videos"]}
+    assert "a man strums" in videos["abc_1_5"]["captions"]
+    assert report.ignored_rows == {"Language is not English": 1}  # the French row only
+
+
+def test_nan_description_is_no_caption(msvd_root, msrvtt_root):
+    with open(msvd_root / "MSR Video Description Corpus.csv", "a", newline="") as f:
+        csv.writer(f).writerows([_row("abc", 1, 5, "NaN"), _row("abc", 1, 5, " nan ")])
+    report = prepare_msvd(msvd_root / "MSR Video Description Corpus.csv", msvd_root / "youtube_mapping.txt",
+                          [msvd_root / "YouTubeClips"], msvd_root)
+    videos = {v["id"]: v for v in json.loads((msvd_root / "annotations.json").read_text())["videos"]}
+    assert "nan" not in videos["abc_1_5"]["captions"] and len(videos["abc_1_5"]["captions"]) == 2
+    reasons = [p.reason for p in report.malformed]
+    assert "empty description 'NaN'" in reasons and "empty description 'nan'" in reasons  # reported, like empty ones
+    # MSR-VTT's JSON the same way
+    data = json.loads((msrvtt_root / "train_val_videodatainfo.json").read_text())
+    data["sentences"].append({"video_id": "video0", "caption": "NaN", "sen_id": 9})
+    (msrvtt_root / "train_val_videodatainfo.json").write_text(json.dumps(data))
+    assert main(["msrvtt", "--root", str(msrvtt_root)]) == 0
+    videos = {v["id"]: v for v in json.loads((msrvtt_root / "annotations.json").read_text())["videos"]}
+    assert "nan" not in videos["video0"]["captions"]
+    report = json.loads((msrvtt_root / "prepare_report.json").read_text())
+    assert any(p["reason"] == "empty caption 'NaN'" for p in report["malformed"])
+
+
+def test_msrvtt_missing_test_clip_is_expected_in_test_video(msrvtt_root):
+    (msrvtt_root / "TestVideo" / "video7010.mp4").unlink()
+    assert main(["msrvtt", "--root", str(msrvtt_root), "--keep-missing"]) == 0
+    missing = {p["clip"]: p["reason"] for p in
+               json.loads((msrvtt_root / "prepare_report.json").read_text())["missing_videos"]}
+    assert str(Path("TestVideo") / "video7010.mp4") in missing["video7010"]
+    assert str(Path("TrainValVideo") / "video10.mp4") in missing["video10"]
+    videos = {v["id"]: v for v in json.loads((msrvtt_root / "annotations.json").read_text())["videos"]}
+    assert videos["video7010"]["path"] == "TestVideo/video7010.mp4"
+
+
+def test_msvd_mapping_with_no_valid_line_says_so(msvd_root, capsys):
+    (msvd_root / "youtube_mapping.txt").write_text("abc_1_5\tvid1\tYouTube\n" * 3)  # a mirror's three-column list
+    assert main(["msvd", "--root", str(msvd_root)]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1
+    assert "youtube_mapping.txt: none of its 3 lines was understood" in err
+    assert "expected '<clip> vid<N>'" in err and "line 1 is 'abc_1_5\\tvid1\\tYouTube'" in err
+    assert "no clip left" not in err
+    (msvd_root / "youtube_mapping.txt").write_text("\n")
+    assert main(["msvd", "--root", str(msvd_root)]) == 1
+    assert "youtube_mapping.txt: empty" in capsys.readouterr().err

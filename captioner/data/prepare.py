@@ -26,11 +26,25 @@ MSVD_COLUMNS = ("VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime
 MSRVTT_SPLITS = {"train": "train", "validate": "val", "val": "val", "test": "test"}
 MSRVTT_TRAIN_VAL = "train_val_videodatainfo.json"
 MSRVTT_TEST = "test_videodatainfo.json"
+MSRVTT_VIDEO_DIRS = {"train": "TrainValVideo", "val": "TrainValVideo", "test": "TestVideo"}  # the archives' folders
 
 # A clip id becomes a file name (its video, its feature file): letters, digits, `_`, `-` and inner dots only,
 # so no id can name a folder or climb out of one.
 _SAFE_ID = re.compile(r"^[A-Za-z0-9_-](?:[A-Za-z0-9_.-]*[A-Za-z0-9_-])?$")
 _YOUTUBE_ID = re.compile(r"^[A-Za-z0-9_-]+$")
+# What spreadsheets and pandas write for an absent value: such a "description" is no caption (not the word "nan")
+MISSING_TEXT = frozenset({"nan", "null", "none", "n/a", "na"})
+QUOTE_LIMIT = 80  # characters of a file's content that a message quotes (a JSON file may be one 30 MB line)
+
+
+def shorten(text: str, limit: int = QUOTE_LIMIT) -> str:
+    """`text` cut to its first `limit` characters, `…` marking the cut: what a one-line message may quote."""
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def _caption_text(raw: str) -> str:
+    """The normalised caption of a raw description; empty for no word, and for a missing-value marker (`NaN`)."""
+    return "" if raw.strip().casefold() in MISSING_TEXT else normalize_caption(raw)
 
 
 def is_safe_id(clip_id: str) -> bool:
@@ -118,15 +132,21 @@ def _relative_to_out(video: Path, out_dir: Path) -> str:
 
 def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[str, Path], video_dirs: Sequence,
             expected_ext: str, out_dir: Path, keep_missing: bool, source: str,
-            check_videos: bool = False) -> PrepareReport:
-    """Attach video paths, report missing (and, with `check_videos`, unreadable) files, write the outputs."""
+            check_videos: bool = False, split_dirs: Optional[dict[str, str]] = None) -> PrepareReport:
+    """Attach video paths, report missing (and, with `check_videos`, unreadable) files, write the outputs.
+
+    A missing video is reported where it was expected: in the folder of `video_dirs` named `split_dirs[split]`
+    (MSR-VTT's test clips live in `TestVideo/`, the others in `TrainValVideo/`), else in the first folder.
+    """
     out_dir = Path(out_dir)
     kept = []
     first_dir = Path(video_dirs[0]) if video_dirs else out_dir / "videos"
+    by_name = {Path(d).name: Path(d) for d in reversed(list(video_dirs))}  # the first folder of a name wins
     for e in entries:
         path = videos.get(e["id"])
         if path is None:
-            expected = first_dir / f"{e['id']}{expected_ext}"
+            folder = by_name.get((split_dirs or {}).get(e["split"], ""), first_dir)
+            expected = folder / f"{e['id']}{expected_ext}"
             report.missing_videos.append(Problem(source, e["id"], f"no video file (expected {expected})", e["id"]))
             if not keep_missing:
                 continue
@@ -174,13 +194,14 @@ def read_youtube_mapping(path: str | os.PathLike, report: PrepareReport) -> dict
         parts = line.split()
         m = re.fullmatch(r"vid(\d+)", parts[1]) if len(parts) == 2 else None
         if m is None:
-            report.malformed.append(Problem(path.name, f"line {lineno}", f"expected '<clip> vid<N>', got {line!r}"))
+            report.malformed.append(Problem(path.name, f"line {lineno}",
+                                            f"expected '<clip> vid<N>', got {shorten(line)!r}"))
             continue
         clip, n = parts[0], int(m.group(1))
         if not is_safe_id(clip):
-            report.malformed.append(Problem(path.name, f"line {lineno}", f"unsafe clip name {clip!r}"))
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"unsafe clip name {shorten(clip)!r}"))
         elif clip in mapping or n in taken:
-            report.malformed.append(Problem(path.name, f"line {lineno}", f"duplicate entry {line.strip()!r}", clip))
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"duplicate entry {shorten(line.strip())!r}", clip))
         else:
             mapping[clip], taken[n] = n, clip
     return mapping
@@ -196,14 +217,20 @@ def read_msvd_corpus(path: str | os.PathLike, report: PrepareReport, language: s
     captions: dict[str, list[str]] = {}
     other_language = 0
     with path.open(newline="", encoding="utf-8-sig", errors="replace") as f:
+        first_line = f.readline()
+        f.seek(0)
         reader = csv.reader(f)
-        header = next(reader, None)
+        try:
+            header = next(reader, None)
+        except csv.Error:  # e.g. a field over the csv module's size limit: not a CSV
+            header = None
         if header is None or not set(MSVD_COLUMNS) <= {h.strip() for h in header}:
+            got = f"its first line is {shorten(first_line.strip())!r}" if first_line.strip() else "it is empty"
             raise ValueError(f"{path}: not the MSVD corpus CSV (expected the columns {', '.join(MSVD_COLUMNS)}; "
-                             f"got {header})")
+                             f"{got})")
         col = {h.strip(): i for i, h in enumerate(header)}
         start_line = reader.line_num
-        for row in reader:
+        for row in _csv_rows(reader, path):
             where = f"line {start_line + 1}" if reader.line_num == start_line + 1 else \
                 f"lines {start_line + 1}-{reader.line_num}"
             start_line = reader.line_num
@@ -213,25 +240,34 @@ def read_msvd_corpus(path: str | os.PathLike, report: PrepareReport, language: s
                 report.malformed.append(Problem(path.name, where, f"{len(row)} fields, expected {len(header)}"))
                 continue
             get = lambda name: row[col[name]].strip()  # noqa: E731
-            if get("Language") != language:
+            if get("Language").casefold() != language.casefold():  # `english` rows are English too
                 other_language += 1
                 continue
             video_id, start, end = get("VideoID"), get("Start"), get("End")
             if not _YOUTUBE_ID.match(video_id):
-                report.malformed.append(Problem(path.name, where, f"invalid VideoID {video_id!r}"))
+                report.malformed.append(Problem(path.name, where, f"invalid VideoID {shorten(video_id)!r}"))
                 continue
             if not (start.isdigit() and end.isdigit()):
-                report.malformed.append(Problem(path.name, where, f"Start/End not integers ({start!r}, {end!r})"))
+                report.malformed.append(Problem(path.name, where, f"Start/End not integers ({shorten(start)!r}, {shorten(end)!r})"))
                 continue
             clip = f"{video_id}_{int(start)}_{int(end)}"
-            text = normalize_caption(get("Description"))
+            text = _caption_text(get("Description"))
             if not text:
-                report.malformed.append(Problem(path.name, where, f"empty description {get('Description')!r}", clip))
+                report.malformed.append(Problem(path.name, where, f"empty description "
+                                                f"{shorten(get('Description'))!r}", clip))
                 continue
             captions.setdefault(clip, []).append(text)
     if other_language:
         report.ignored_rows[f"Language is not {language}"] = other_language
     return captions
+
+
+def _csv_rows(reader, path: Path):
+    """The reader's rows; a row the csv module refuses (a field over its size limit) is one line of error."""
+    try:
+        yield from reader
+    except csv.Error as err:
+        raise ValueError(f"{path}: line {reader.line_num}: not readable as CSV ({shorten(str(err))})") from None
 
 
 def prepare_msvd(
@@ -255,6 +291,14 @@ def prepare_msvd(
     report = PrepareReport("msvd")
     captions = read_msvd_corpus(corpus_csv, report)
     order = read_youtube_mapping(mapping, report)
+    if not order:
+        lines = [line.strip() for line in Path(mapping).read_text(encoding="utf-8-sig", errors="replace").splitlines()
+                 if line.strip()]
+        write_json_atomic(Path(out_dir) / "prepare_report.json", report.to_dict())  # every line's problem
+        if not lines:
+            raise ValueError(f"{mapping}: empty (expected one '<clip> vid<N>' line per clip, e.g. 'abc_1_5 vid1')")
+        raise ValueError(f"{mapping}: none of its {len(lines)} lines was understood (expected '<clip> vid<N>', "
+                         f"e.g. 'abc_1_5 vid1'; line 1 is {shorten(lines[0])!r})")
     entries = []
     for clip, n in sorted(order.items(), key=lambda kv: kv[1]):
         split = _msvd_split(n)
@@ -316,9 +360,9 @@ def prepare_msrvtt(
             vid = v.get("video_id") if isinstance(v, dict) else None
             split = v.get("split") if isinstance(v, dict) else None
             if not isinstance(vid, str) or not is_safe_id(vid):
-                report.malformed.append(Problem(path.name, where, f"missing or invalid video_id {vid!r}"))
+                report.malformed.append(Problem(path.name, where, f"missing or invalid video_id {shorten(repr(vid))}"))
             elif split not in MSRVTT_SPLITS:
-                report.malformed.append(Problem(path.name, where, f"unknown split {split!r}", vid))
+                report.malformed.append(Problem(path.name, where, f"unknown split {shorten(repr(split))}", vid))
             elif vid in splits:
                 report.malformed.append(Problem(path.name, where, f"{vid} listed twice", vid))
             else:
@@ -332,11 +376,11 @@ def prepare_msrvtt(
         if not isinstance(vid, str) or not isinstance(text, str):
             report.malformed.append(Problem(source, where, "needs a string video_id and caption"))
         elif vid not in splits:
-            report.malformed.append(Problem(source, where, f"caption of unknown video {vid!r}", vid))
-        elif not normalize_caption(text):
-            report.malformed.append(Problem(source, where, f"empty caption {text!r}", vid))
+            report.malformed.append(Problem(source, where, f"caption of unknown video {shorten(vid)!r}", vid))
+        elif not _caption_text(text):
+            report.malformed.append(Problem(source, where, f"empty caption {shorten(text)!r}", vid))
         else:
-            captions.setdefault(vid, []).append(normalize_caption(text))
+            captions.setdefault(vid, []).append(_caption_text(text))
     entries = []
     for vid in sorted(splits, key=_video_number):
         if vid not in captions:
@@ -344,7 +388,7 @@ def prepare_msrvtt(
         else:
             entries.append({"id": vid, "split": splits[vid], "captions": captions[vid], **extra[vid]})
     return _finish(report, "msrvtt", entries, index_videos(video_dirs), video_dirs, ".mp4", Path(out_dir),
-                   keep_missing, "videos", check_videos)
+                   keep_missing, "videos", check_videos, MSRVTT_VIDEO_DIRS)
 
 
 def _first_existing(root: Path, names: Iterable[str]) -> list[Path]:
@@ -398,7 +442,8 @@ def main(argv: Optional[list[str]] = None) -> int:
             report = prepare_msvd(args.corpus or root / MSVD_CORPUS, args.mapping or root / MSVD_MAPPING, videos, out,
                                   args.keep_missing, args.check_videos)
         else:
-            videos = args.videos or [root / "TrainValVideo", root / "TestVideo", root / "videos"]
+            videos = args.videos or [root / MSRVTT_VIDEO_DIRS["train"], root / MSRVTT_VIDEO_DIRS["test"],
+                                     root / "videos"]
             report = prepare_msrvtt([args.train_val or root / MSRVTT_TRAIN_VAL, args.test or root / MSRVTT_TEST],
                                     videos, out, args.keep_missing, args.check_videos)
     except (OSError, ValueError) as err:
