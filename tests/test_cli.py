@@ -201,3 +201,9 @@ def test_a_run_folder_stands_for_its_newest_best_checkpoint(trained, clips, tmp_
     assert out.split("\t")[1].strip() == VideoCaptioner.from_checkpoint(best).caption([real], beam_size=1)[0]
     assert caption_command([real, "--checkpoint", str(tmp_path)]) == 2  # a folder without checkpoints
     assert f"{tmp_path}: no checkpoint in this folder" in capsys.readouterr().err
+    for name in ("msvd", "synthetic"):  # a folder above two runs: which one is meant?
+        folder = tmp_path / "runs" / name / "logs" / "version_0" / "checkpoints"
+        folder.mkdir(parents=True)
+        (folder / "epoch01-bleu4_0.5000.ckpt").write_bytes(b"x")
+    assert caption_command([real, "--checkpoint", str(tmp_path / "runs")]) == 2
+    assert "holds the checkpoints of 2 runs" in capsys.readouterr().err

@@ -61,8 +61,21 @@ def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_pa
 def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
-    assert ev.main(["--checkpoint", str(bad)]) == 1
+    assert ev.main(["--checkpoint", str(bad)]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
+
+
+def test_a_folder_above_several_runs_is_refused(trained, tmp_path, capsys):
+    import shutil
+
+    _, root, _ = trained
+    runs = tmp_path / "runs"
+    for name in ("msvd", "synthetic"):  # two datasets' runs: their BLEU scores are not comparable
+        shutil.copytree(root / "logs", runs / name / "logs", ignore=shutil.ignore_patterns("tensorboard", "eval-*"))
+    assert ev.main(["--checkpoint", str(runs), "--split", "test", "--no-progress", "--no-meteor"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "holds the checkpoints of 2 runs" in err
+    assert f"({runs / 'msvd'}, {runs / 'synthetic'})" in err
 
 
 def test_without_pycocoevalcap_bleu_still_reported(monkeypatch):

@@ -197,3 +197,29 @@ def test_find_checkpoint_prefers_the_best_score_then_the_newest_then_last(tmp_pa
         find_checkpoint(empty)
     with pytest.raises(CheckpointError, match="checkpoint not found"):
         find_checkpoint(tmp_path / "nope.ckpt")
+
+
+def test_find_checkpoint_refuses_a_folder_above_several_runs(tmp_path):
+    from captioner.models.captioner import CheckpointError, find_checkpoint, run_folder
+
+    runs = tmp_path / "runs"
+    synthetic, msvd = runs / "synthetic" / "logs", runs / "msvd" / "logs"
+    for folder, name in ((synthetic / "version_0", "epoch09-bleu4_0.6000.ckpt"),
+                         (synthetic / "version_1", "epoch12-bleu4_0.6100.ckpt"),
+                         (msvd / "version_0", "epoch20-bleu4_0.4200.ckpt")):
+        (folder / "checkpoints").mkdir(parents=True)
+        (folder / "checkpoints" / name).write_bytes(b"x")
+    assert run_folder(synthetic / "version_1" / "checkpoints" / "last.ckpt") == runs / "synthetic"
+    # one run, resumed into a second version folder: one run, its best across the versions
+    assert find_checkpoint(runs / "synthetic") == synthetic / "version_1" / "checkpoints" / "epoch12-bleu4_0.6100.ckpt"
+    assert find_checkpoint(synthetic) == find_checkpoint(runs / "synthetic")
+    with pytest.raises(CheckpointError) as err:
+        find_checkpoint(runs)  # the synthetic BLEU is higher, but not comparable with MSVD's
+    message = str(err.value)
+    assert "\n" not in message and "2 runs" in message
+    assert f"({runs / 'msvd'}, {runs / 'synthetic'})" in message and "pass one run folder" in message
+    # a run with only last.ckpt beside one with best checkpoints is still another run
+    msvd_ckpts = msvd / "version_0" / "checkpoints"
+    (msvd_ckpts / "epoch20-bleu4_0.4200.ckpt").rename(msvd_ckpts / "last.ckpt")
+    with pytest.raises(CheckpointError, match="2 runs"):
+        find_checkpoint(runs)

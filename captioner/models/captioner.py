@@ -22,6 +22,29 @@ class CheckpointError(ValueError):
 
 
 _SCORE = re.compile(r"(?:bleu4_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
+_VERSION = re.compile(r"version_\d+")
+
+
+def run_folder(checkpoint: str | os.PathLike) -> Path:
+    """The run a checkpoint file belongs to: the Trainer's `default_root_dir`, above `<logger name>/version_<N>/`
+    (`runs/synthetic` for `runs/synthetic/logs/version_1/checkpoints/last.ckpt`); the file's own folder when it
+    lies in no version folder (a `ModelCheckpoint` given its own `dirpath`)."""
+    checkpoint = Path(checkpoint)
+    for folder in checkpoint.parents:
+        if _VERSION.fullmatch(folder.name):
+            return folder.parent.parent
+    return checkpoint.parent
+
+
+def best_checkpoint(files: Sequence[str | os.PathLike]) -> Path:
+    """The best of `files`: the highest score in the name (`epoch18-bleu4_0.5616.ckpt`), the newest on a tie or
+    when no name has a score."""
+
+    def rank(f: Path) -> tuple:
+        score = _SCORE.search(f.name)
+        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
+
+    return max(map(Path, files), key=rank)
 
 
 def find_checkpoint(path: str | os.PathLike) -> Path:
@@ -30,25 +53,26 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     run version, the best on the validation metric, whose score the name carries: `epoch18-bleu4_0.5616.ckpt`),
     the highest score, the newest on a tie or when no name has a score; else the newest `last.ckpt`. A run resumed
     into a new version folder keeps a best checkpoint in each, so the highest score, not the newest file, is the
-    run's best.
+    run's best. Scores are compared within one run only: a folder above several runs (`runs/`, holding
+    `runs/synthetic` and `runs/msvd`: other datasets, other test sets) is refused (see `run_folder`).
 
     Raises:
-        CheckpointError: `path` does not exist, or the folder holds no checkpoint.
+        CheckpointError: `path` does not exist, the folder holds no checkpoint, or checkpoints of several runs.
     """
     path = Path(path)
     if not path.is_dir():
         if not path.is_file():
             raise CheckpointError(f"{path}: checkpoint not found")
         return path
-
-    def rank(f: Path) -> tuple:
-        score = _SCORE.search(f.name)
-        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
-
-    for pattern in ("epoch*.ckpt", "last.ckpt"):
-        found = [f for f in path.rglob(pattern) if f.is_file()]
-        if found:
-            return max(found, key=rank)
+    found = {pattern: [f for f in path.rglob(pattern) if f.is_file()] for pattern in ("epoch*.ckpt", "last.ckpt")}
+    runs = sorted({run_folder(f) for files in found.values() for f in files})
+    if len(runs) > 1:
+        listed = ", ".join(map(str, runs[:5])) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        raise CheckpointError(f"{path}: holds the checkpoints of {len(runs)} runs ({listed}), whose scores are not "
+                              "comparable: pass one run folder or a checkpoint file")
+    for files in found.values():
+        if files:
+            return best_checkpoint(files)
     raise CheckpointError(f"{path}: no checkpoint in this folder (looked for epoch*.ckpt and last.ckpt beneath it)")
 
 
