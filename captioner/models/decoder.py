@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import functools
 from dataclasses import dataclass
 from typing import Optional
 
@@ -24,6 +26,27 @@ class _Memory:
 
     def select(self, rows: torch.Tensor) -> "_Memory":
         return _Memory(self.keys[rows], self.values[rows], None if self.mask is None else self.mask[rows])
+
+
+def _outside_autocast(generate):
+    """Run a generation method with autocast off and its float inputs in the weights' dtype.
+
+    Under `torch.autocast` (Lightning's `bf16-mixed`/`16-mixed` validation, or a user's own `with torch.autocast`)
+    `F.linear` returns bfloat16/float16 while the hand-written step accumulates into that buffer in place with the
+    float32 weights (`addmm_`), which autocast does not cover: a dtype error. Generation is a small share of the
+    work, and a beam compares summed log-probabilities whose ranking low precision would change, so it runs in
+    the weights' own precision: the captions are the ones the model gives without autocast.
+    """
+
+    @functools.wraps(generate)
+    def wrapper(self: "CaptionDecoder", video: torch.Tensor, *args, **kwargs):
+        dtype, device = self.out.weight.dtype, video.device.type
+        cast = lambda x: x.to(dtype) if torch.is_tensor(x) and x.is_floating_point() else x  # noqa: E731
+        off = torch.autocast(device, enabled=False) if torch.is_autocast_enabled(device) else contextlib.nullcontext()
+        with off:
+            return generate(self, cast(video), *map(cast, args), **{k: cast(v) for k, v in kwargs.items()})
+
+    return wrapper
 
 
 class CaptionDecoder(nn.Module):
@@ -179,6 +202,7 @@ class CaptionDecoder(nn.Module):
         return F.log_softmax(logits, dim=-1), (h_new, c_new)
 
     @torch.no_grad()
+    @_outside_autocast
     def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
                memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`."""
@@ -198,6 +222,7 @@ class CaptionDecoder(nn.Module):
         return torch.stack(out, dim=1)
 
     @torch.no_grad()
+    @_outside_autocast
     def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
                     memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
