@@ -108,6 +108,7 @@ def caption_command(argv: Optional[list[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from captioner.errors import UserError
     from captioner.inference import caption_videos, resolve_device
     from captioner.models.captioner import CheckpointError, VideoCaptioner
 
@@ -119,6 +120,13 @@ def _run(args: argparse.Namespace) -> int:
         device = resolve_device(args.device)
         model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
     except (CheckpointError, ValueError) as err:
+        if args.verbose:
+            raise
+        _error(str(err))
+        return EXIT_USAGE
+    try:
+        model.encoder  # the backbone and its weights, before any video is read: a missing download is not theirs
+    except UserError as err:
         if args.verbose:
             raise
         _error(str(err))

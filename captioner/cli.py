@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import json
+import os
 import sys
 import warnings
 from pathlib import Path
@@ -70,8 +73,108 @@ def default_loggers(root: str) -> list:
     return [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tensorboard")]
 
 
+def user_error_in(err: BaseException):
+    """The project's `UserError` behind `err`, if any: LightningCLI (jsonargparse) wraps the errors the model's or
+    data's `__init__` raises in its own."""
+    from captioner.errors import UserError
+
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
+
+
+def exit_on_user_error(func):
+    """Run `func`; on the project's own `UserError` (a setting, a missing file or download), print its one line on
+    stderr and exit with status 2 instead of a traceback. Any other error keeps its traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except Exception as err:
+            user = user_error_in(err)
+            if user is None:
+                raise
+            print(f"captioner train: error: {user}", file=sys.stderr, flush=True)
+            raise SystemExit(2) from None
+
+    return wrapper
+
+
+# Model settings that shape the network's weights: a checkpoint resumes only into the same ones. The others (lr,
+# beam_size, max_len, dropout, ...) may change on a resume.
+ARCHITECTURE_HPARAMS = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim",
+                        "vocab_size", "num_classes", "mode", "cell", "bidirectional")
+DATA_HPARAMS = ("min_word_count",)  # besides the feature spec: the vocabulary depends on it
+_LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
+
+
+def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
+    """Before fit (and any feature extraction): refuse to resume from `ckpt_path` with other data or model settings.
+
+    Compares the feature spec, the dataset folder's name, `DATA_HPARAMS` and `ARCHITECTURE_HPARAMS` with the
+    checkpoint's; only its hyperparameters are read (safely: `weights_only`).
+
+    Raises:
+        SettingsError: one line naming each setting that differs, the checkpoint's value and the one given.
+        DataNotFoundError: `ckpt_path` does not exist.
+    """
+    import torch
+
+    from captioner.data.features import FeatureSpec
+    from captioner.errors import DataNotFoundError, SettingsError
+
+    if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
+        return
+    if not os.path.isfile(ckpt_path):
+        raise DataNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
+    try:
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise SettingsError(f"--ckpt_path {ckpt_path}: not a loadable checkpoint ({reason})") from None
+    differs: list[str] = []
+
+    def compare(name: str, was, now) -> None:
+        if was != now:
+            differs.append(f"{name} {was} (now {now})")
+
+    ckpt = ckpt if isinstance(ckpt, dict) else {}
+    hp, data_hp = ckpt.get("hyper_parameters") or {}, ckpt.get("datamodule_hyper_parameters") or {}
+    spec = getattr(data, "spec", None)
+    if isinstance(hp.get("feature_spec"), dict) and isinstance(spec, FeatureSpec):
+        try:
+            stored = FeatureSpec(**hp["feature_spec"])
+        except (TypeError, ValueError):
+            stored = None  # a spec this version cannot read: loading the checkpoint will say so
+        if stored is not None:
+            for field in dataclasses.fields(FeatureSpec):
+                compare(f"data.{field.name}", getattr(stored, field.name), getattr(spec, field.name))
+    data_now = dict(getattr(data, "hparams", {}) or {})
+    if data_hp.get("data_dir") and data_now.get("data_dir"):
+        compare("data.data_dir", Path(data_hp["data_dir"]).name, Path(data_now["data_dir"]).name)  # moving is fine
+    for name in DATA_HPARAMS:
+        if name in data_hp and name in data_now:
+            compare(f"data.{name}", data_hp[name], data_now[name])
+    model_now = dict(getattr(model, "hparams", {}) or {})
+    for name in ARCHITECTURE_HPARAMS:
+        if name in hp and name in model_now:
+            compare(f"model.{name}", hp[name], model_now[name])
+    if differs:
+        raise SettingsError(f"--ckpt_path {ckpt_path} was trained with other settings: {', '.join(differs)}; resume "
+                            f"with the checkpoint's settings, or start a new run without --ckpt_path")
+
+
+@exit_on_user_error
 def train_main(args: Optional[list[str]] = None) -> dict:
     """Train, then test the best checkpoint; write its test metrics as JSON beside it.
+
+    A bad setting, a missing dataset, unavailable backbone weights or a checkpoint trained with other settings is
+    one line on stderr and `SystemExit(2)`, before any work (see `exit_on_user_error`).
 
     Returns:
         The test metrics (floats), also written to `<best checkpoint dir>/test_metrics.json`.
@@ -80,6 +183,9 @@ def train_main(args: Optional[list[str]] = None) -> dict:
 
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    if hasattr(data, "check_ready"):
+        data.check_ready()  # before DDP starts its processes: a missing dataset is one line, not one per process
+    check_resume_settings(cli.config.get("ckpt_path"), model, data)
     try:
         # weights_only: resuming from a checkpoint never runs code from it, whatever torch's default
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
@@ -87,6 +193,12 @@ def train_main(args: Optional[list[str]] = None) -> dict:
         raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had killed the process
     ckpt_cb = trainer.checkpoint_callback
     best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    if best and trainer.ckpt_path:  # resumed: the run's earlier version folders keep their own best checkpoints
+        from captioner.models.captioner import best_of_run
+
+        fit_best, best = best, str(best_of_run(trainer.default_root_dir, best))
+        if trainer.is_global_zero and Path(best).resolve() != Path(fit_best).resolve():
+            print(f"Testing the run's best checkpoint, {best} (this resumed fit's best: {fit_best})", flush=True)
     results = trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:

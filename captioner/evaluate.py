@@ -282,8 +282,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[list[str]] = None) -> int:
-    """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 2 for a bad checkpoint, 1 on another
-    error."""
+    """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 2 for a bad checkpoint or setting
+    (or backbone weights neither here nor downloadable), 1 on another error."""
+    from captioner.errors import UserError
     from captioner.models.captioner import CheckpointError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
@@ -291,7 +292,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
                           args.max_len, args.length_penalty, args.batch_size, args.device, args.tokenizer,
                           meteor=not args.no_meteor, progress=not args.no_progress)
-    except CheckpointError as err:  # a bad --checkpoint is a bad argument: nothing was evaluated
+    except (CheckpointError, UserError) as err:  # a bad --checkpoint or setting, weights not here: nothing evaluated
         print(f"captioner evaluate: {err}", file=sys.stderr)
         return 2
     except (OSError, ValueError) as err:

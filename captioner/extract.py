@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import inspect
 import logging
 import sys
@@ -17,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from captioner.atomic import write_text_atomic
 from captioner.data.features import ClipFrames, FeatureCache, FeatureSpec, format_failures, parse_failures
-from captioner.models.encoder import Preprocessing
+from captioner.errors import UserError
+from captioner.models.encoder import Preprocessing, ensure_weights
 
 log = logging.getLogger(__name__)
 
@@ -250,7 +252,8 @@ def run_extraction(
 # `captioner extract`
 
 _UNSET = object()  # "flag not given", distinct from an explicit null
-DATA_KEYS = ("data_dir", "features_dir", "backbone", "weights", "num_frames", "image_size", "spatial_grid")
+SPEC_KEYS = tuple(f.name for f in dataclasses.fields(FeatureSpec))  # every setting that names the cache folder
+DATA_KEYS = ("data_dir", "features_dir", *SPEC_KEYS)
 
 
 def _datamodule_defaults() -> dict:
@@ -309,10 +312,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"CNN input size; null = the weights' own (default: {d['image_size']})")
     g.add_argument("--spatial-grid", type=int,
                    help=f"pool the last feature map over a g x g grid (default: {d['spatial_grid']})")
-    g.add_argument("--fast-seek", action="store_true",
+    g.add_argument("--fast-seek", action=argparse.BooleanOptionalAction, default=None,
                    help="approximate frame sampling: each sample moves to the nearest keyframe, so only keyframes "
                         "are decoded (much faster on long videos; clips with fewer keyframes than frames are read "
-                        "exactly). Cached in a folder of its own, <...>-keyframe/ (default: exact sampling)")
+                        "exactly). Cached in a folder of its own, <...>-keyframe/; --no-fast-seek: exact "
+                        f"(default: data.seek from --config, else {d['seek']})")
     g.add_argument("--split", action="append", choices=("train", "val", "test"),
                    help="only clips of this split; repeatable (default: every clip)")
     h = parser.add_argument_group("how to run it")
@@ -335,8 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
 def resolve_data_args(args: argparse.Namespace) -> dict:
     """Flags over config files over the DataModule's defaults."""
     values = {**_datamodule_defaults(), **data_args_from_configs(args.config)}
+    seek = None if args.fast_seek is None else ("keyframe" if args.fast_seek else "exact")
     flags = {"data_dir": args.data_dir, "features_dir": args.features_dir, "backbone": args.backbone,
-             "num_frames": args.num_frames, "spatial_grid": args.spatial_grid}
+             "num_frames": args.num_frames, "spatial_grid": args.spatial_grid, "seek": seek}
     values.update({k: v for k, v in flags.items() if v is not None})
     # weights and image size may be set to null on purpose: a flag given on the command line always wins
     values.update({k: getattr(args, k) for k in ("weights", "image_size") if getattr(args, k) is not _UNSET})
@@ -352,9 +357,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser.set_defaults(weights=_UNSET, image_size=_UNSET)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     data = resolve_data_args(args)
-    spec = FeatureSpec(backbone=data["backbone"], weights=data["weights"], num_frames=int(data["num_frames"]),
-                       image_size=data["image_size"], spatial_grid=int(data["spatial_grid"]),
-                       seek="keyframe" if args.fast_seek else "exact")
+    try:
+        spec = FeatureSpec(**{k: data[k] for k in SPEC_KEYS})
+    except UserError as err:
+        print(f"captioner extract: {err}", file=sys.stderr)
+        return 2
     data_dir = Path(data["data_dir"])
     cache = FeatureCache(Path(data["features_dir"]) / data_dir.name, spec)  # the DataModule's layout
     try:
@@ -370,6 +377,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     say(f"{len(items)} clips, {len(items) - todo} already cached in {cache.dir}, {todo} to extract")
     if not todo:
         return 0
+    try:
+        ensure_weights(spec.backbone, spec.weights)  # before any video is read: no download, no work
+    except UserError as err:
+        print(f"captioner extract: {err}", file=sys.stderr)
+        return 2
     failures = run_extraction(spec, items, cache, accelerator=args.accelerator, devices=args.devices,
                               num_nodes=args.num_nodes, strategy=args.strategy, precision=args.precision,
                               batch_size=args.batch_size, num_workers=args.num_workers, progress=not args.no_progress)

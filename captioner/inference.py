@@ -101,11 +101,16 @@ def caption_videos(
             on long videos (see `read_frames`); default: the checkpoint's.
         progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
         generate_kwargs: `beam_size`, `max_len`, `length_penalty`; default: the checkpoint's.
+
+    Raises:
+        WeightsUnavailableError: the backbone's weights are not on this machine and cannot be downloaded (raised
+            at the first result, before any video is read).
     """
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    model.encoder  # built (its weights loaded) before any video is read: a WeightsUnavailableError is no file's fault
     items = _work_items(inputs)
     if progress is None:
         progress = len(items) > PROGRESS_MIN_VIDEOS and sys.stderr.isatty()

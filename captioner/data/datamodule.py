@@ -9,12 +9,14 @@ from pathlib import Path
 from typing import Iterator, Literal, Optional
 
 import pytorch_lightning as pl
+import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.datasets import CaptionPairs, Clip, ClipReferences, collate_clips, collate_pairs, load_annotations
 from captioner.data.features import FeatureCache, FeatureSpec, extract_features
 from captioner.data.vocab import Vocabulary
+from captioner.errors import DataNotFoundError, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +135,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         hp = self.hparams
         if not self.annotations_path.exists():
             if not hp.synthetic:
-                raise FileNotFoundError(f"{self.annotations_path} not found (see data/README.md to prepare a dataset)")
+                raise self._not_found()
             from captioner.data.synthetic import generate_synthetic_dataset
 
             generate_synthetic_dataset(self.data_dir, hp.num_train_clips, hp.num_val_clips, hp.num_test_clips,
@@ -149,6 +151,7 @@ class CaptioningDataModule(pl.LightningDataModule):
                         len(known_bad), self.cache.report_path)
         if not todo:
             return
+        self._announce_extraction(len(todo), len(clips))
         import torch
 
         device = hp.extract_device
@@ -162,6 +165,43 @@ class CaptioningDataModule(pl.LightningDataModule):
             log.warning("%d clips could not be read and are left out (listed in %s)", len(failures),
                         self.cache.report_path)
 
+    def check_ready(self) -> None:
+        """What can be checked without any work, before training starts its processes: the dataset is there
+        (or will be generated). Bad names were refused when the spec was made.
+
+        Raises:
+            DataNotFoundError: `data_dir` has no `annotations.json` and `synthetic` is off.
+        """
+        if not self.hparams.synthetic and not self.annotations_path.exists():
+            raise self._not_found()
+
+    def _not_found(self) -> DataNotFoundError:
+        return DataNotFoundError(f"{self.annotations_path} not found (see data/README.md to prepare a dataset, or "
+                                 f"check --data.data_dir)")
+
+    def extract_command(self) -> str:
+        """The `captioner extract` command that fills this DataModule's feature cache."""
+        import shlex
+
+        hp, spec = self.hparams, self.spec
+        null = lambda v: "null" if v is None else str(v)  # noqa: E731
+        args = ["captioner", "extract", "--data-dir", str(self.data_dir), "--features-dir", str(hp.features_dir),
+                "--backbone", spec.backbone, "--weights", null(spec.weights), "--num-frames", str(spec.num_frames),
+                "--image-size", null(spec.image_size), "--spatial-grid", str(spec.spatial_grid),
+                "--fast-seek" if spec.seek == "keyframe" else "--no-fast-seek"]
+        return shlex.join(args)
+
+    def _announce_extraction(self, todo: int, total: int) -> None:
+        """Say which cache training fills, which others this dataset has, and how to fill it apart: encoding a
+        dataset takes minutes to hours on real videos, and a changed backbone or frame count must not do it
+        unannounced."""
+        root = self.cache.dir.parent
+        others = sorted(p.name for p in root.iterdir() if p.is_dir() and p != self.cache.dir) if root.is_dir() else []
+        log.warning("%d of %d clips have no features in %s: extracting them now, in this process", todo, total,
+                    self.cache.dir)
+        log.warning("other feature caches of %s in %s: %s", self.data_dir.name, root, ", ".join(others) or "none")
+        log.warning("to extract apart instead (1 CPU to N GPUs), stop and run: %s", self.extract_command())
+
     def _check_synthetic_matches(self) -> None:
         import json
 
@@ -174,7 +214,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         differs = {k: (made.get(k), v) for k, v in wanted.items() if made.get(k) != v}
         if differs:
             detail = ", ".join(f"{k}: has {a}, asked {b}" for k, (a, b) in differs.items())
-            raise ValueError(f"{self.data_dir} holds a synthetic set generated with other settings ({detail}); "
+            raise SettingsError(f"{self.data_dir} holds a synthetic set generated with other settings ({detail}); "
                              f"delete that folder or choose another --data.data_dir")
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -202,9 +242,13 @@ class CaptioningDataModule(pl.LightningDataModule):
         workers = 0 if in_memory else self.hparams.num_workers
         if in_memory:
             warnings.filterwarnings("ignore", message=r"The 'train_dataloader' does not have many workers")
+        # a generator of its own: each new iterator draws its workers' base seed from it, not from the global
+        # random state, which only training steps then draw from (dropout); so the state saved in a checkpoint is
+        # the state of the next training step, even across the epoch's end (see CaptioningSystem.on_train_start)
         return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler, num_workers=workers,
                           collate_fn=collate_pairs, drop_last=len(ds) > self.hparams.batch_size,
-                          persistent_workers=workers > 0, pin_memory=self._on_gpu())
+                          persistent_workers=workers > 0, pin_memory=self._on_gpu(),
+                          generator=torch.Generator().manual_seed(self.train_sampler.seed))
 
     def _on_gpu(self) -> bool:
         """Page-locked batches copy to a GPU asynchronously (Lightning moves them with `non_blocking`)."""
@@ -231,7 +275,8 @@ class CaptioningDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(ClipReferences(self.splits[split], self.cache), batch_size=self.hparams.batch_size,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_clips)
+                          num_workers=self.hparams.num_workers, collate_fn=collate_clips,
+                          generator=torch.Generator().manual_seed(0))  # as in train_dataloader
 
     def val_dataloader(self) -> DataLoader:
         return self._eval_loader("val")

@@ -14,6 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.atomic import write_text_atomic
+from captioner.errors import SettingsError
 from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
@@ -41,8 +42,15 @@ class FeatureSpec:
     seek: str = "exact"  # frame sampling, see `read_frames`: "keyframe" is approximate and much faster on long videos
 
     def __post_init__(self):
+        """Check every field now, so train, extract and evaluate all refuse a bad name before any work."""
+        from captioner.models.encoder import check_backbone
+
         if self.seek not in SEEK_MODES:
-            raise ValueError(f"seek must be one of {SEEK_MODES}, got {self.seek!r}")
+            raise SettingsError(f"seek must be one of {', '.join(SEEK_MODES)}, got {self.seek!r}")
+        for name in ("num_frames", "spatial_grid"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        check_backbone(self.backbone, self.weights)
 
     @property
     def key(self) -> str:

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import difflib
+import functools
+import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 import torch
 import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
+from captioner.errors import SettingsError, WeightsUnavailableError
 from captioner.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 
 OFFLINE_BACKBONE = "efficientnet_lite0"
@@ -35,6 +41,75 @@ def _preprocessing_of(weights) -> Preprocessing:
     tf = weights.transforms()
     size = lambda s: int(s[0] if isinstance(s, (list, tuple)) else s)  # noqa: E731
     return Preprocessing(size(tf.resize_size), size(tf.crop_size), tuple(tf.mean), tuple(tf.std))
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_names() -> tuple[str, ...]:
+    """Every backbone name a `FrameEncoder` accepts: the offline one and torchvision's classification models."""
+    return (OFFLINE_BACKBONE, *torchvision.models.list_models(module=torchvision.models))
+
+
+def _close_to(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=4, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def check_backbone(backbone: str, weights: Optional[str]) -> None:
+    """Raise `SettingsError`, naming the close valid names, unless `backbone` and `weights` name a real pair.
+
+    `efficientnet_lite0` has one set of weights, `DEFAULT` (or `None`, random): another name would silently
+    load the same weights into a cache folder of its own.
+    """
+    if backbone == OFFLINE_BACKBONE:
+        if weights not in (None, "DEFAULT"):
+            raise SettingsError(f"weights {weights!r}: {OFFLINE_BACKBONE} has only its own ImageNet weights, "
+                                f"named DEFAULT (or null for random weights)")
+        return
+    names = backbone_names()
+    if backbone not in names:
+        raise SettingsError(f"unknown backbone {backbone!r}{_close_to(backbone, names)}: use {OFFLINE_BACKBONE} "
+                            f"or a torchvision classification model (torchvision.models.list_models())")
+    if weights is None:
+        return
+    members = list(torchvision.models.get_model_weights(backbone).__members__)
+    if weights not in members:
+        raise SettingsError(f"unknown weights {weights!r} for {backbone}: its weights are {', '.join(members)}, "
+                            f"or null for random weights")
+
+
+def weights_file(backbone: str, weights: str) -> Path:
+    """Where torch hub keeps a torchvision backbone's weights: `$TORCH_HOME/hub/checkpoints/<file of the URL>`."""
+    url = torchvision.models.get_model_weights(backbone)[weights].url
+    return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
+
+
+def ensure_weights(backbone: str, weights: Optional[str]) -> Optional[Path]:
+    """Download a torchvision backbone's weights into torch hub's cache unless they are there; their file.
+
+    Cheap when they are there: a pre-flight check before any video is read. `None` for the offline backbone and
+    for random weights, which need no file.
+
+    Raises:
+        WeightsUnavailableError: the file is not there and the download failed (no network, no write access).
+    """
+    check_backbone(backbone, weights)
+    if backbone == OFFLINE_BACKBONE or weights is None:
+        return None
+    url = torchvision.models.get_model_weights(backbone)[weights].url
+    path = weights_file(backbone, weights)
+    if path.is_file():
+        return path
+    digest = torch.hub.HASH_REGEX.search(path.name)  # as torch hub checks it (torchvision asks for check_hash)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.hub.download_url_to_file(url, str(path), digest.group(1) if digest else None, progress=True)
+    except OSError as err:  # URLError, socket and SSL errors, a read-only folder
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        raise WeightsUnavailableError(
+            f"backbone {backbone} with weights {weights} needs {path.name}, which is not in {path.parent} and "
+            f"could not be downloaded ({reason}): download once where there is network; they go to "
+            f"$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), or copy {url} there") from None
+    return path
 
 
 def _cut_classifier(model: nn.Module) -> int:
@@ -65,6 +140,10 @@ class FrameEncoder(nn.Module):
         spatial_grid: average the last feature map over a `g x g` grid instead of the whole frame and
             concatenate the cells (D = C * g * g): keeps where things are, which motion needs. 1 = the
             backbone's own global pooling.
+
+    Raises:
+        SettingsError: an unknown backbone or weights name (the message lists close valid names).
+        WeightsUnavailableError: the weights are neither in torch hub's cache nor downloadable.
     """
 
     def __init__(
@@ -78,6 +157,9 @@ class FrameEncoder(nn.Module):
     ):
         super().__init__()
         self.backbone_name = backbone
+        check_backbone(backbone, weights)
+        if weights_path is None:
+            ensure_weights(backbone, weights)  # a missing download says so, in one line, before anything else
         if backbone == OFFLINE_BACKBONE:
             net = efficientnet_lite0(pretrained=weights is not None and weights_path is None)
             self.preprocessing = LITE0_PREPROCESSING
