@@ -235,3 +235,32 @@ def test_datamodule_extraction_reports_an_unreadable_clip_once(dataset, tmp_path
     _datamodule(dataset, tmp_path).prepare_data()  # nothing left to extract: the known bad clip is not retried
     assert report.read_text().splitlines() == lines
     assert not [p.name for p in report.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_every_cache_setting_of_a_config_reaches_extract(dataset, tmp_path):
+    """`data.seek: keyframe` in a training config (and every other FeatureSpec field) names the cache `extract`
+    writes: the one the DataModule of that config then reads, with nothing left to extract."""
+    import dataclasses
+
+    import yaml
+
+    from captioner.extract import DATA_KEYS
+
+    assert {f.name for f in dataclasses.fields(FeatureSpec)} <= set(DATA_KEYS)
+    data = dict(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path), **SPEC, spatial_grid=2,
+                seek="keyframe")
+    config = tmp_path / "keyframe.yaml"
+    config.write_text(yaml.safe_dump({"data": {"class_path": "captioner.data.datamodule.CaptioningDataModule",
+                                               "init_args": data}}))
+    assert main(["--config", str(config), "--accelerator", "cpu", "--batch-size", "4", "--num-workers", "0",
+                 "--no-progress"]) == 0
+    dm = CaptioningDataModule(**data)
+    assert dm.cache.dir.name == FeatureSpec(**SPEC).key + "-grid2-keyframe"
+    assert len(_files(dm.cache)) == 25 and [p.name for p in (tmp_path / dataset.name).iterdir()] == [dm.cache.dir.name]
+    before = _files(dm.cache)
+    dm.prepare_data()  # nothing left to extract
+    assert _files(dm.cache) == before
+    # a flag still wins over the config
+    assert main(["--config", str(config), "--no-fast-seek", "--split", "test", "--accelerator", "cpu",
+                 "--num-workers", "0", "--no-progress"]) == 0
+    assert len(list((tmp_path / dataset.name / (FeatureSpec(**SPEC).key + "-grid2")).glob("*.npy"))) == 4

@@ -1,0 +1,321 @@
+"""Settings refused before any work, in one line: backbone and weights names, offline weights, resuming with other
+settings, a missing dataset; and training says which feature cache it fills."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+from urllib.error import URLError
+
+import pytest
+import torch
+
+from captioner.caption_cli import caption_command
+from captioner.cli import exit_on_user_error, train_main
+from captioner.data.datamodule import CaptioningDataModule
+from captioner.data.features import FeatureSpec
+from captioner.errors import SettingsError, UserError, WeightsUnavailableError
+from conftest import moving_square, tiny_args
+
+REPO = Path(__file__).resolve().parents[1]
+WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+
+
+def _one_line(text: str) -> str:
+    lines = [line for line in text.splitlines() if line.strip()]
+    assert len(lines) == 1, text
+    assert "Traceback" not in text
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 10: backbone and weights names
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(backbone="resnet_152"), "unknown backbone 'resnet_152' (did you mean resnet152"),
+    (dict(backbone="resnet152", weights="IMAGENET1K_V3"),
+     "unknown weights 'IMAGENET1K_V3' for resnet152: its weights are IMAGENET1K_V1, IMAGENET1K_V2, DEFAULT"),
+    (dict(backbone="efficientnet_lite0", weights="IMAGENET1K_V1"),
+     "efficientnet_lite0 has only its own ImageNet weights, named DEFAULT (or null for random weights)"),
+    (dict(num_frames=0), "num_frames must be a whole number of at least 1"),
+    (dict(seek="fast"), "seek must be one of exact, keyframe"),
+])
+def test_bad_names_are_one_line_with_the_valid_ones(kwargs, message):
+    with pytest.raises(SettingsError) as err:
+        FeatureSpec(**kwargs)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert isinstance(err.value, ValueError)  # callers catching ValueError still do
+    # the DataModule makes its spec at once, so train, extract and evaluate all refuse before any work
+    with pytest.raises(SettingsError):
+        CaptioningDataModule(**kwargs)
+
+
+def test_good_names_still_make_their_cache_folders():
+    assert FeatureSpec().key == "efficientnet_lite0-DEFAULT-8f"
+    assert FeatureSpec(weights=None).key == "efficientnet_lite0-random-8f"
+    assert FeatureSpec("resnet152", "IMAGENET1K_V1", 20).key == "resnet152-IMAGENET1K_V1-20f"
+    assert FeatureSpec("resnet18", None, 4, seek="keyframe").key == "resnet18-random-4f-keyframe"
+
+
+def test_train_with_a_bad_name_is_one_line_and_exit_2(tiny_datamodule_args, tmp_path, capsys):
+    args = {**tiny_datamodule_args, "features_dir": str(tmp_path / "features")}
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(tiny_args(args, tmp_path / "run", "--data.backbone=resnet_152"))
+    assert exit_info.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line.startswith("captioner train: error: unknown backbone 'resnet_152' (did you mean resnet152")
+    assert not (tmp_path / "features").exists()
+
+
+def test_extract_with_a_bad_name_is_one_line_and_exit_2(tiny_dataset, tmp_path, capsys):
+    from captioner.extract import main
+
+    argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(tmp_path), "--backbone", "resnet18",
+            "--weights", "IMAGENET1K_V3", "--accelerator", "cpu", "--no-progress"]
+    assert main(argv) == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == ("captioner extract: unknown weights 'IMAGENET1K_V3' for resnet18: its weights are "
+                    "IMAGENET1K_V1, DEFAULT, or null for random weights")
+    assert not list(tmp_path.iterdir())
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 11: a missing dataset; the project's errors are one line, others keep their traceback
+
+
+def test_a_missing_dataset_is_one_line_and_exit_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([f"--data.data_dir={tmp_path / 'msvdd'}", "--data.synthetic=false",
+                    f"--trainer.default_root_dir={tmp_path / 'run'}"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"captioner train: error: {tmp_path / 'msvdd' / 'annotations.json'} not found" in err
+
+
+def test_train_script_with_a_missing_dataset_prints_the_line_alone(tmp_path):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--data.data_dir", "data/msvdd",
+                           "--data.synthetic", "false", f"--trainer.default_root_dir={tmp_path}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "captioner train: error: data/msvdd/annotations.json not found (see data/README.md to prepare a dataset, "
+        "or check --data.data_dir)")
+
+
+def test_only_the_projects_own_errors_lose_their_traceback(capsys):
+    @exit_on_user_error
+    def wrapped(err):
+        raise err
+
+    with pytest.raises(SystemExit) as exit_info:
+        wrapped(SettingsError("bad setting: do this"))
+    assert exit_info.value.code == 2 and capsys.readouterr().err == "captioner train: error: bad setting: do this\n"
+    try:  # as LightningCLI (jsonargparse) wraps the errors of the classes it instantiates
+        raise ValueError("Does not validate against any of the Union subtypes") from UserError("the real reason")
+    except ValueError as outer:
+        with pytest.raises(SystemExit):
+            wrapped(outer)
+    assert capsys.readouterr().err == "captioner train: error: the real reason\n"
+    with pytest.raises(RuntimeError, match="a bug"):  # not a user error: the traceback is what helps
+        wrapped(RuntimeError("a bug"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 4: a torchvision backbone whose weights are neither here nor downloadable
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch) -> SimpleNamespace:
+    """An empty $TORCH_HOME and no network: every download fails as it does without one (`home`: $TORCH_HOME,
+    `attempts`: the URLs tried)."""
+    home = tmp_path / "torch_home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    attempts = []
+
+    def no_network(url, *args, **kwargs):
+        attempts.append(url)
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    return SimpleNamespace(home=home, attempts=attempts)
+
+
+def _offline_message(home: Path) -> str:
+    return (f"backbone resnet18 with weights IMAGENET1K_V1 needs {WEIGHTS_FILE}, which is not in "
+            f"{home / 'hub' / 'checkpoints'} and could not be downloaded (URLError: <urlopen error [Errno -3] "
+            f"Temporary failure in name resolution>): download once where there is network; they go to "
+            f"$TORCH_HOME/hub/checkpoints")
+
+
+def test_offline_weights_are_a_clear_library_error(offline):
+    from captioner.models.encoder import FrameEncoder
+
+    with pytest.raises(WeightsUnavailableError) as err:
+        FrameEncoder("resnet18", weights="IMAGENET1K_V1")
+    assert str(err.value).startswith(_offline_message(offline.home)) and "\n" not in str(err.value)
+    assert isinstance(err.value, UserError) and isinstance(err.value, OSError)
+
+
+def test_weights_already_in_torch_home_need_no_network(offline):
+    from torchvision.models import resnet18
+
+    from captioner.models.encoder import FrameEncoder
+
+    torch.manual_seed(1)
+    state = resnet18().state_dict()
+    (offline.home / "hub" / "checkpoints").mkdir(parents=True)
+    torch.save(state, offline.home / "hub" / "checkpoints" / WEIGHTS_FILE)
+    enc = FrameEncoder("resnet18", weights="IMAGENET1K_V1")
+    assert offline.attempts == []
+    assert torch.equal(enc.net.conv1.weight, state["conv1.weight"])
+
+
+@pytest.fixture
+def resnet_checkpoint(tmp_path) -> Path:
+    """A tiny captioner checkpoint whose features come from ResNet-18 with ImageNet weights."""
+    from captioner.data.vocab import SPECIALS
+    from captioner.models.captioner import build_captioner
+
+    hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 512, "embed_dim": 8, "hidden_dim": 8,
+          "feature_spec": FeatureSpec("resnet18", "IMAGENET1K_V1", num_frames=4).to_dict(), "beam_size": 1,
+          "max_len": 3}
+    ckpt = tmp_path / "resnet.ckpt"
+    torch.save({"hyper_parameters": hp,
+                "state_dict": {f"model.{k}": v for k, v in build_captioner(hp).state_dict().items()}}, ckpt)
+    return ckpt
+
+
+def test_caption_cli_blames_the_weights_not_the_videos(offline, resnet_checkpoint, tmp_path, monkeypatch, capsys):
+    import captioner.data.video as video
+    from captioner.data.synthetic import write_mp4
+
+    videos = []
+    for name in ("a.mp4", "b.mp4", "c.mp4"):
+        write_mp4(moving_square(8, 32), tmp_path / name)
+        videos.append(str(tmp_path / name))
+    read = []
+    monkeypatch.setattr(video, "read_frames", lambda path, *a, **k: read.append(path))
+    status = caption_command([*videos, "--checkpoint", str(resnet_checkpoint), "--device", "cpu",
+                              "--batch-size", "1"])
+    out, err = capsys.readouterr()
+    assert status == 2 and out == ""
+    assert _one_line(err).startswith(f"captioner caption: error: {_offline_message(offline.home)}")
+    assert read == [] and len(offline.attempts) == 1  # no video touched, one download tried, not one per batch
+
+
+def test_library_captioning_raises_the_weights_error(offline, resnet_checkpoint, tiny_mp4):
+    from captioner import VideoCaptioner
+    from captioner.inference import caption_videos
+
+    model = VideoCaptioner.from_checkpoint(resnet_checkpoint)  # the encoder is built on first use
+    with pytest.raises(WeightsUnavailableError, match=WEIGHTS_FILE):
+        next(caption_videos(model, [tiny_mp4]))
+    with pytest.raises(WeightsUnavailableError, match="download once where there is network"):
+        model.caption([tiny_mp4])
+
+
+def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_dataset, tmp_path, capsys):
+    from captioner.extract import main
+
+    features = tmp_path / "features"
+    argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(features), "--backbone", "resnet18",
+            "--weights", "IMAGENET1K_V1", "--num-frames", "4", "--accelerator", "cpu", "--num-workers", "0",
+            "--no-progress"]
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert _one_line(err) == f"captioner extract: {_offline_message(offline.home)} (default ~/.cache/torch/hub/" \
+                             f"checkpoints), or copy https://download.pytorch.org/models/{WEIGHTS_FILE} there"
+    assert not list(features.rglob("*.npy"))
+
+
+def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodule_args, tmp_path, capsys):
+    args = {**tiny_datamodule_args, "features_dir": str(tmp_path / "features"), "weights": "IMAGENET1K_V1"}
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(tiny_args(args, tmp_path / "run"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"captioner train: error: {_offline_message(offline.home)}" in err
+    assert not list((tmp_path / "features").rglob("*.npy"))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 5: training that must extract says so, and how to do it apart
+
+
+def test_training_says_which_cache_it_fills_and_how(tiny_datamodule_args, tmp_path, caplog):
+    from captioner.extract import build_parser, resolve_data_args
+    from captioner.extract import _UNSET
+
+    features = tmp_path / "features"
+    dataset = Path(tiny_datamodule_args["data_dir"]).name
+    (features / dataset / "resnet152-IMAGENET1K_V1-20f").mkdir(parents=True)  # a cache of other settings
+    dm = CaptioningDataModule(**{**tiny_datamodule_args, "features_dir": str(features), "num_frames": 2,
+                                 "image_size": 32, "seek": "keyframe"})
+    with caplog.at_level(logging.WARNING, logger="captioner"):
+        dm.prepare_data()
+    text = caplog.text
+    assert f"25 of 25 clips have no features in {dm.cache.dir}: extracting them now" in text
+    assert f"other feature caches of {dataset} in {features / dataset}: resnet152-IMAGENET1K_V1-20f" in text
+    assert f"to extract apart instead (1 CPU to N GPUs), stop and run: {dm.extract_command()}" in text
+    assert len(list(dm.cache.dir.glob("*.npy"))) == 25  # then it extracts, as asked
+    # the command it gives fills exactly this cache
+    parser = build_parser()
+    parser.set_defaults(weights=_UNSET, image_size=_UNSET)
+    data = resolve_data_args(parser.parse_args(shlex.split(dm.extract_command())[2:]))
+    assert FeatureSpec(**{k: data[k] for k in ("backbone", "weights", "num_frames", "image_size", "spatial_grid",
+                                               "seek")}) == dm.spec
+    assert (Path(data["features_dir"]), Path(data["data_dir"])) == (features, dm.data_dir)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="captioner"):
+        CaptioningDataModule(**{**tiny_datamodule_args, "features_dir": str(features), "num_frames": 2,
+                                "image_size": 32, "seek": "keyframe"}).prepare_data()
+    assert "extracting" not in caplog.text  # nothing to do: nothing said
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# item 6: resuming with other settings
+
+
+def test_resume_with_other_settings_is_one_line_before_any_work(trained, tiny_datamodule_args, tmp_path, capsys):
+    _, _, ckpt = trained
+    args = {**tiny_datamodule_args, "num_frames": 8}
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(tiny_args(args, tmp_path / "run", f"--ckpt_path={ckpt}", "--model.hidden_dim=64",
+                             "--model.temporal=lstm", "--model.lr=0.01", "--model.beam_size=3"))
+    assert exit_info.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (f"captioner train: error: --ckpt_path {ckpt} was trained with other settings: data.num_frames 4 "
+                    f"(now 8), model.hidden_dim 32 (now 64), model.temporal mean (now lstm); resume with the "
+                    f"checkpoint's settings, or start a new run without --ckpt_path")
+    assert not FeatureSpec("resnet18", None, 8).key in os.listdir(Path(args["features_dir"]) /
+                                                                  Path(args["data_dir"]).name)  # nothing extracted
+    assert not (tmp_path / "run").exists()
+
+
+def test_resume_check_lets_training_settings_change(trained, tiny_datamodule_args, tmp_path):
+    from captioner.cli import build_cli, check_resume_settings
+
+    _, _, ckpt = trained
+    cli = build_cli(tiny_args(tiny_datamodule_args, tmp_path, "--model.lr=0.01", "--model.beam_size=3",
+                              "--model.max_len=7", "--model.dropout=0.1", "--data.batch_size=4"))
+    check_resume_settings(str(ckpt), cli.model, cli.datamodule)  # no error
+    check_resume_settings("last", cli.model, cli.datamodule)  # Lightning's own names are left to Lightning
+    with pytest.raises(UserError, match="no such checkpoint file"):
+        check_resume_settings(str(tmp_path / "nope.ckpt"), cli.model, cli.datamodule)
+    other = tiny_args({**tiny_datamodule_args, "min_word_count": 2, "seek": "keyframe"}, tmp_path,
+                      "--model.embed_dim=8", "--model.num_layers=2")
+    cli = build_cli(other)
+    with pytest.raises(SettingsError) as err:
+        check_resume_settings(str(ckpt), cli.model, cli.datamodule)
+    assert ("data.seek exact (now keyframe), data.min_word_count 1 (now 2), model.embed_dim 16 (now 8), "
+            "model.num_layers 1 (now 2)") in str(err.value)
