@@ -36,3 +36,29 @@ def test_tokenize_is_remembered_but_hands_out_copies():
     first.append("changed")
     assert tokenize("A dog runs after the ball!") == ["a", "dog", "runs", "after", "the", "ball"]
     assert _tokens.cache_info().hits >= 1
+
+
+def test_tokenize_drops_periods_inside_a_caption_as_coco_caption_does():
+    """The Treebank rules split only the final period: `runs.` and `it..` became words (and vocabulary entries)."""
+    assert tokenize("A dog runs. It is happy.") == ["a", "dog", "runs", "it", "is", "happy"]
+    assert tokenize("by it..") == ["by", "it"]
+    assert tokenize("a dog.. runs... fast .y") == ["a", "dog", "runs", "fast", "y"]
+    assert tokenize("a man is cooking. he adds salt. then stirs.") == ["a", "man", "is", "cooking", "he", "adds",
+                                                                       "salt", "then", "stirs"]
+    # abbreviations keep their period, as in coco-caption's PTBTokenizer; numbers keep theirs
+    assert tokenize("Mr. Smith of the U.S. army, e.g. at 5 p.m.. 3.5 m. tall") == [
+        "mr.", "smith", "of", "the", "u.s.", "army", "e.g.", "at", "5", "p.m.", "3.5", "m.", "tall"]
+    # quotes: an opening single quote is punctuation, a clitic is a word
+    assert tokenize("a \"man\" is 'here' and he's fine") == ["a", "man", "is", "here", "and", "he", "'s", "fine"]
+    assert tokenize("'' `` ' -- ; : ( ) [ ] { } ...") == []
+    assert tokenize("ask Mr.") == ["ask", "mr."] and tokenize("at 5 p.m.") == ["at", "5", "p.m."]  # final ones too
+    vocab = Vocabulary.build(["A dog runs. It is happy.", "by it.."])
+    assert not [w for w in vocab.itos if "." in w]
+
+
+@pytest.mark.parametrize("caption", ["A dog runs. It is happy.", "by it..", "ask Mr. !", "at 5 p.m..", "plan a.",
+                                     "the 'quoted' U.S. word.", "St. Louis at 10.", "x .y"])
+def test_tokenize_reads_its_own_output_back_the_same(caption):
+    """Prepared annotations store `" ".join(tokenize(caption))`, which the vocabulary tokenises again."""
+    words = tokenize(caption)
+    assert tokenize(" ".join(words)) == words
