@@ -177,7 +177,8 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     one line on stderr and `SystemExit(2)`, before any work (see `exit_on_user_error`).
 
     Returns:
-        The test metrics (floats), also written to `<best checkpoint dir>/test_metrics.json`.
+        The test metrics (floats), also written to `<this fit's checkpoint dir>/test_metrics.json`. A resumed run
+        tests the best checkpoint of the whole run (`best_of_run`), which may lie in an earlier version folder.
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
@@ -192,17 +193,18 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     except SIGTERMException:  # stopped by SIGTERM after saving hpc_ckpt_<n>.ckpt: not a finished run
         raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had killed the process
     ckpt_cb = trainer.checkpoint_callback
-    best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
+    best = fit_best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best and trainer.ckpt_path:  # resumed: the run's earlier version folders keep their own best checkpoints
         from captioner.models.captioner import best_of_run
 
-        fit_best, best = best, str(best_of_run(trainer.default_root_dir, best))
+        best = str(best_of_run(trainer.default_root_dir, best))
         if trainer.is_global_zero and Path(best).resolve() != Path(fit_best).resolve():
             print(f"Testing the run's best checkpoint, {best} (this resumed fit's best: {fit_best})", flush=True)
     results = trainer.test(model, datamodule=data, ckpt_path=best or None, weights_only=True)
     metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
     if trainer.is_global_zero:
-        out_dir = Path(best).parent if best else Path(trainer.log_dir or trainer.default_root_dir)
+        # this fit's own folder, even when the run's best is in an earlier version folder: that one keeps its own
+        out_dir = Path(fit_best).parent if fit_best else Path(trainer.log_dir or trainer.default_root_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = out_dir / "test_metrics.json"
         clean = {k.split("/", 1)[-1] if k.startswith("test/") else k: v for k, v in metrics.items()}

@@ -207,3 +207,41 @@ def test_a_run_folder_stands_for_its_newest_best_checkpoint(trained, clips, tmp_
         (folder / "epoch01-bleu4_0.5000.ckpt").write_bytes(b"x")
     assert caption_command([real, "--checkpoint", str(tmp_path / "runs")]) == 2
     assert "holds the checkpoints of 2 runs" in capsys.readouterr().err
+
+
+def test_training_tests_the_best_checkpoint_of_the_whole_run(tiny_datamodule_args, tmp_path, monkeypatch, capsys):
+    """A run resumed into a new version folder tests the run's best, wherever it is; a fresh run its own best."""
+    import pytorch_lightning as pl
+
+    from captioner.cli import train_main
+    from captioner.systems.captioning import CaptioningSystem
+    from conftest import tiny_args
+
+    class StopAtEpoch(pl.Callback):  # a job that dies after epoch 1, as a node failure would
+        def on_train_epoch_start(self, trainer, pl_module):
+            if trainer.current_epoch == 2:
+                raise RuntimeError("stopped")
+
+    configure = CaptioningSystem.configure_callbacks
+    monkeypatch.setattr(CaptioningSystem, "configure_callbacks", lambda self: [*configure(self), StopAtEpoch()])
+    root = tmp_path / "run"
+    with pytest.raises(RuntimeError, match="stopped"):
+        train_main(tiny_args(tiny_datamodule_args, root))
+    monkeypatch.setattr(CaptioningSystem, "configure_callbacks", configure)
+    first = root / "logs" / "version_0" / "checkpoints"
+    (kept,) = first.glob("epoch*.ckpt")
+    best = kept.rename(first / "epoch01-bleu4_0.9999.ckpt")  # the best score stays in version_0, whatever the run
+    capsys.readouterr()
+    resumed = train_main(tiny_args(tiny_datamodule_args, root, f"--ckpt_path={first / 'last.ckpt'}"))
+    out = capsys.readouterr().out
+    (own,) = (root / "logs" / "version_1" / "checkpoints").glob("epoch*.ckpt")  # the resumed fit's own best
+    assert f"Testing the run's best checkpoint, {best} (this resumed fit's best: {own})" in out
+    assert f"Best checkpoint: {best}" in out
+    tested = json.loads((own.parent / "test_metrics.json").read_text())  # in the resumed fit's own folder
+    assert tested["bleu4"] == pytest.approx(resumed["test/bleu4"])
+    # a fresh run in the same folder is another run: it tests its own best, not version_0's higher score
+    capsys.readouterr()
+    train_main(tiny_args(tiny_datamodule_args, root))
+    out = capsys.readouterr().out
+    (fresh,) = (root / "logs" / "version_2" / "checkpoints").glob("epoch*.ckpt")
+    assert f"Best checkpoint: {fresh}" in out and "Testing the run's best" not in out

@@ -47,6 +47,20 @@ def best_checkpoint(files: Sequence[str | os.PathLike]) -> Path:
     return max(map(Path, files), key=rank)
 
 
+def best_of_run(run_dir: str | os.PathLike, current_best: str | os.PathLike) -> Path:
+    """The best checkpoint of the run in `run_dir` (a Trainer's `default_root_dir`): `current_best` (this fit's)
+    or the best `epoch*.ckpt` an earlier fit of the run kept in its own version folder, by `find_checkpoint`'s rule.
+
+    A run resumed into a new version folder starts its `ModelCheckpoint` afresh there ("dirpath has changed"), so
+    the callback's `best_model_path` is the best of the newest version folder only. Other runs' checkpoints
+    (another `default_root_dir` beneath `run_dir`) are left out.
+    """
+    run_dir = Path(run_dir).resolve()
+    earlier = [f for f in run_dir.rglob("epoch*.ckpt")
+               if f.is_file() and _SCORE.search(f.name) and run_folder(f.resolve()) == run_dir]
+    return best_checkpoint([Path(current_best), *earlier])
+
+
 def find_checkpoint(path: str | os.PathLike) -> Path:
     """`path` itself when it is a file. For a folder (a run root such as `runs/synthetic`, a version folder, a
     `checkpoints/` folder), the best checkpoint beneath it: among the `epoch*.ckpt` files training keeps (one per
