@@ -134,9 +134,10 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
         raise DataNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     try:
         ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
-        raise SettingsError(f"--ckpt_path {ckpt_path}: not a loadable checkpoint ({reason})") from None
+    except Exception as err:  # not a checkpoint, or one asking to run code (which the safe load refuses)
+        from captioner.models.captioner import _load_failure
+
+        raise SettingsError(f"--ckpt_path {ckpt_path}: not a loadable checkpoint ({_load_failure(err)})") from None
     differs: list[str] = []
 
     def compare(name: str, was, now) -> None:

@@ -425,16 +425,20 @@ class _WritesAFile:
         return (Path.touch, (self.path,))
 
 
-def test_resuming_from_a_checkpoint_never_runs_its_code(tiny_datamodule_args, tmp_path):
+def test_resuming_from_a_checkpoint_never_runs_its_code(tiny_datamodule_args, tmp_path, capsys):
     from conftest import tiny_args
 
     from captioner.cli import train_main
 
     marker, evil = tmp_path / "code_ran", tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _WritesAFile(marker)}, evil)
-    with pytest.raises(Exception, match="Weights only load failed"):
+    with pytest.raises(SystemExit) as exit_info:  # refused, in one line, before training starts
         train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=1",
                              f"--ckpt_path={evil}"))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert f"captioner train: error: --ckpt_path {evil}: not a loadable checkpoint (" in err
+    assert "safe load refuses" in err and "Traceback" not in err
     assert not marker.exists()
 
 
