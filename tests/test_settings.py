@@ -238,6 +238,18 @@ def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_datase
     assert not list(features.rglob("*.npy"))
 
 
+def test_evaluate_without_the_weights_is_one_line_and_exit_2(offline, resnet_checkpoint, tiny_dataset, tmp_path,
+                                                            capsys):
+    from captioner.evaluate import main
+
+    argv = ["--checkpoint", str(resnet_checkpoint), "--data-dir", str(tiny_dataset), "--features-dir",
+            str(tmp_path / "no_cache"), "--device", "cpu", "--no-meteor", "--no-progress",
+            "--out", str(tmp_path / "out")]
+    assert main(argv) == 2  # no clip is cached: they would be encoded from the video
+    assert _one_line(capsys.readouterr().err).startswith(f"captioner evaluate: {_offline_message(offline.home)}")
+    assert not (tmp_path / "out").exists()
+
+
 def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodule_args, tmp_path, capsys):
     args = {**tiny_datamodule_args, "features_dir": str(tmp_path / "features"), "weights": "IMAGENET1K_V1"}
     with pytest.raises(SystemExit) as exit_info:

