@@ -76,7 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="progress bar on stderr (default: shown for more than 8 videos when stderr is a terminal)")
     p.add_argument("-v", "--verbose", action="store_true",
-                   help="show Python tracebacks and debug messages on stderr (default: off)")
+                   help="show Python tracebacks, debug messages and FFmpeg's own warnings on stderr (default: off)")
     return p
 
 
@@ -89,6 +89,9 @@ def caption_command(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("captioner").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+    from captioner.data.video import set_ffmpeg_logging
+
+    set_ffmpeg_logging(args.verbose)  # libav's own lines (`[h264 @ 0x...] ...`) only with --verbose
     try:
         return _run(args)
     except KeyboardInterrupt:

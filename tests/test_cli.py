@@ -17,6 +17,7 @@ from captioner.cli import main
 from captioner.data.synthetic import write_mp4
 from conftest import moving_square
 from test_inference import write_bad_videos
+from test_video import write_damaged_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ("--checkpoint", "--beam-size", "--max-length", "--frames", "--json", "--device", "--batch-size",
@@ -245,3 +246,13 @@ def test_training_tests_the_best_checkpoint_of_the_whole_run(tiny_datamodule_arg
     out = capsys.readouterr().out
     (fresh,) = (root / "logs" / "version_2" / "checkpoints").glob("epoch*.ckpt")
     assert f"Best checkpoint: {fresh}" in out and "Testing the run's best" not in out
+
+
+def test_libav_lines_only_with_verbose(ckpt, tmp_path):
+    damaged = write_damaged_mp4(tmp_path / "damaged.mp4")  # decodes, with libav errors on every damaged slice
+    quiet = run(damaged, "--checkpoint", ckpt, "--device", "cpu")
+    assert quiet.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout.startswith(f"{damaged}\t") and quiet.stderr == ""
+    verbose = run(damaged, "--checkpoint", ckpt, "--device", "cpu", "--verbose")
+    assert verbose.returncode == 0 and verbose.stdout == quiet.stdout
+    assert "[h264 @ 0x" in verbose.stderr

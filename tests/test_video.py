@@ -218,3 +218,39 @@ def test_keyframe_seek_over_the_bad_and_odd_inputs(bad_corpus):
         fast = read_frames(case.path, num_frames=4, short_side=None, seek="keyframe")
         assert fast.shape == (4, *case.size, 3), name
         assert fast.shape == read_frames(case.path, num_frames=4, short_side=None).shape, name
+
+
+def write_damaged_mp4(path):
+    """An H.264 mp4 with bytes overwritten all through its slices: it decodes, and libav complains on stderr
+    (`[h264 @ 0x...] error while decoding MB 0 2`)."""
+    import numpy as np
+
+    frames = np.random.default_rng(0).integers(0, 255, (48, 64, 64, 3), dtype=np.uint8)
+    write_mp4(frames, path)
+    data = bytearray(path.read_bytes())
+    start = data.find(b"mdat")
+    for offset in range(start + 2000, len(data) - 8, 997):
+        data[offset : offset + 8] = b"\xff\x00\x13\x37\xde\xad\xbe\xef"
+    path.write_bytes(bytes(data))
+    return path
+
+
+@pytest.mark.parametrize("seek", ["exact", "keyframe"])
+def test_ffmpeg_log_is_quiet_unless_asked_for(tmp_path, seek):
+    import subprocess
+    import sys
+
+    damaged = write_damaged_mp4(tmp_path / "damaged.mp4")
+    script = ("import sys; from captioner.data import video\n"
+              "if sys.argv[2] == 'verbose': video.set_ffmpeg_logging(verbose=True)\n"
+              f"print(tuple(video.read_frames(sys.argv[1], 8, 64, seek={seek!r}).shape))")
+
+    def run(mode):  # libav writes to file descriptor 2 itself: only a child process's stderr shows it
+        return subprocess.run([sys.executable, "-c", script, str(damaged), mode], capture_output=True, text=True,
+                              timeout=120, env={"OMP_NUM_THREADS": "1", **__import__("os").environ})
+
+    quiet, verbose = run("quiet"), run("verbose")
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr[-2000:]
+    assert quiet.stdout.strip() == verbose.stdout.strip() == "(8, 64, 64, 3)"
+    assert quiet.stderr == ""
+    assert "[h264 @ 0x" in verbose.stderr

@@ -15,6 +15,8 @@ PathLike = Union[str, os.PathLike]
 SeekMode = Literal["exact", "keyframe"]
 SEEK_MODES = ("exact", "keyframe")
 
+_ffmpeg_verbose: Optional[bool] = None  # FFmpeg's own logging, once chosen (None: quiet on first use)
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
 
 
@@ -38,6 +40,33 @@ class VideoInfo:
     def display_size(self) -> tuple[int, int]:
         """(width, height) as the video is shown, i.e. after its rotation."""
         return (self.height, self.width) if self.rotation % 180 == 90 else (self.width, self.height)
+
+
+def set_ffmpeg_logging(verbose: bool = False) -> None:
+    """FFmpeg's own lines on stderr (`[h264 @ 0x...] error while decoding MB 0 2`): off, or on with `verbose`.
+
+    Both decoders carry a libav of their own, which writes to file descriptor 2 directly, past Python's
+    `sys.stderr`: decord's prints errors and warnings by default (a line per damaged slice of a damaged clip, over
+    the command's own lines); PyAV's is off by default (PyAV >= 13). Reading a video turns both off unless this
+    was called before; the commands call it with their `--verbose`. With `verbose`, both print warnings and errors
+    in FFmpeg's own format.
+    """
+    global _ffmpeg_verbose
+    import av.logging
+    import decord
+
+    decord.logging.set_level(decord.logging.WARNING if verbose else decord.logging.QUIET)
+    if verbose:
+        av.logging.restore_default_callback()  # FFmpeg's printer, as decord's, rather than Python logging
+        av.logging.set_libav_level(av.logging.WARNING)
+    else:
+        av.logging.set_level(None)
+    _ffmpeg_verbose = verbose
+
+
+def _quiet_ffmpeg_unless_chosen() -> None:
+    if _ffmpeg_verbose is None:
+        set_ffmpeg_logging(False)
 
 
 def sample_frame_indices(num_available: int, num_samples: int) -> list[int]:
@@ -83,6 +112,7 @@ def probe_video(path: PathLike) -> VideoInfo:
 
     path = Path(path)
     _check_file(path)
+    _quiet_ffmpeg_unless_chosen()
     try:
         with av.open(str(path)) as container:
             if not container.streams.video:
@@ -179,6 +209,7 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
 def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
     import decord
 
+    _quiet_ffmpeg_unless_chosen()
     try:
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     except Exception as err:
