@@ -1,5 +1,7 @@
 """Temporal encoders: shapes, attention over frames, and sensitivity to frame order."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -102,3 +104,69 @@ def test_motion_words_and_direction_report():
     report = direction_report(hyps, refs, ["left", "right", "still"])
     assert report["direction_acc"] == 0.5  # 'still' is not order-dependent: two clips count
     assert 0 < report["dir_bleu1"] < 1
+
+
+def _checkpoint_hparams(kind: str, num_frames: int) -> dict:
+    """The hyperparameters a checkpoint stores, for features of `num_frames` frames of dimension D."""
+    from captioner.data.vocab import Vocabulary
+
+    vocab = Vocabulary.build(["a red circle moves left", "a blue square grows"])
+    return dict(vocab=vocab.itos, feature_spec={"backbone": "resnet18", "weights": None, "num_frames": num_frames},
+                feature_dim=D, temporal=kind, temporal_hidden_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0)
+
+
+@pytest.mark.parametrize("kind", TEMPORAL_CHOICES)
+def test_every_kind_trains_and_captions_96_frames(kind):
+    """`--data.num_frames 96`: the attention kind's positions stopped at 64 whatever the data sampled."""
+    from captioner.models.captioner import build_captioner
+
+    torch.manual_seed(0)
+    model = build_captioner(_checkpoint_hparams(kind, 96))
+    feats, caps = torch.randn(2, 96, D), torch.tensor([[1, 4, 5, 2], [1, 6, 7, 2]])
+    video, memory = model.pool.encode(feats)
+    loss = model.decoder.loss(video, caps, memory)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert model.eval().generate(feats, beam_size=2, max_len=5).shape[0] == 2
+    if kind == "attention":
+        assert model.pool.position.num_embeddings == 96
+        assert model.pool.position.weight.grad[95].abs().sum() > 0  # the last frame has a trained position
+        with pytest.raises(ValueError, match="97 frames per clip, but this attention encoder has positions for at "
+                                             "most 96: sample at most that many"):
+            model.generate(torch.randn(1, 97, D))
+
+
+@pytest.mark.parametrize("num_frames", [8, 64])
+def test_checkpoints_from_before_the_frame_count_was_passed_still_load(num_frames):
+    """Their attention encoder had 64 positions whatever the data's frame count."""
+    from captioner.models.captioner import build_captioner
+
+    hp = _checkpoint_hparams("attention", num_frames)
+    old = build_captioner(hp)
+    old.pool = TemporalEncoder("attention", D, 16, 0.0, max_frames=64)  # as every checkpoint had it
+    model = build_captioner(hp)
+    model.load_state_dict(old.state_dict())
+    assert model.pool.position.num_embeddings == 64
+
+
+def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_dataset, tmp_path):
+    """The data's frame count reaches the temporal encoder through the checkpoint's feature spec."""
+    from conftest import tiny_args
+
+    from captioner.cli import train_main
+    from captioner.data.datasets import load_annotations
+    from captioner.data.features import FeatureCache, FeatureSpec
+    from captioner.models.captioner import VideoCaptioner
+
+    data = {**tiny_datamodule_args, "num_frames": 96, "features_dir": str(tmp_path / "features")}
+    # 96-frame features made from the 4-frame ones (extracting 96 frames a clip would take minutes on a CPU)
+    four = FeatureCache(Path(tiny_datamodule_args["features_dir"]) / tiny_dataset.name, FeatureSpec("resnet18", None, 4))
+    many = FeatureCache(tmp_path / "features" / tiny_dataset.name, FeatureSpec("resnet18", None, 96))
+    for clip in load_annotations(tiny_dataset / "annotations.json"):
+        many.save(clip.id, four.load(clip.id).repeat_interleave(24, 0) + 0.01 * torch.randn(96, 1))
+    metrics = train_main(tiny_args(data, tmp_path / "run", "--model.temporal=attention", "--trainer.max_epochs=1",
+                                   "--model.num_samples=0"))
+    assert 0.0 <= metrics["test/bleu4"] <= 1.0
+    [best] = (tmp_path / "run").rglob("epoch*-bleu4_*.ckpt")
+    model = VideoCaptioner.from_checkpoint(best)
+    assert model.spec.num_frames == 96 and model.pool.position.num_embeddings == 96

@@ -7,6 +7,7 @@ import re
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -14,7 +15,7 @@ from captioner.data.features import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.encoder import FrameEncoder
-from captioner.models.temporal import TemporalEncoder
+from captioner.models.temporal import MAX_FRAMES, TemporalEncoder
 
 
 class CheckpointError(ValueError):
@@ -166,15 +167,35 @@ class VideoCaptioner(nn.Module):
         return [self.vocab.decode(row) for row in ids]
 
     @torch.no_grad()
-    def caption_frames(self, frames: torch.Tensor, **generate_kwargs) -> list[str]:
-        """Captions for uint8 RGB frames `(B, T, H, W, 3)` (or one clip `(T, H, W, 3)`)."""
+    def caption_frames(self, frames: torch.Tensor | np.ndarray, **generate_kwargs) -> list[str]:
+        """Captions for uint8 RGB frames `(B, T, H, W, 3)` (or one clip `(T, H, W, 3)`), a tensor or numpy array.
+
+        Raises:
+            ValueError: `frames` are not uint8 `(T, H, W, 3)` / `(B, T, H, W, 3)` (floats, channels first, ...).
+        """
+        frames = as_frames(frames, "frames", batched=None)
         if frames.dim() == 4:
             frames = frames.unsqueeze(0)
         return self.caption_clips(list(frames), **generate_kwargs)
 
     @torch.no_grad()
-    def caption_clips(self, clips: Sequence[torch.Tensor], **generate_kwargs) -> list[str]:
-        """Captions for uint8 RGB clips `(T, H, W, 3)` whose frame sizes may differ (e.g. from `read_clip`)."""
+    def caption_clips(self, clips: Sequence[torch.Tensor | np.ndarray], **generate_kwargs) -> list[str]:
+        """Captions for uint8 RGB clips `(T, H, W, 3)` (tensors or numpy arrays) whose frame sizes may differ (e.g.
+        from `read_clip`); every clip has the same number of frames.
+
+        Raises:
+            ValueError: a clip is not uint8 `(T, H, W, 3)`, or the clips' frame counts differ.
+        """
+        if isinstance(clips, (torch.Tensor, np.ndarray)) and clips.ndim != 5:
+            raise ValueError(f"caption_clips takes a list of clips (T, H, W, 3), got one {_described(clips)}: "
+                             f"pass [clip], or use caption_frames")
+        clips = [as_frames(clip, f"clip {i}", batched=False) for i, clip in enumerate(clips)]
+        if not clips:
+            return []
+        counts = sorted({len(clip) for clip in clips})
+        if len(counts) > 1:
+            raise ValueError(f"the clips have different frame counts ({', '.join(map(str, counts))}): sample the "
+                             f"same number from each (read_clip samples the checkpoint's {self.spec.num_frames})")
         enc = self.encoder.eval()
         x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in clips])  # (B, T, 3, S, S)
         return self.caption_features(enc(x), **generate_kwargs)
@@ -246,6 +267,57 @@ class VideoCaptioner(nn.Module):
         return model.eval().to(map_location)
 
 
+def _described(x) -> str:
+    """`torch.float32 (8, 224, 224, 3)`: the dtype and shape of a tensor or array, for error messages."""
+    return f"{x.dtype} {tuple(x.shape)}"
+
+
+def as_frames(x, name: str = "frames", batched: Optional[bool] = None) -> torch.Tensor:
+    """`x` (a tensor or numpy array) as a uint8 tensor of RGB frames `(T, H, W, 3)`, or `(B, T, H, W, 3)` when
+    `batched` (either when `None`), without a copy where possible.
+
+    The frame encoder divides by 255 itself, so frames already scaled to [0, 1] would be silently wrong: anything
+    else than uint8 is refused with the conversion to use, as are channels-first and grey or RGBA frames.
+
+    Raises:
+        ValueError: naming `name`, what it is (type, dtype, shape) and what is expected.
+    """
+    dims = {None: (4, 5), False: (4,), True: (5,)}[batched]
+    expected = " or ".join(("(T, H, W, 3)", "(B, T, H, W, 3)")[d - 4] for d in dims)
+    numpy = isinstance(x, np.ndarray)
+    if not numpy and not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name}: got a {type(x).__name__}; expected a uint8 tensor or numpy array of RGB frames "
+                         f"{expected}")
+    given = f"{name}: got {'a numpy array of ' if numpy else ''}{_described(x)}; expected uint8 RGB frames {expected}"
+    if numpy:
+        if not (np.issubdtype(x.dtype, np.number) or x.dtype == np.bool_):
+            raise ValueError(given)
+        # torch warns on read-only arrays (it could write to them): hand it a copy, as it does of odd strides
+        x = torch.from_numpy(np.ascontiguousarray(x) if x.flags.writeable else x.copy())
+    to_uint8 = ".astype(np.uint8)" if numpy else ".to(torch.uint8)"
+    if x.dim() not in dims:
+        raise ValueError(given)
+    if x.shape[-1] != 3:
+        if x.shape[-3] == 3:  # (T, 3, H, W): torchvision's layout
+            order = "0, 2, 3, 1" if x.dim() == 4 else "0, 1, 3, 4, 2"
+            raise ValueError(f"{given}: channels come first; move them last with "
+                             f"x.{'transpose' if numpy else 'permute'}({order})")
+        hint = {1: "grey frames: repeat the channel 3 times", 4: "RGBA frames: drop alpha with x[..., :3]"}
+        raise ValueError(f"{given}: {hint.get(x.shape[-1], 'the last axis must hold the 3 RGB channels')}")
+    if min(x.shape[-4:-1]) == 0:
+        raise ValueError(f"{given}: it holds no frame or no pixel")
+    if x.dtype != torch.uint8:
+        clamp = "clip" if numpy else "clamp"
+        if x.is_floating_point():
+            high = float(x.max())
+            hint = (f"values in [0, 1]: convert with (x * 255).round(){to_uint8}" if high <= 1.0 else
+                    f"convert with x.round().{clamp}(0, 255){to_uint8}")
+        else:
+            hint = f"convert with x.{clamp}(0, 255){to_uint8}"
+        raise ValueError(f"{given}: {hint}")
+    return x
+
+
 def _load_failure(err: Exception) -> str:
     """A one-line reason from `torch.load`'s error (its weights-only refusals span a paragraph)."""
     text = str(err).strip()
@@ -264,8 +336,9 @@ def build_captioner(hp: dict) -> VideoCaptioner:
     """A `VideoCaptioner` from the hyperparameters a checkpoint stores (vocab, feature_spec, temporal encoder, decoder)."""
     vocab = Vocabulary(hp["vocab"])
     spec = FeatureSpec(**hp["feature_spec"])
+    # the attention kind has a position per frame: as many as the data samples (at least the 64 of old checkpoints)
     pool = TemporalEncoder(hp.get("temporal", "mean"), int(hp["feature_dim"]), hp.get("temporal_hidden_dim", 512),
-                           hp.get("dropout", 0.3))
+                           hp.get("dropout", 0.3), max_frames=max(MAX_FRAMES, spec.num_frames))
     decoder = CaptionDecoder(len(vocab), pool.output_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
                              memory_dim=pool.memory_dim, pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
     model = VideoCaptioner(vocab, decoder, spec, pool)

@@ -11,6 +11,7 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from captioner.models.encoder import MeanPool
 
 TEMPORAL_CHOICES = ("mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention")
+MAX_FRAMES = 64  # the attention kind's position embedding rows before the data's frame count was passed in
 
 
 class TemporalEncoder(nn.Module):
@@ -30,11 +31,13 @@ class TemporalEncoder(nn.Module):
         feature_dim: D.
         hidden_dim: size of the recurrent layer (recurrent kinds only).
         dropout: dropout on the frame features before the recurrent layer.
-        max_frames: longest clip (in sampled frames) the `attention` kind's position embedding covers.
+        max_frames: longest clip (in sampled frames) the `attention` kind's position embedding covers;
+            `build_captioner` passes `max(MAX_FRAMES, num_frames)` of the data, so checkpoints written before it
+            did (64 rows) load unchanged.
     """
 
     def __init__(self, kind: str = "mean", feature_dim: int = 1280, hidden_dim: int = 512, dropout: float = 0.3,
-                 max_frames: int = 64):
+                 max_frames: int = MAX_FRAMES):
         super().__init__()
         if kind not in TEMPORAL_CHOICES:
             raise ValueError(f"unknown temporal encoder {kind!r}; choose from {', '.join(TEMPORAL_CHOICES)}")
@@ -68,8 +71,8 @@ class TemporalEncoder(nn.Module):
                 return self.mean(feats, mask), None
             t = feats.shape[1]
             if t > self.position.num_embeddings:
-                raise ValueError(f"{t} frames, but the attention encoder was built for at most "
-                                 f"{self.position.num_embeddings}")
+                raise ValueError(f"{t} frames per clip, but this attention encoder has positions for at most "
+                                 f"{self.position.num_embeddings}: sample at most that many frames per clip")
             return self.mean(feats, mask), feats + self.position.weight[:t]  # (B, T, D) + (T, D)
         x = self.drop(self.norm(feats))
         if mask is None:

@@ -1,0 +1,83 @@
+"""`VideoCaptioner` from the user's own code: the frames it accepts, and one clear error for those it does not."""
+
+import numpy as np
+import pytest
+import torch
+
+from captioner.data.features import FeatureSpec
+from captioner.data.vocab import Vocabulary
+from captioner.models.captioner import VideoCaptioner, as_frames
+from captioner.models.decoder import CaptionDecoder
+
+
+@pytest.fixture(scope="module")
+def model() -> VideoCaptioner:
+    torch.manual_seed(0)
+    vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right"])
+    decoder = CaptionDecoder(len(vocab), 512, embed_dim=8, hidden_dim=16, dropout=0.0)  # random-weight ResNet-18
+    return VideoCaptioner(vocab, decoder, FeatureSpec("resnet18", None, 4)).eval()
+
+
+@pytest.fixture(scope="module")
+def frames() -> torch.Tensor:
+    return torch.randint(0, 256, (2, 4, 40, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+
+
+def test_numpy_frames_are_captioned_as_the_same_tensor(model, frames):
+    expected = model.caption_frames(frames, beam_size=2)
+    assert model.caption_frames(frames.numpy(), beam_size=2) == expected  # was AttributeError: no .dim()
+    assert model.caption_frames(frames[1].numpy(), beam_size=2) == expected[1:]
+    assert model.caption_clips([c.numpy() for c in frames], beam_size=2) == expected
+    assert model.caption_clips(frames.numpy(), beam_size=2) == expected  # a (B, T, H, W, 3) array of clips
+    # a view numpy cannot hand over as is (negative strides) and a read-only array
+    flipped = frames.numpy()[:, :, :, ::-1]
+    assert model.caption_frames(flipped, beam_size=2) == model.caption_frames(frames.flip(3), beam_size=2)
+    frozen = frames.numpy().copy()
+    frozen.flags.writeable = False
+    assert model.caption_frames(frozen, beam_size=2) == expected
+    assert model.caption_clips([], beam_size=2) == []
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda f: f.float() / 255, r"frames: got torch.float32 \(2, 4, 40, 48, 3\); expected uint8 RGB frames "
+                                r"\(T, H, W, 3\) or \(B, T, H, W, 3\): values in \[0, 1\]: convert with "
+                                r"\(x \* 255\).round\(\).to\(torch.uint8\)"),
+    (lambda f: f.float(), r"got torch.float32 .*: convert with x.round\(\).clamp\(0, 255\).to\(torch.uint8\)"),
+    (lambda f: f.numpy().astype(np.float32) / 255, r"got a numpy array of float32 \(2, 4, 40, 48, 3\).*: values in "
+                                                   r"\[0, 1\]: convert with \(x \* 255\).round\(\).astype\(np.uint8\)"),
+    (lambda f: f.long(), r"got torch.int64 .*convert with x.clamp\(0, 255\).to\(torch.uint8\)"),
+    (lambda f: f[0].permute(0, 3, 1, 2), r"got torch.uint8 \(4, 3, 40, 48\).*: channels come first; move them last "
+                                         r"with x.permute\(0, 2, 3, 1\)"),
+    (lambda f: f.permute(0, 1, 4, 2, 3).numpy(), r"channels come first; move them last with "
+                                                 r"x.transpose\(0, 1, 3, 4, 2\)"),
+    (lambda f: f[..., :1], r"\(2, 4, 40, 48, 1\).*grey frames"),
+    (lambda f: torch.cat([f, f[..., :1]], -1), r"RGBA frames: drop alpha with x\[..., :3\]"),
+    (lambda f: f[0, 0], r"frames: got torch.uint8 \(40, 48, 3\); expected uint8 RGB frames \(T, H, W, 3\) or "
+                        r"\(B, T, H, W, 3\)$"),
+    (lambda f: f[:, :0], r"it holds no frame"),
+    (lambda f: f.tolist(), r"frames: got a list; expected a uint8 tensor or numpy array"),
+])
+def test_bad_frames_are_one_clear_error(model, frames, make, message):
+    with pytest.raises(ValueError, match=message):
+        model.caption_frames(make(frames))
+
+
+def test_bad_clips_are_one_clear_error(model, frames):
+    with pytest.raises(ValueError, match=r"clip 1: got torch.float32 \(4, 40, 48, 3\); expected uint8 RGB frames "
+                                         r"\(T, H, W, 3\): values in \[0, 1\]"):
+        model.caption_clips([frames[0], frames[1].float() / 255])
+    with pytest.raises(ValueError, match=r"clip 0: got torch.uint8 \(2, 4, 40, 48, 3\); expected .* \(T, H, W, 3\)$"):
+        model.caption_clips([frames])
+    with pytest.raises(ValueError, match=r"caption_clips takes a list of clips \(T, H, W, 3\), got one torch.uint8 "
+                                         r"\(4, 40, 48, 3\): pass \[clip\], or use caption_frames"):
+        model.caption_clips(frames[0])
+    with pytest.raises(ValueError, match=r"the clips have different frame counts \(3, 4\): sample the same number"):
+        model.caption_clips([frames[0], frames[1, :3]])
+
+
+def test_as_frames_hands_uint8_frames_over_without_a_copy(frames):
+    assert as_frames(frames) is frames
+    array = frames.numpy()
+    assert as_frames(array).data_ptr() == array.ctypes.data
+    with pytest.raises(ValueError, match=r"expected uint8 RGB frames \(B, T, H, W, 3\)$"):
+        as_frames(frames[0], batched=True)
