@@ -73,6 +73,39 @@ def use_atomic_checkpoints(trainer) -> None:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
+class RunBestCheckpoint(ModelCheckpoint):
+    """`ModelCheckpoint` whose top-k record carries over into a resumed run's new version folder.
+
+    Lightning keeps only `best_model_path` when the folder changed ("dirpath has changed"), so a resumed run's
+    first validation always saved a "best" checkpoint, even one scoring below (or equal to) the run's best, which
+    the uninterrupted run would not have kept. With the record carried over, a resumed run keeps a new best only
+    when it beats the whole run's, as an uninterrupted one does; Lightning never deletes the best file left in an
+    earlier version folder. When those files are gone (moved, renamed) the record is not carried over.
+    """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("best_k_models") or {}
+        carried = (self.dirpath is not None and state_dict.get("dirpath", self.dirpath) != self.dirpath and saved
+                   and "://" not in str(self.dirpath) and all(os.path.isfile(p) for p in saved))
+        # last_model_path stays this callback's own (it writes no last.ckpt)
+        super().load_state_dict({**state_dict, "dirpath": self.dirpath, "last_model_path": ""} if carried else
+                                state_dict)
+
+
+def last_checkpoints(every_n_train_steps: Optional[int] = None) -> list[ModelCheckpoint]:
+    """Callbacks that write `last.ckpt` at the end of every epoch (after its validation) and, given
+    `every_n_train_steps`, every that many training steps: the checkpoint to resume from.
+
+    Not `ModelCheckpoint(monitor=..., save_last=True)`: since Lightning 2.6 it writes `last.ckpt` only when it also
+    writes a top-k checkpoint, so after an epoch whose score did not improve `last.ckpt` stays at an older epoch.
+    Here `last.ckpt` is the single "top-1 of no metric" checkpoint, kept on every save; both callbacks overwrite the
+    one file. Lightning takes one period per callback (epochs or steps), hence two.
+    """
+    kinds = [{}] + ([{"every_n_train_steps": every_n_train_steps}] if every_n_train_steps else [])
+    return [ModelCheckpoint(filename=ModelCheckpoint.CHECKPOINT_NAME_LAST, monitor=None, save_top_k=1,
+                            enable_version_counter=False, **kind) for kind in kinds]
+
+
 _OWN = "_captioner_system_checkpoint"  # marks the ModelCheckpoints a system made itself
 
 

@@ -27,9 +27,10 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIB
 EVERY, KILL_AT = 4, 13  # last.ckpt every 4 steps; 10 steps an epoch: killed 3 steps into the 2nd epoch
 
 
-def _train(dm: dict, root: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
-    args = tiny_args(dm, root, "--trainer.max_epochs=2", "--trainer.log_every_n_steps=1", "--model.num_samples=0",
-                     f"--model.checkpoint_every_n_steps={EVERY}", *extra)
+def _train(dm: dict, root: Path, *extra: str, env: dict | None = None, every: int | None = EVERY,
+           epochs: int = 2) -> subprocess.Popen:
+    args = tiny_args(dm, root, f"--trainer.max_epochs={epochs}", "--trainer.log_every_n_steps=1",
+                     "--model.num_samples=0", f"--model.checkpoint_every_n_steps={every or 'null'}", *extra)
     return subprocess.Popen([sys.executable, str(TRAIN), *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, env=env or ENV, cwd=root.parent)
 
@@ -81,8 +82,78 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_datamod
                                    rtol=1e-6, atol=1e-9)
     assert a_ckpt["lr_schedulers"][0]["last_epoch"] == b_ckpt["lr_schedulers"][0]["last_epoch"] == 20
     a_test = json.loads(next(a_dir.rglob("test_metrics.json")).read_text())
-    b_test = json.loads(next(b_dir.rglob("test_metrics.json")).read_text())
+    # the run's best checkpoint, tested and its scores written beside it (the resumed run keeps a new best only
+    # when it beats the whole run's, as the clean run does)
+    b_test = json.loads(next(killed.rglob("test_metrics.json")).read_text())
     assert b_test == pytest.approx(a_test, abs=1e-6)
+
+
+@pytest.mark.slow
+def test_sigkill_at_an_epochs_end_then_resume_matches_an_uninterrupted_run(tiny_datamodule_args, tmp_path):
+    """The shipped configs' checkpoint: `last.ckpt` at the end of each epoch only. Killed as the 3rd epoch starts,
+    the run resumes from the 2nd epoch's end (whose validation score did not improve) and finishes identically:
+    the validation and the next epoch's new loader draw nothing from the random state saved in the checkpoint."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    runs = {"clean": _train(tiny_datamodule_args, clean, every=None, epochs=3),
+            "killed": _train(tiny_datamodule_args, killed, every=None, epochs=3, env={**ENV, "KILL_AT_STEP": "20"})}
+    out = {name: proc.communicate(timeout=400)[0] for name, proc in runs.items()}
+    assert runs["clean"].returncode == 0, out["clean"][-3000:]
+    assert runs["killed"].returncode == -signal.SIGKILL, out["killed"][-3000:]
+    last = killed / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    saved = torch.load(last, weights_only=True)
+    assert saved["global_step"] == 20 and saved["CaptioningDataModule"]["train_sampler"] == {"epoch": 2,
+                                                                                             "samples_seen": 0}
+    resumed = _train(tiny_datamodule_args, killed, f"--ckpt_path={last}", every=None, epochs=3)
+    log = resumed.communicate(timeout=400)[0]
+    assert resumed.returncode == 0, log[-3000:]
+    a_dir, b_dir = clean / "logs" / "version_0", killed / "logs" / "version_1"
+    a, b = _losses(a_dir / "metrics.csv"), _losses(b_dir / "metrics.csv")
+    assert sorted(b) == list(range(20, 30))
+    assert [b[step] for step in b] == [a[step] for step in b]  # bit for bit: same batches, dropout, learning rates
+    a_ckpt = torch.load(a_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    b_ckpt = torch.load(b_dir / "checkpoints" / "last.ckpt", weights_only=True)
+    assert a_ckpt["global_step"] == b_ckpt["global_step"] == 30
+    for name, weight in a_ckpt["state_dict"].items():
+        assert torch.equal(b_ckpt["state_dict"][name], weight), name
+    assert _val(b_dir / "metrics.csv") == _val(a_dir / "metrics.csv")
+
+
+def test_resume_from_an_epochs_end_matches_an_uninterrupted_run(tiny_datamodule_args, tmp_path, single_thread,
+                                                                 monkeypatch):
+    """The quick, in-process version: a run stopped after its 2nd epoch (as a kill then would) and resumed."""
+    import pytorch_lightning as pl
+
+    from captioner.cli import train_main
+    from captioner.systems.captioning import CaptioningSystem
+
+    class StopAfterEpoch(pl.Callback):  # runs after the checkpoint callbacks: last.ckpt is written first
+        def on_train_epoch_end(self, trainer, pl_module):
+            trainer.should_stop = trainer.should_stop or (stop and trainer.current_epoch == 1)
+
+    configure, stop = CaptioningSystem.configure_callbacks, False
+    monkeypatch.setattr(CaptioningSystem, "configure_callbacks", lambda self: [*configure(self), StopAfterEpoch()])
+
+    def run(root: Path, *extra: str) -> tuple[Path, dict]:
+        # whole epochs: Lightning makes the next epoch's loader iterator after the checkpoint only then
+        metrics = train_main(tiny_args(tiny_datamodule_args, root, "--trainer.max_epochs=3",
+                                       "--trainer.log_every_n_steps=1", "--model.num_samples=0", *extra))
+        return max((root / "logs").iterdir()), metrics  # the newest version folder
+
+    clean, clean_test = run(tmp_path / "clean")
+    stop = True
+    stopped, _ = run(tmp_path / "stopped")
+    last = stopped / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["global_step"] == 20  # the 2nd epoch's, its BLEU no better
+    stop = False
+    resumed, resumed_test = run(tmp_path / "stopped", f"--ckpt_path={last}")
+    a, b = _losses(clean / "metrics.csv"), _losses(resumed / "metrics.csv")
+    assert sorted(b) == list(range(20, 30)) and [b[step] for step in b] == [a[step] for step in b]  # bit for bit
+    assert _val(resumed / "metrics.csv") == _val(clean / "metrics.csv")
+    a_ckpt = torch.load(clean / "checkpoints" / "last.ckpt", weights_only=True)
+    b_ckpt = torch.load(resumed / "checkpoints" / "last.ckpt", weights_only=True)
+    for name, weight in a_ckpt["state_dict"].items():
+        assert torch.equal(b_ckpt["state_dict"][name], weight), name
+    assert resumed_test == clean_test  # the same best checkpoint tested: a tie keeps the earlier, as uninterrupted
 
 
 def test_resumable_sampler_order_depends_on_seed_and_epoch_only():

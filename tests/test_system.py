@@ -106,3 +106,54 @@ def test_with_user_checkpoints_keeps_only_the_users_own():
     again = ModelCheckpoint(monitor="val/bleu4")
     assert with_user_checkpoints(trainer, again) == [again, users]
     assert with_user_checkpoints(None, again) == [again]
+
+
+def _lr_per_step(root: Path, version: int = 0) -> dict[int, float]:
+    import csv
+
+    rows = csv.DictReader((root / "logs" / f"version_{version}" / "metrics.csv").open())
+    return {int(r["step"]): float(r["lr-AdamW"]) for r in rows if r.get("lr-AdamW")}
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3])
+def test_any_number_of_optimizer_steps_trains(tiny_datamodule_args, tmp_path, steps):
+    """A smoke run of 1, 2 or 3 steps (OneCycleLR divided by zero at exactly 2) trains, validates and tests."""
+    from conftest import tiny_args
+
+    from captioner.cli import train_main
+
+    root = tmp_path / "run"
+    metrics = train_main(tiny_args(tiny_datamodule_args, root, f"--trainer.max_epochs={steps}",
+                                   "--trainer.limit_train_batches=1", "--model.num_samples=0",
+                                   "--trainer.log_every_n_steps=1", "--trainer.callbacks+=LearningRateMonitor"))
+    assert "test/bleu4" in metrics
+    last = torch.load(next(root.rglob("last.ckpt")), weights_only=True)
+    assert last["global_step"] == steps
+    lrs = _lr_per_step(root)
+    assert sorted(lrs) == list(range(steps)) and lrs[0] < max(lrs.values()) or steps == 1  # warm-up, then more
+
+
+def test_resuming_with_more_epochs_follows_the_longer_schedule(tiny_datamodule_args, tmp_path):
+    """Train 2 epochs, resume to 4 ("train 2 more"): the restored scheduler no longer stops the run at its old
+    length, and the learning rate from the resumed step on is the one a 4-epoch run has there."""
+    from conftest import tiny_args
+
+    from captioner.cli import train_main
+
+    def run(root: Path, *extra: str) -> None:
+        train_main(tiny_args(tiny_datamodule_args, root, "--trainer.limit_train_batches=2", "--model.num_samples=0",
+                             "--trainer.log_every_n_steps=1", "--trainer.callbacks+=LearningRateMonitor", *extra))
+
+    run(tmp_path / "short", "--trainer.max_epochs=2")
+    last = tmp_path / "short" / "logs" / "version_0" / "checkpoints" / "last.ckpt"
+    assert torch.load(last, weights_only=True)["lr_schedulers"][0]["total_steps"] == 4
+    run(tmp_path / "short", "--trainer.max_epochs=4", f"--ckpt_path={last}")
+    run(tmp_path / "long", "--trainer.max_epochs=4")
+    resumed = torch.load(tmp_path / "short" / "logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 8 and resumed["epoch"] == 3
+    assert resumed["lr_schedulers"][0]["total_steps"] == 8
+    short, more, long = _lr_per_step(tmp_path / "short"), _lr_per_step(tmp_path / "short", 1), _lr_per_step(tmp_path / "long")
+    assert sorted(more) == [4, 5, 6, 7]
+    for step in more:
+        assert more[step] == pytest.approx(long[step], rel=1e-12), step
+    assert short[3] < more[4]  # the 2-epoch schedule had annealed; the 4-epoch one is half-way down

@@ -8,11 +8,13 @@ from typing import Literal, Optional
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
+from torch.optim.lr_scheduler import OneCycleLR
 
-from captioner.checkpointing import next_hpc_checkpoint, with_user_checkpoints
+from captioner.checkpointing import (RunBestCheckpoint, last_checkpoints, next_hpc_checkpoint,
+                                    with_user_checkpoints)
 from captioner.data.synthetic import direction_report
 from captioner.metrics import bleu_scores
 from captioner.models.captioner import build_captioner
@@ -133,22 +135,41 @@ class CaptioningSystem(pl.LightningModule):
 
     def configure_optimizers(self):
         opt = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), 2)
-        # OneCycleLR divides by (warm-up steps - 1): short runs (20 steps at 5%) need at least 2 warm-up steps
-        warmup = min(max(self.hparams.warmup_fraction, 2 / total), 1.0)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total,
-                                                    pct_start=warmup, anneal_strategy="cos")
+        total, warmup = self._one_cycle_shape()
+        sched = OneCycleLR(opt, max_lr=self.hparams.lr, total_steps=total, pct_start=warmup, anneal_strategy="cos")
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
+    def _one_cycle_shape(self) -> tuple[int, float]:
+        """The one-cycle schedule's length in optimizer steps and its warm-up share, for this trainer's run."""
+        # OneCycleLR divides by the warm-up's steps less one and by the annealing's steps: the warm-up needs 2
+        # steps and the annealing 1, so a run of 1 or 2 steps gets a 3-step schedule of which it uses the start
+        total = max(int(self.trainer.estimated_stepping_batches), 3)
+        return total, min(max(float(self.hparams.warmup_fraction), 2 / total), 1 - 1 / total)
+
+    def _fit_schedule_to_run(self) -> None:
+        """A run resumed with another length (`--trainer.max_epochs`, other data) goes on with the one-cycle
+        schedule of its new length, from the step it reached: from there on, learning rate and momentum are those
+        of a run started with the new settings. The restored schedule would stop the run at its old length."""
+        configs = self.trainer.lr_scheduler_configs
+        sched = configs[0].scheduler if configs else None
+        if not isinstance(sched, OneCycleLR) or len(sched._schedule_phases) != 2:
+            return
+        total, warmup = self._one_cycle_shape()
+        if sched.total_steps == total or sched.last_epoch >= total:
+            return
+        rank_zero_info(f"Resumed at optimizer step {sched.last_epoch} of a run now {total} steps long (was "
+                       f"{sched.total_steps}): the learning rate follows the one-cycle schedule of {total} steps")
+        # the phases OneCycleLR built for the old length (warm-up, then cosine annealing), rebuilt for the new one
+        sched.total_steps = total
+        sched._schedule_phases[0]["end_step"] = float(warmup * total) - 1
+        sched._schedule_phases[1]["end_step"] = total - 1
+        sched.last_epoch -= 1
+        sched.step()  # the learning rate and momentum of the new schedule at the step reached
+
     def configure_callbacks(self) -> list[Callback]:
-        every = self.hparams.get("checkpoint_every_n_steps")
-        # with a second writer of last.ckpt, both must overwrite it rather than add last-v1.ckpt
-        best = ModelCheckpoint(monitor="val/bleu4", mode="max", save_last=True, auto_insert_metric_name=False,
-                               filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}", enable_version_counter=not every)
-        own = [best]
-        if every:
-            own.append(ModelCheckpoint(save_top_k=0, save_last=True, every_n_train_steps=every,
-                                       enable_version_counter=False))
+        best = RunBestCheckpoint(monitor="val/bleu4", mode="max", auto_insert_metric_name=False,
+                                 filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}")
+        own = [best, *last_checkpoints(self.hparams.get("checkpoint_every_n_steps"))]
         return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
     # Resuming: Lightning restores weights, optimizer, scheduler and loop counters; the data module restores the
@@ -179,6 +200,8 @@ class CaptioningSystem(pl.LightningModule):
             dm.vocab = self.model.vocab
 
     def on_train_start(self) -> None:
+        # after Lightning restored the checkpoint's optimizer, scheduler and loops, before the first training step
+        self._fit_schedule_to_run()
         if self._rng_states_to_restore is not None:
             set_rng_states(self._rng_states_to_restore)
             self._rng_states_to_restore = None
