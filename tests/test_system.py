@@ -15,9 +15,11 @@ def test_short_training_run_writes_checkpoints_metrics_and_config(trained):
     metrics, root, best = trained
     assert {"test/bleu1", "test/bleu2", "test/bleu3", "test/bleu4"} <= set(metrics)
     assert {"test/direction_acc", "test/dir_bleu4"} <= set(metrics)  # the synthetic set annotates motion
-    assert all(0.0 <= v <= 1.0 for v in metrics.values())
+    assert all(0.0 <= v <= 1.0 for k, v in metrics.items() if k != "test/cider")
+    assert 0.0 <= metrics["test/cider"] <= 10.0  # CIDEr-D is x10
     saved = json.loads((best.parent / "test_metrics.json").read_text())
     assert saved["bleu4"] == pytest.approx(metrics["test/bleu4"])
+    assert saved["cider"] == pytest.approx(metrics["test/cider"])
     assert (best.parent / "last.ckpt").exists()
     assert list(root.rglob("config.yaml")) and list(root.rglob("metrics.csv"))
     assert list(root.rglob("events.out.tfevents*"))

@@ -22,7 +22,7 @@ class CheckpointError(ValueError):
     """A file is missing or is not a captioner checkpoint."""
 
 
-_SCORE = re.compile(r"(?:bleu4_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
+_SCORE = re.compile(r"(?:bleu4_|cider_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
 _VERSION = re.compile(r"version_\d+")
 
 

@@ -16,7 +16,7 @@ from torch.optim.lr_scheduler import OneCycleLR
 from captioner.checkpointing import (RunBestCheckpoint, last_checkpoints, next_hpc_checkpoint,
                                     with_user_checkpoints)
 from captioner.data.synthetic import direction_report
-from captioner.metrics import bleu_scores
+from captioner.metrics import bleu_scores, cider_d
 from captioner.models.captioner import build_captioner
 
 
@@ -43,6 +43,8 @@ class CaptioningSystem(pl.LightningModule):
         num_samples: captions printed beside their references after testing.
         checkpoint_every_n_steps: also write `last.ckpt` every this many training steps, inside epochs, so a
             killed run loses at most that many steps; `None` writes it at the end of each epoch only.
+        monitor: the validation score that picks the best checkpoint, `epoch<N>-bleu4_<score>.ckpt` or
+            `epoch<N>-cider_<score>.ckpt` (CIDEr-D).
         vocab, feature_spec, feature_dim: filled from the data at `setup`; leave unset when training.
     """
 
@@ -62,6 +64,7 @@ class CaptioningSystem(pl.LightningModule):
         length_penalty: float = 0.0,
         num_samples: int = 8,
         checkpoint_every_n_steps: Optional[int] = None,
+        monitor: Literal["val/bleu4", "val/cider"] = "val/bleu4",
         vocab: Optional[list[str]] = None,
         feature_spec: Optional[dict] = None,
         feature_dim: Optional[int] = None,
@@ -115,6 +118,7 @@ class CaptioningSystem(pl.LightningModule):
         outputs = self._gathered_outputs()
         hyps, refs = [o[1] for o in outputs], [o[2] for o in outputs]
         scores = bleu_scores(hyps, refs)
+        scores["cider"] = cider_d(hyps, refs)  # document frequencies from this split's references, as coco-caption
         if outputs and all("motion" in o[3] for o in outputs):  # the synthetic set: report order-dependent clips
             scores.update(direction_report(hyps, refs, [o[3]["motion"] for o in outputs]))
         # every process holds the same gathered scores: no further reduction needed
@@ -167,8 +171,10 @@ class CaptioningSystem(pl.LightningModule):
         sched.step()  # the learning rate and momentum of the new schedule at the step reached
 
     def configure_callbacks(self) -> list[Callback]:
-        best = RunBestCheckpoint(monitor="val/bleu4", mode="max", auto_insert_metric_name=False,
-                                 filename="epoch{epoch:02d}-bleu4_{val/bleu4:.4f}")
+        monitor = self.hparams.get("monitor") or "val/bleu4"
+        name = monitor.split("/")[-1]  # the score in the file name, for find_checkpoint: epoch18-cider_1.2345.ckpt
+        best = RunBestCheckpoint(monitor=monitor, mode="max", auto_insert_metric_name=False,
+                                 filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
         own = [best, *last_checkpoints(self.hparams.get("checkpoint_every_n_steps"))]
         return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
