@@ -17,7 +17,10 @@ DESCRIPTION = """\
 Caption video files with a trained captioner checkpoint.
 
 Prints one line per video on stdout, `path<TAB>caption` (or, with --json, one JSON list of
-{"video": ..., "caption": ...} records, with "error" instead of "caption" for a file that failed).
+{"video", "caption", "score", "familiarity", "in_domain"} records, with "error" instead of "caption" for a
+file that failed). score: the caption's mean log-probability per word (0 = certain). familiarity: cosine
+similarity (0-1) of the video to the checkpoint's training videos; a video below the checkpoint's in-domain
+threshold gets a warning on stderr: its caption is unreliable.
 A directory stands for every video file directly inside it, sorted by name.
 A file that cannot be read (missing, not a video, truncated, no frames) gets one line on stderr
 naming it and the reason; the other files are still captioned.
@@ -44,6 +47,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -56,6 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="beam width, 1 = greedy decoding (default: the checkpoint's beam_size)")
     p.add_argument("--max-length", type=_positive_int, metavar="N",
                    help="longest caption, in words (default: the checkpoint's max_len)")
+    p.add_argument("--no-repeat-ngram", type=_non_negative_int, metavar="N",
+                   help="never repeat a word N-gram in a caption, nor a word three times in a row; 0 = off "
+                        "(default: the checkpoint's no_repeat_ngram, 3)")
     p.add_argument("--frames", type=_positive_int, metavar="T",
                    help="frames sampled uniformly over each video (default: the number the checkpoint was "
                         "trained with; another value works but captions may be worse)")
@@ -137,6 +153,16 @@ def _run(args: argparse.Namespace) -> int:
     if os.path.isdir(args.checkpoint):
         print(f"{PROG}: checkpoint {model.checkpoint_path}", file=sys.stderr, flush=True)
     generate_kwargs = dict(model.generate_defaults)
+    if args.no_repeat_ngram is not None:
+        generate_kwargs["no_repeat_ngram"] = args.no_repeat_ngram
+    if model.domain is None:
+        print(f"{PROG}: note: {model.checkpoint_path} predates familiarity scores (no summary of its training "
+              "videos): captions carry no in-domain flag", file=sys.stderr, flush=True)
+    elif args.verbose:
+        d = model.domain
+        print(f"{PROG}: in domain: familiarity >= {d.threshold:.2f} (validation percentiles 1/5/50: "
+              f"{', '.join(f'{q:.2f}' for q in d.val_quantiles or [])}; {len(d.prototypes)} prototypes of "
+              f"{d.num_train} training videos)", file=sys.stderr, flush=True)
     if args.beam_size is not None:
         generate_kwargs["beam_size"] = args.beam_size
     if args.max_length is not None:
@@ -154,6 +180,13 @@ def _run(args: argparse.Namespace) -> int:
         if not result.ok:
             failed += 1
             tqdm.write(f"{PROG}: {result.video}: {result.error}", file=sys.stderr)
+        elif result.in_domain is False:
+            tqdm.write(f"{PROG}: warning: {result.video}: unlike this checkpoint's training videos (familiarity "
+                       f"{result.familiarity:.2f}, in-domain >= {model.domain.threshold:.2f}): the caption is "
+                       "unreliable", file=sys.stderr)
+        elif args.verbose:
+            extra = "" if result.familiarity is None else f", familiarity {result.familiarity:.2f}"
+            tqdm.write(f"{PROG}: {result.video}: score {result.score:.2f}{extra}", file=sys.stderr)
         if args.json:
             records.append(result.to_dict())
         elif result.ok:

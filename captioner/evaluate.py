@@ -151,6 +151,7 @@ def evaluate(
     beam_size: Optional[int] = None,
     max_len: Optional[int] = None,
     length_penalty: Optional[float] = None,
+    no_repeat_ngram: Optional[int] = None,
     batch_size: int = 32,
     device: str = "auto",
     tokenizer: str = "project",
@@ -168,7 +169,7 @@ def evaluate(
         split: `train`, `val` or `test`.
         data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
         out_dir: default `<checkpoint folder>/eval-<split>/`.
-        beam_size, max_len, length_penalty: default to the checkpoint's.
+        beam_size, max_len, length_penalty, no_repeat_ngram: default to the checkpoint's.
         tokenizer: `project` (the vocabulary's tokenizer) or `ptb` (coco-caption's, needs Java) for the
             coco-caption metrics.
         meteor: compute METEOR (Java, about half a minute to load its paraphrase table).
@@ -197,7 +198,8 @@ def evaluate(
         raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
     cache = FeatureCache(Path(features_dir) / Path(data_dir).name, model.spec)
     generation = {**model.generate_defaults,
-                  **{k: v for k, v in dict(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty).items()
+                  **{k: v for k, v in dict(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                                            no_repeat_ngram=no_repeat_ngram).items()
                      if v is not None}}
     predictions, skipped, from_video = [], [], 0
     with tqdm(total=len(clips), desc=f"Captioning {split}", unit="clip", disable=not progress) as bar:
@@ -219,8 +221,11 @@ def evaluate(
                 batch.append(clip)
                 feats.append(f.float())
             if batch:
-                captions = model.caption_features(torch.stack(feats), **generation)  # (B, T, D) -> B captions
-                predictions += [{"video": c.id, "caption": cap, "references": c.captions}
+                captions = model.caption_features(torch.stack(feats), with_scores=True, **generation)  # B captions
+                predictions += [{"video": c.id, "caption": cap.text, "score": cap.score,
+                                 **({} if cap.familiarity is None else
+                                    {"familiarity": cap.familiarity, "in_domain": cap.in_domain}),
+                                 "references": c.captions}
                                 for c, cap in zip(batch, captions)]
             bar.update(min(batch_size, len(clips) - start))
     hyps = [p["caption"] for p in predictions]
@@ -239,6 +244,8 @@ def evaluate(
         "generation": generation,
         "tokenizer": tokenizer,
         "metrics": {k: metrics[k] for k in sorted(metrics)},
+        "in_domain": (sum(p["in_domain"] for p in predictions) / len(predictions)
+                      if predictions and "in_domain" in predictions[0] else None),
         "unavailable": unavailable,
         "skipped": skipped,
         "predictions": str(out_dir / "predictions.json"),
@@ -260,7 +267,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="captioner evaluate",
         description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
-                    "<out>/predictions.json ([{video, caption, references}]) and <out>/metrics.json.")
+                    "<out>/predictions.json ([{video, caption, score, familiarity, in_domain, references}]) and <out>/metrics.json.")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint (.ckpt), or a run folder: its best checkpoint")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
@@ -271,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beam-size", type=int, help="beam width, 1 = greedy (default: the checkpoint's)")
     parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
     parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
+    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
+                        help="never repeat a word N-gram in a caption, nor a word three times in a row; 0 = off "
+                             "(default: the checkpoint's, 3)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--tokenizer", default="project", choices=TOKENIZERS,
@@ -290,8 +300,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:
         report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
-                          args.max_len, args.length_penalty, args.batch_size, args.device, args.tokenizer,
-                          meteor=not args.no_meteor, progress=not args.no_progress)
+                          args.max_len, args.length_penalty, args.no_repeat_ngram, args.batch_size, args.device,
+                          args.tokenizer, meteor=not args.no_meteor, progress=not args.no_progress)
     except (CheckpointError, UserError) as err:  # a bad --checkpoint or setting, weights not here: nothing evaluated
         print(f"captioner evaluate: {err}", file=sys.stderr)
         return 2

@@ -24,19 +24,32 @@ PROGRESS_MIN_VIDEOS = 8  # with `progress=None`, show a bar above this many vide
 
 @dataclass(frozen=True)
 class CaptionResult:
-    """One video's outcome: a caption, or the reason it could not be captioned."""
+    """One video's outcome: a caption, or the reason it could not be captioned.
+
+    `score`, `familiarity` and `in_domain` are those of `captioner.models.captioner.ScoredCaption`
+    (`familiarity`/`in_domain` are `None` for a checkpoint without a summary of its training videos).
+    """
 
     video: str
     caption: Optional[str] = None
     error: Optional[str] = None
+    score: Optional[float] = None
+    familiarity: Optional[float] = None
+    in_domain: Optional[bool] = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
     def to_dict(self) -> dict:
-        """`{"video", "caption"}`, or `{"video", "error"}` for a failure (the `--json` record)."""
-        return {"video": self.video, "caption": self.caption} if self.ok else {"video": self.video, "error": self.error}
+        """`{"video", "caption", "score"[, "familiarity", "in_domain"]}`, or `{"video", "error"}` for a failure (the
+        `--json` record)."""
+        if not self.ok:
+            return {"video": self.video, "error": self.error}
+        record = {"video": self.video, "caption": self.caption, "score": self.score}
+        if self.familiarity is not None:
+            record.update(familiarity=self.familiarity, in_domain=self.in_domain)
+        return record
 
 
 def expand_video_paths(inputs: Iterable[PathLike]) -> list[Path]:
@@ -100,7 +113,7 @@ def caption_videos(
         seek: `"exact"`, or `"keyframe"`: each sample snapped to the nearest keyframe, approximate and much faster
             on long videos (see `read_frames`); default: the checkpoint's.
         progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
-        generate_kwargs: `beam_size`, `max_len`, `length_penalty`; default: the checkpoint's.
+        generate_kwargs: `beam_size`, `max_len`, `length_penalty`, `no_repeat_ngram`; default: the checkpoint's.
 
     Raises:
         WeightsUnavailableError: the backbone's weights are not on this machine and cannot be downloaded (raised
@@ -132,8 +145,9 @@ def caption_videos(
                     log.debug("reading %s failed", path, exc_info=True)
                     results[i] = CaptionResult(path, error=f"could not be read ({type(err).__name__}: {err})")
             if clips:
-                captions = model.caption_clips(list(clips.values()), **generate_kwargs)
-                for i, caption in zip(clips, captions):
-                    results[i] = CaptionResult(chunk[i][0], caption=caption)
+                captions = model.caption_clips(list(clips.values()), with_scores=True, **generate_kwargs)
+                for i, c in zip(clips, captions):
+                    results[i] = CaptionResult(chunk[i][0], caption=c.text, score=c.score, familiarity=c.familiarity,
+                                               in_domain=c.in_domain)
             bar.update(len(chunk))
             yield from results

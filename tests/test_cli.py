@@ -31,6 +31,12 @@ def run(*args: str, script: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([*cmd, *map(str, args)], capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
+def without_domain_warnings(stderr: str) -> str:
+    """stderr less the out-of-domain warnings (the tiny random-weight checkpoint finds real videos unfamiliar)."""
+    return "".join(line for line in stderr.splitlines(keepends=True)
+                   if not (line.startswith("captioner caption: warning: ") and "the caption is unreliable" in line))
+
+
 @pytest.fixture(scope="module")
 def ckpt(trained) -> Path:
     return trained[2]
@@ -88,7 +94,7 @@ def test_text_output_matches_json_and_the_library(json_run, clips, ckpt):
     model = VideoCaptioner.from_checkpoint(ckpt)
     assert model.caption(clips["good"], batch_size=2) == text_captions
     assert [model.caption(p)[0] for p in clips["good"]] == [r["caption"] for r in json_run[1] if "caption" in r]
-    assert proc.stderr.strip() == ""
+    assert without_domain_warnings(proc.stderr).strip() == ""
 
 
 def test_bad_checkpoint_is_one_clear_line(clips, tmp_path):
@@ -198,7 +204,7 @@ def test_a_run_folder_stands_for_its_newest_best_checkpoint(trained, clips, tmp_
     real = str(clips["real"])
     assert caption_command([real, "--checkpoint", str(root), "--beam-size", "1", "--threads", "1"]) == 0
     out, err = capsys.readouterr()
-    assert err.strip() == f"captioner caption: checkpoint {best}"
+    assert without_domain_warnings(err).strip() == f"captioner caption: checkpoint {best}"
     assert out.split("\t")[1].strip() == VideoCaptioner.from_checkpoint(best).caption([real], beam_size=1)[0]
     assert caption_command([real, "--checkpoint", str(tmp_path)]) == 2  # a folder without checkpoints
     assert f"{tmp_path}: no checkpoint in this folder" in capsys.readouterr().err
@@ -252,7 +258,7 @@ def test_libav_lines_only_with_verbose(ckpt, tmp_path):
     damaged = write_damaged_mp4(tmp_path / "damaged.mp4")  # decodes, with libav errors on every damaged slice
     quiet = run(damaged, "--checkpoint", ckpt, "--device", "cpu")
     assert quiet.returncode == 0, quiet.stderr[-2000:]
-    assert quiet.stdout.startswith(f"{damaged}\t") and quiet.stderr == ""
+    assert quiet.stdout.startswith(f"{damaged}\t") and without_domain_warnings(quiet.stderr) == ""
     verbose = run(damaged, "--checkpoint", ckpt, "--device", "cpu", "--verbose")
     assert verbose.returncode == 0 and verbose.stdout == quiet.stdout
     assert "[h264 @ 0x" in verbose.stderr

@@ -36,7 +36,7 @@ def test_metrics_match_training_and_name_what_is_missing(evaluated, trained):
     report, _ = evaluated
     test_metrics, _, _ = trained
     # same checkpoint, features, beam settings and scorer as the test run that closed training
-    assert report["generation"] == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0}
+    assert report["generation"] == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0, "no_repeat_ngram": 3}
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         assert report["metrics"][k] == pytest.approx(test_metrics[f"test/{k}"], abs=1e-6)
     assert "SPICE" in report["unavailable"]["spice"] and "offline" in report["unavailable"]["spice"]

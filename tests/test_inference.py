@@ -49,7 +49,7 @@ def test_clips(tiny_dataset) -> list[Path]:
 
 def test_generation_defaults_come_from_the_checkpoint(model):
     # the tiny run trains with --model.beam_size=2 (tests/conftest.py)
-    assert model.generate_defaults == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0}
+    assert model.generate_defaults == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0, "no_repeat_ngram": 3}
 
 
 def test_expand_video_paths_sorts_directories_and_keeps_files(tmp_path):
@@ -86,7 +86,9 @@ def test_one_bad_file_does_not_stop_the_others(model, test_clips, tmp_path):
     assert all(isinstance(c, str) for c in captions)  # the tiny model may well say nothing
     # the same captions as the plain library call, which reads the same files in the same batches
     assert captions == model.caption(good, batch_size=3)
-    assert results[0].to_dict() == {"video": str(test_clips[0]), "caption": captions[0]}
+    record = results[0].to_dict()
+    assert {k: record[k] for k in ("video", "caption")} == {"video": str(test_clips[0]), "caption": captions[0]}
+    assert set(record) == {"video", "caption", "score", "familiarity", "in_domain"} and record["score"] <= 0
     assert set(results[1].to_dict()) == {"video", "error"}
 
 

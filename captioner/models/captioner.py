@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -15,11 +15,29 @@ from captioner.data.features import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.encoder import FrameEncoder
+from captioner.models.familiarity import DomainSummary
 from captioner.models.temporal import MAX_FRAMES, TemporalEncoder
 
 
 class CheckpointError(ValueError):
     """A file is missing or is not a captioner checkpoint."""
+
+
+class ScoredCaption(NamedTuple):
+    """A caption with what the model knows of its reliability.
+
+    Attributes:
+        text: the caption.
+        score: its mean log-probability per word, `<eos>` included (0 is certain; below about -1 the model hesitates).
+        familiarity: cosine similarity (0-1) of the video's pooled vector to the nearest prototype of the training
+            videos; `None` when the checkpoint has no summary of them (written before 2026-11-30).
+        in_domain: `familiarity` at or above the checkpoint's threshold, calibrated on its validation split.
+    """
+
+    text: str
+    score: float
+    familiarity: Optional[float] = None
+    in_domain: Optional[bool] = None
 
 
 _SCORE = re.compile(r"(?:bleu4_|cider_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
@@ -122,7 +140,8 @@ class VideoCaptioner(nn.Module):
         self.vocab, self.spec = vocab, spec
         self.decoder = decoder
         self.pool = pool if pool is not None else TemporalEncoder("mean", decoder.video_norm.normalized_shape[0])
-        self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty; filled from a checkpoint
+        self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty / no_repeat_ngram; from a checkpoint
+        self.domain: Optional[DomainSummary] = None  # the training videos' summary; from a checkpoint
         self.checkpoint_path: Optional[Path] = None  # the file `from_checkpoint` loaded
         self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
 
@@ -150,24 +169,52 @@ class VideoCaptioner(nn.Module):
         max_len: int = 20,
         length_penalty: float = 0.0,
         mask: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        """Per-frame features `(B, T, D)` -> token ids `(B, <=max_len)` (greedy when `beam_size` is 1)."""
+        no_repeat_ngram: int = 3,
+        return_scores: bool = False,
+    ):
+        """Per-frame features `(B, T, D)` -> token ids `(B, <=max_len)` (greedy when `beam_size` is 1).
+
+        `no_repeat_ngram`: no word n-gram twice in a caption, and no word three times in a row (0 = off). With
+        `return_scores`, `(ids, scores)`: each caption's mean log-probability per word, `<eos>` included `(B,)`.
+        """
+        ids, scores, _ = self._generate(feats, beam_size, max_len, length_penalty, mask, no_repeat_ngram)
+        return (ids, scores) if return_scores else ids
+
+    def _generate(self, feats, beam_size=5, max_len=20, length_penalty=0.0, mask=None, no_repeat_ngram=3):
+        """`generate`, plus the pooled video vectors `(B, Dv)` the decoder read."""
         video, memory = self.pool.encode(feats, mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
         if beam_size <= 1:
-            return self.decoder.greedy(video, max_len, memory, mask)
-        return self.decoder.beam_search(video, beam_size, max_len, length_penalty, memory, mask)
+            ids, scores = self.decoder.greedy(video, max_len, memory, mask, no_repeat_ngram, return_scores=True)
+        else:
+            ids, scores = self.decoder.beam_search(video, beam_size, max_len, length_penalty, memory, mask,
+                                                   no_repeat_ngram, return_scores=True)
+        return ids, scores, video
 
     @torch.no_grad()
-    def caption_features(self, feats: torch.Tensor, **generate_kwargs) -> list[str]:
-        """Captions for per-frame features `(B, T, D)`."""
+    def caption_features(self, feats: torch.Tensor, with_scores: bool = False, **generate_kwargs):
+        """Captions for per-frame features `(B, T, D)`.
+
+        With `with_scores`, a `ScoredCaption` per video: the text, its mean log-probability per word (`score`),
+        and how familiar the video is to the training videos (`familiarity`, `in_domain`; `None` for a checkpoint
+        that has no summary of them).
+        """
         was_training = self.training
         self.eval()
-        ids = self.generate(feats.to(self.device, torch.float32), **{**self.generate_defaults, **generate_kwargs})
+        ids, scores, video = self._generate(feats.to(self.device, torch.float32),
+                                            **{**self.generate_defaults, **generate_kwargs})
         self.train(was_training)
-        return [self.vocab.decode(row) for row in ids]
+        texts = [self.vocab.decode(row) for row in ids]
+        if not with_scores:
+            return texts
+        if self.domain is None:
+            fam, inside = [None] * len(texts), [None] * len(texts)
+        else:
+            fam = [round(float(f), 4) for f in self.domain.familiarity(video)]
+            inside = [f >= self.domain.threshold for f in fam]
+        return [ScoredCaption(t, round(float(s), 4), f, i) for t, s, f, i in zip(texts, scores, fam, inside)]
 
     @torch.no_grad()
-    def caption_frames(self, frames: torch.Tensor | np.ndarray, **generate_kwargs) -> list[str]:
+    def caption_frames(self, frames: torch.Tensor | np.ndarray, with_scores: bool = False, **generate_kwargs):
         """Captions for uint8 RGB frames `(B, T, H, W, 3)` (or one clip `(T, H, W, 3)`), a tensor or numpy array.
 
         Raises:
@@ -176,10 +223,10 @@ class VideoCaptioner(nn.Module):
         frames = as_frames(frames, "frames", batched=None)
         if frames.dim() == 4:
             frames = frames.unsqueeze(0)
-        return self.caption_clips(list(frames), **generate_kwargs)
+        return self.caption_clips(list(frames), with_scores=with_scores, **generate_kwargs)
 
     @torch.no_grad()
-    def caption_clips(self, clips: Sequence[torch.Tensor | np.ndarray], **generate_kwargs) -> list[str]:
+    def caption_clips(self, clips: Sequence[torch.Tensor | np.ndarray], with_scores: bool = False, **generate_kwargs):
         """Captions for uint8 RGB clips `(T, H, W, 3)` (tensors or numpy arrays) whose frame sizes may differ (e.g.
         from `read_clip`); every clip has the same number of frames.
 
@@ -198,7 +245,7 @@ class VideoCaptioner(nn.Module):
                              f"same number from each (read_clip samples the checkpoint's {self.spec.num_frames})")
         enc = self.encoder.eval()
         x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in clips])  # (B, T, 3, S, S)
-        return self.caption_features(enc(x), **generate_kwargs)
+        return self.caption_features(enc(x), with_scores=with_scores, **generate_kwargs)
 
     def read_clip(self, path: str | os.PathLike, num_frames: Optional[int] = None,
                   seek: Optional[str] = None) -> torch.Tensor:
@@ -215,10 +262,11 @@ class VideoCaptioner(nn.Module):
                            seek=seek or self.spec.seek)
 
     def caption(self, paths: str | os.PathLike | Sequence[str | os.PathLike], batch_size: int = 8,
-                seek: Optional[str] = None, **generate_kwargs) -> list[str]:
+                seek: Optional[str] = None, with_scores: bool = False, **generate_kwargs) -> list:
         """Captions for video files, in order; a directory stands for the video files inside it, sorted.
 
         `seek="keyframe"` samples the frames approximately, much faster on long videos (see `read_frames`).
+        `with_scores=True` gives a `ScoredCaption` per video (see `caption_features`).
 
         Raises `VideoReadError` naming the first unreadable file (`captioner.inference.caption_videos` instead
         reports each failure and captions the other files).
@@ -226,10 +274,10 @@ class VideoCaptioner(nn.Module):
         from captioner.inference import expand_video_paths
 
         paths = expand_video_paths([paths] if isinstance(paths, (str, os.PathLike)) else paths)
-        captions: list[str] = []
+        captions: list = []
         for start in range(0, len(paths), batch_size):
             clips = [self.read_clip(p, seek=seek) for p in paths[start : start + batch_size]]
-            captions += self.caption_clips(clips, **generate_kwargs)
+            captions += self.caption_clips(clips, with_scores=with_scores, **generate_kwargs)
         return captions
 
     @classmethod
@@ -264,6 +312,9 @@ class VideoCaptioner(nn.Module):
             reason = " ".join(str(err).split())[:300]  # torch lists every mismatched tensor, over many lines
             raise CheckpointError(f"{path}: weights do not match the model it describes ({reason})") from None
         model.checkpoint_path = path
+        summary = ckpt.get("domain_summary")
+        if isinstance(summary, dict) and torch.is_tensor(summary.get("prototypes")):
+            model.domain = DomainSummary.from_dict(summary)
         return model.eval().to(map_location)
 
 
@@ -329,7 +380,7 @@ def _load_failure(err: Exception) -> str:
 
 
 DECODER_ARGS = ("embed_dim", "hidden_dim", "num_layers", "dropout")
-GENERATE_ARGS = ("beam_size", "max_len", "length_penalty")
+GENERATE_ARGS = ("beam_size", "max_len", "length_penalty", "no_repeat_ngram")
 
 
 def build_captioner(hp: dict) -> VideoCaptioner:

@@ -204,27 +204,39 @@ class CaptionDecoder(nn.Module):
     @torch.no_grad()
     @_outside_autocast
     def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
-               memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`."""
+               memory_mask: Optional[torch.Tensor] = None, no_repeat_ngram: int = 3, return_scores: bool = False):
+        """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`.
+
+        `no_repeat_ngram` blocks repeats (see `block_repeats`; 0 = off). With `return_scores`, also each caption's
+        mean log-probability per word, `<eos>` included `(B,)`.
+        """
         ctx, state = self.start(video, memory, memory_mask)
         b = video.shape[0]
         table, ctx = self._generation_inputs(ctx, b, max_len)
         tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=video.device)
         done = torch.zeros(b, dtype=torch.bool, device=video.device)
+        total, length = torch.zeros(b, device=video.device), torch.zeros(b, device=video.device)
         out = []
         for _ in range(max_len):
             logp, state = self._step(ctx, table, tokens, state)
-            tokens = logp.argmax(-1).masked_fill(done, self.pad_id)
+            if no_repeat_ngram > 0 and out:
+                block_repeats(logp, torch.stack(out, dim=1), no_repeat_ngram)
+            best, tokens = logp.max(-1)
+            tokens = tokens.masked_fill(done, self.pad_id)
+            total += best.masked_fill(done, 0.0)
+            length += (~done).float()
             out.append(tokens)
             done |= tokens == self.eos_id
             if done.all():
                 break
-        return torch.stack(out, dim=1)
+        ids = torch.stack(out, dim=1)
+        return (ids, total / length.clamp_min(1.0)) if return_scores else ids
 
     @torch.no_grad()
     @_outside_autocast
     def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
-                    memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+                    memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
+                    no_repeat_ngram: int = 3, return_scores: bool = False):
         """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
 
         A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
@@ -232,8 +244,11 @@ class CaptionDecoder(nn.Module):
         search is over leaves the batch at once, so the others' steps get cheaper: the result for each video is
         the one a search over that video alone gives.
 
+        `no_repeat_ngram` blocks repeats in every hypothesis (see `block_repeats`; 0 = off).
+
         Returns:
-            token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`.
+            token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`; with `return_scores`, also
+            its mean log-probability per word, `<eos>` included `(B,)`.
         """
         b, k, dev = video.shape[0], beam_size, video.device
         ctx, (h, c) = self.start(video, memory, memory_mask)
@@ -250,9 +265,12 @@ class CaptionDecoder(nn.Module):
         finished_row[self.pad_id] = 0.0
         videos = torch.arange(b, device=dev)  # which input video each row of `scores` still searches for
         best: list[Optional[torch.Tensor]] = [None] * b
+        best_score = torch.zeros(b, device=dev)
         for step in range(max_len):
             n = len(videos)
             logp, (h, c) = self._step(ctx, table, tokens, (h, c))
+            if no_repeat_ngram > 0 and step > 0:
+                block_repeats(logp, history, no_repeat_ngram)
             logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
             cand = (scores.view(-1, 1) + logp).view(n, width * self.vocab_size)
             few = cand.shape[1] < k  # a vocabulary smaller than the beam, at the first step: pad with dead hypotheses
@@ -276,8 +294,10 @@ class CaptionDecoder(nn.Module):
             if not over.any():
                 continue
             ranked = (scores / lengths.view(n, k).clamp_min(1.0).pow(length_penalty)).argmax(1)  # (n,)
+            mean = scores / lengths.view(n, k).clamp_min(1.0)
             for i in over.nonzero().flatten().tolist():
                 best[int(videos[i])] = history[i * k + int(ranked[i])]
+                best_score[int(videos[i])] = mean[i, int(ranked[i])]
             keep = (~over).nonzero().flatten()
             if len(keep) == 0:
                 break
@@ -288,7 +308,8 @@ class CaptionDecoder(nn.Module):
             ctx = ctx.select(rows) if isinstance(ctx, _Memory) else ctx.index_select(0, rows)
         out = nn.utils.rnn.pad_sequence(best, batch_first=True, padding_value=self.pad_id)
         width = int((out != self.pad_id).sum(1).max().clamp_min(1))
-        return out[:, :width]  # drop the columns that only hold padding
+        out = out[:, :width]  # drop the columns that only hold padding
+        return (out, best_score) if return_scores else out
 
     @staticmethod
     def _settled(scores: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
@@ -299,3 +320,37 @@ class CaptionDecoder(nn.Module):
         best_done = scores.masked_fill(~done, float("-inf")).max(1).values
         best_open = scores.masked_fill(done, float("-inf")).max(1).values
         return best_done >= best_open
+
+
+def block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+    """Forbid, in place, the next words that would repeat: `logp (N, V)` gets `-inf` where a word would complete a
+    word n-gram that `history (N, t)` already holds, say the same word a third time in a row, or appear more than
+    `n` times in the caption.
+
+    The classic decoder's failure on unfamiliar input is a loop ("left left left ...", "grows grows growing grows
+    grows ..."): a caption never holds a word trigram twice, nor a word four times, so blocking them (the first is
+    `no_repeat_ngram_size` in fairseq and Hugging Face) removes loops at no cost to real captions. `<eos>` is never
+    blocked (a hypothesis holding it is over), so a word is always left.
+    """
+    num, t = history.shape
+    v = logp.shape[1]
+    if n <= 0:  # off
+        return logp
+    banned = []
+    if t >= 2:  # the last two words are the same: not a third time
+        banned.append(torch.where(history[:, -1] == history[:, -2], history[:, -1], v).unsqueeze(1))
+    if t >= n:
+        grams = history.unfold(1, n, 1)  # (N, t - n + 1, n)
+        prefix = history[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n - 1): the words a next n-gram starts with
+        seen = (grams[:, :, : n - 1] == prefix).all(-1)  # (N, t - n + 1)
+        banned.append(torch.where(seen, grams[:, :, -1], v))
+    mask = torch.zeros(num, v + 1, dtype=torch.bool, device=logp.device)
+    if banned:
+        mask.scatter_(1, torch.cat(banned, dim=1), True)  # column v collects the "nothing banned" entries
+    if t >= n:  # a word already said n times
+        counts = torch.zeros(num, v, dtype=torch.int32, device=logp.device)
+        counts.scatter_add_(1, history, torch.ones_like(history, dtype=torch.int32))
+        mask[:, :v] |= counts >= n
+    mask[:, -1] = False
+    logp.masked_fill_(mask[:, :v], float("-inf"))
+    return logp

@@ -40,6 +40,8 @@ class CaptioningSystem(pl.LightningModule):
         beam_size: beam width at validation/test (1 = greedy).
         max_len: longest generated caption, in words.
         length_penalty: beam ranking divides log p by length ** length_penalty.
+        no_repeat_ngram: generation never repeats a word n-gram of this size in a caption, nor a word three times
+            in a row (0 = off); stored in the checkpoint as a generation default.
         num_samples: captions printed beside their references after testing.
         checkpoint_every_n_steps: also write `last.ckpt` every this many training steps, inside epochs, so a
             killed run loses at most that many steps; `None` writes it at the end of each epoch only.
@@ -62,6 +64,7 @@ class CaptioningSystem(pl.LightningModule):
         beam_size: int = 5,
         max_len: int = 20,
         length_penalty: float = 0.0,
+        no_repeat_ngram: int = 3,
         num_samples: int = 8,
         checkpoint_every_n_steps: Optional[int] = None,
         monitor: Literal["val/bleu4", "val/cider"] = "val/bleu4",
@@ -94,7 +97,8 @@ class CaptioningSystem(pl.LightningModule):
 
     def _eval_step(self, batch: dict) -> None:
         hp = self.hparams
-        ids = self.model.generate(batch["feats"], hp.beam_size, hp.max_len, hp.length_penalty)
+        ids = self.model.generate(batch["feats"], hp.beam_size, hp.max_len, hp.length_penalty,
+                                  no_repeat_ngram=hp.get("no_repeat_ngram", 3))
         hyps = [self.model.vocab.decode(row) for row in ids]
         self._eval_outputs += list(zip(batch["index"].tolist(), hyps, batch["references"], batch["extra"]))
 
@@ -183,6 +187,49 @@ class CaptioningSystem(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        summary = self._domain_summary()
+        if summary is not None:
+            checkpoint["domain_summary"] = summary
+
+    @torch.no_grad()
+    def _domain_summary(self) -> Optional[dict]:
+        """The training videos as prototypes of the vectors the decoder reads, with the in-domain threshold
+        calibrated on the validation split (see `captioner.models.familiarity`), for `VideoCaptioner` to tell a
+        user when a video is unlike anything the checkpoint was trained on.
+
+        Recomputed at every save while the temporal encoder learns; once for mean pooling (no weights).
+        Draws no global random numbers (a resumed run stays exact). Only the process that writes the file does it.
+        """
+        from captioner.models.familiarity import DomainSummary
+
+        dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
+        if self.model is None or dm is None or not getattr(dm, "splits", None) or not self.trainer.is_global_zero:
+            return None
+        fixed = not any(p.requires_grad for p in self.model.pool.parameters())
+        if fixed and getattr(self, "_summary_cache", None) is not None:
+            return self._summary_cache
+        pool = self.model.pool
+        was_training = pool.training
+        pool.eval()
+
+        def vectors(split: str) -> Optional[torch.Tensor]:
+            clips = dm.splits.get(split) or []
+            out = []
+            for start in range(0, len(clips), 256):
+                feats = torch.stack([dm.cache.load(c.id) for c in clips[start : start + 256]]).to(self.device)
+                out.append(pool.encode(feats.float())[0].float().cpu())  # (B, T, D) -> (B, Dv)
+            return torch.cat(out) if out else None
+
+        try:
+            train, val = vectors("train"), vectors("val")
+        finally:
+            pool.train(was_training)
+        if train is None:
+            return None
+        summary = DomainSummary.fit(train, val).to_dict()
+        if fixed:
+            self._summary_cache = summary
+        return summary
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # applied at on_train_start: the set-up between loading and training draws random numbers of its own

@@ -1,0 +1,170 @@
+"""Captions a user can trust: no word loops, a score per caption, and the out-of-domain flag."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from captioner.models.decoder import CaptionDecoder, block_repeats
+from captioner.models.familiarity import MAX_SUMMARY_BYTES, DomainSummary, spherical_kmeans
+
+
+def _loops(words: list[str], n: int = 3) -> bool:
+    grams = [tuple(words[i : i + n]) for i in range(len(words) - n + 1)]
+    triple = any(words[i] == words[i + 1] == words[i + 2] for i in range(len(words) - 2))
+    return len(grams) != len(set(grams)) or triple or any(words.count(w) > n for w in words)
+
+
+def test_block_repeats_forbids_a_seen_trigram_a_third_word_in_a_row_and_a_fourth_use():
+    v = 10
+    logp = torch.zeros(4, v)
+    history = torch.tensor([[5, 6, 7, 3, 5, 6],  # "5 6" again: 7 would repeat the trigram 5 6 7
+                            [4, 4, 8, 9, 1, 4],  # 4 said three times: no fourth
+                            [3, 8, 2, 9, 1, 1],  # 1 1: not a third 1
+                            [3, 8, 2, 9, 1, 5]])  # nothing to block
+    block_repeats(logp, history, 3)
+    blocked = [set(torch.isinf(row).nonzero().flatten().tolist()) for row in logp]
+    assert blocked == [{7}, {4}, {1}, set()]
+    assert not torch.isinf(block_repeats(torch.zeros(4, v), history, 0)).any()  # 0 turns every rule off
+
+
+@pytest.fixture
+def looping_decoder():
+    """A decoder whose output prefers one word whatever it reads: left alone it says it again and again."""
+    torch.manual_seed(0)
+    dec = CaptionDecoder(vocab_size=12, feature_dim=8, embed_dim=8, hidden_dim=16).eval()
+    with torch.no_grad():
+        dec.out.bias.zero_()
+        dec.out.bias[5] = 8.0  # the loop word
+        dec.out.bias[6] = 6.0
+        dec.out.bias[7] = 5.5
+        dec.out.bias[2] = -20.0  # <eos> never likely
+    return dec
+
+
+@pytest.mark.parametrize("beam", [1, 3])
+def test_generation_never_loops(looping_decoder, beam):
+    video = torch.randn(4, 8)
+    gen = (lambda **kw: looping_decoder.greedy(video, max_len=12, **kw)) if beam == 1 else \
+        (lambda **kw: looping_decoder.beam_search(video, beam_size=beam, max_len=12, **kw))
+    off = gen(no_repeat_ngram=0)
+    assert (off == 5).sum(1).min() >= 10  # the loop the blocking exists for
+    on = gen()  # default: 3
+    for row in on.tolist():
+        words = [str(t) for t in row if t not in (0, 2)]
+        assert len(words) >= 6 and not _loops(words), words
+
+
+def test_batched_beam_equals_one_at_a_time_with_blocking(looping_decoder):
+    video = torch.randn(5, 8)
+    batched, scores = looping_decoder.beam_search(video, beam_size=3, max_len=10, return_scores=True)
+    for i in range(5):
+        single, s = looping_decoder.beam_search(video[i : i + 1], beam_size=3, max_len=10, return_scores=True)
+        width = single.shape[1]
+        assert torch.equal(batched[i, :width], single[0]) and not batched[i, width:].any()
+        assert torch.allclose(scores[i], s[0], atol=1e-5)
+
+
+def _teacher_forced_mean_logp(dec: CaptionDecoder, video: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+    """Mean log-probability per word (<eos> included) of generated ids, recomputed with the teacher-forced LSTM."""
+    bos = torch.full((len(ids), 1), dec.bos_id, dtype=torch.long)
+    logits = dec(video, torch.cat([bos, ids], 1)[:, :-1].clamp_min(0))
+    logits[..., [dec.pad_id, dec.bos_id]] = float("-inf")  # as generation masks them
+    logp = F.log_softmax(logits, -1).gather(2, ids.unsqueeze(2)).squeeze(2)
+    words = ids != dec.pad_id
+    return logp.masked_fill(~words, 0.0).sum(1) / words.sum(1)
+
+
+@pytest.mark.parametrize("beam", [1, 4])
+def test_score_is_the_mean_log_probability_per_word(beam):
+    torch.manual_seed(1)
+    dec = CaptionDecoder(vocab_size=15, feature_dim=8, embed_dim=8, hidden_dim=16).eval()
+    video = torch.randn(6, 8)
+    if beam == 1:
+        ids, scores = dec.greedy(video, max_len=8, return_scores=True)
+    else:
+        ids, scores = dec.beam_search(video, beam_size=beam, max_len=8, return_scores=True)
+    assert scores.shape == (6,) and (scores <= 0).all()
+    with torch.no_grad():
+        assert torch.allclose(scores, _teacher_forced_mean_logp(dec, video, ids), atol=1e-4)
+
+
+def test_summary_flags_far_videos_and_keeps_held_out_ones():
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 64, generator=gen).abs()  # features after ReLU are non-negative
+    draw = lambda n: (centres[torch.randint(20, (n,), generator=gen)]  # noqa: E731
+                      + 0.15 * torch.randn(n, 64, generator=gen)).clamp_min(0)
+    summary = DomainSummary.fit(draw(400), draw(60))
+    inside = summary.familiarity(draw(500)) >= summary.threshold
+    assert inside.float().mean() >= 0.98
+    far = torch.randn(50, 64, generator=gen)  # another distribution altogether
+    assert (summary.familiarity(far) < summary.threshold).all()
+    fam = summary.familiarity(draw(10))
+    assert ((fam >= 0) & (fam <= 1)).all()
+
+
+def test_summary_fits_the_size_cap_and_loads_safely():
+    train = torch.rand(6513, 2048)  # MSR-VTT's training clips, ResNet-152 features
+    summary = DomainSummary.fit(train[:3000], torch.rand(100, 2048))
+    d = summary.to_dict()
+    buf = io.BytesIO()
+    torch.save(d, buf)
+    assert buf.tell() <= MAX_SUMMARY_BYTES + 10_000
+    back = DomainSummary.from_dict(torch.load(io.BytesIO(buf.getvalue()), weights_only=True))
+    assert torch.allclose(back.familiarity(train[:5]), summary.familiarity(train[:5]))
+    # fewer vectors than the cap: each is its own prototype, and the global random state is not touched
+    few = torch.rand(300, 8)
+    state = torch.get_rng_state()
+    assert spherical_kmeans(few[:30], 100).shape == (30, 8)
+    assert spherical_kmeans(few, 20).shape == (20, 8) and torch.equal(state, torch.get_rng_state())
+
+
+def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_path, capsys):
+    """The checkpoint written by training carries the summary; the CLI flags noise, not the dataset's own clips."""
+    from captioner.caption_cli import caption_command
+    from captioner.data.datasets import load_annotations
+    from captioner.data.synthetic import write_mp4
+    from captioner.models.captioner import VideoCaptioner
+
+    _, _, best = trained
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt["domain_summary"]["prototypes"].dtype == torch.float16
+    model = VideoCaptioner.from_checkpoint(best)
+    assert model.domain is not None and 0 < model.domain.threshold <= 1
+    noise = tmp_path / "noise.mp4"
+    write_mp4(np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), noise)
+    own = [c.path for c in load_annotations(tiny_dataset / "annotations.json") if c.split == "train"][:4]
+    results = model.caption([noise, *own], with_scores=True)
+    assert results[0].in_domain is False
+    assert all(r.in_domain for r in results[1:]) and min(r.familiarity for r in results[1:]) > results[0].familiarity
+    assert caption_command([str(noise), "--checkpoint", str(best), "--json"]) == 0
+    captured = capsys.readouterr()
+    record = json.loads(captured.out)[0]
+    assert record["in_domain"] is False and set(record) == {"video", "caption", "score", "familiarity", "in_domain"}
+    assert "unlike this checkpoint's training videos (familiarity" in captured.err
+    assert "the caption is unreliable" in captured.err
+
+
+def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):
+    """Checkpoints written before the summary existed load, caption, and say once that they carry no flag."""
+    from captioner.caption_cli import caption_command
+
+    _, _, best = trained
+    ckpt = torch.load(best, weights_only=True)
+    del ckpt["domain_summary"]
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    clip = tmp_path / "clip.mp4"
+    from captioner.data.synthetic import write_mp4
+
+    write_mp4(np.random.default_rng(1).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), clip)
+    assert caption_command([str(clip), str(clip), "--checkpoint", str(old), "--json"]) == 0
+    captured = capsys.readouterr()
+    records = json.loads(captured.out)
+    assert [set(r) for r in records] == [{"video", "caption", "score"}] * 2
+    assert captured.err.count("predates familiarity scores") == 1 and "unreliable" not in captured.err
