@@ -118,21 +118,22 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     feats, feats_source = video_features(model, videos, REPO / "data" / "features")
     feats = feats.to(device)
     max_len = max_len or model.generate_defaults.get("max_len", 20)
-    kwargs = dict(beam_size=beam_size, max_len=max_len, length_penalty=model.generate_defaults.get("length_penalty", 0.0))
+    kwargs = dict(beam_size=beam_size, max_len=max_len, length_penalty=model.generate_defaults.get("length_penalty", 0.0),
+                  no_repeat_ngram=model.generate_defaults.get("no_repeat_ngram", 3))
 
     def sync():
         if device.type == "cuda":
             torch.cuda.synchronize()
 
-    def batched():
+    def batched(**over):
         with torch.no_grad():
-            out = model.generate(feats, **kwargs)
+            out = model.generate(feats, **{**kwargs, **over})
         sync()
         return out
 
-    def one_by_one():
+    def one_by_one(**over):
         with torch.no_grad():
-            out = [model.generate(feats[i : i + 1], **kwargs)[0] for i in range(len(feats))]
+            out = [model.generate(feats[i : i + 1], **{**kwargs, **over})[0] for i in range(len(feats))]
         sync()
         return out
 
@@ -142,15 +143,24 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     t_batched = median(timed(batched, repeats, warmup=1))
     t_single = median(timed(one_by_one, repeats))
     speedup = t_single / t_batched
+    # the same searches without repeat blocking, timed in the same run: what blocking costs each, and the ratio
+    t_batched_off = median(timed(lambda: batched(no_repeat_ngram=0), repeats, warmup=1))
+    t_single_off = median(timed(lambda: one_by_one(no_repeat_ngram=0), repeats))
+    speedup_off = t_single_off / t_batched_off
     steps = rows_per_step(model.decoder, batched)
     t_bound = matmul_bound(model.decoder, steps, max(repeats, 3), sync)
-    notes = f"beam {beam_size}, max length {max_len}; {source}; {feats_source}; median of {repeats}"
+    notes = f"beam {beam_size}, max length {max_len}, no_repeat_ngram {kwargs['no_repeat_ngram']}; {source}; {feats_source}; median of {repeats}"
     return [
         Row(f"beam search, {videos} videos batched", f"{videos / t_batched:.0f} videos/s",
             f"{speedup:.1f}x one video at a time (target >= 10x): {verdict(speedup, 10)}",
             f"{t_batched * 1000:.1f} ms; {notes}"),
         Row(f"beam search, {videos} videos one at a time", f"{videos / t_single:.0f} videos/s", "baseline",
             f"{t_single * 1000:.1f} ms"),
+        Row("beam search without repeat blocking (no_repeat_ngram 0)", f"{videos / t_batched_off:.0f} videos/s",
+            f"{speedup_off:.1f}x one at a time; with blocking {speedup:.1f}x = {speedup / speedup_off - 1:+.0%} "
+            f"(target within 10%): {'PASS' if abs(speedup / speedup_off - 1) <= 0.10 else 'MISS'}",
+            f"blocking costs {t_batched / t_batched_off - 1:+.0%} batched, {t_single / t_single_off - 1:+.0%} one at a "
+            f"time ({t_batched_off * 1000:.1f} / {t_single_off * 1000:.1f} ms without it)"),
         Row("beam search, same captions batched vs one at a time", f"{same}/{videos}",
             "PASS" if same == videos else "MISS", ""),
         Row("beam search bound: its matrix products alone", f"{videos / t_bound:.0f} videos/s",
