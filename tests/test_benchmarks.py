@@ -84,11 +84,13 @@ def test_memory_benchmark_smoke(capsys):
 def test_beam_search_benchmark_smoke_gives_the_same_captions_both_ways(single_thread):
     rows = _benchmark_module("beam_search").run(smoke=True, threads=1)
     assert [r.measurement for r in rows] == ["beam search, 6 videos batched", "beam search, 6 videos one at a time",
+                                            "beam search without repeat blocking (no_repeat_ngram 0)",
                                             "beam search, same captions batched vs one at a time",
                                             "beam search bound: its matrix products alone"]
-    assert rows[2].result == "6/6" and rows[2].ratio == "PASS"
+    assert rows[3].result == "6/6" and rows[3].ratio == "PASS"
     assert _number(rows[0].result) > 0 and "x one video at a time" in rows[0].ratio
-    assert _number(rows[3].result) > 0 and "of the batched time" in rows[3].ratio
+    assert "with blocking" in rows[2].ratio and "target within 10%" in rows[2].ratio
+    assert _number(rows[4].result) > 0 and "of the batched time" in rows[4].ratio
 
 
 def test_beam_search_bound_counts_the_rows_of_every_step():
