@@ -82,6 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "(default: exact sampling, or the checkpoint's own sampling if it was trained with keyframes)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tab-separated lines "
                    "(default: off)")
+    p.add_argument("--html", metavar="PATH",
+                   help="also write a self-contained HTML report there: each video's sampled frames, caption, score "
+                        "and familiarity, sortable and searchable (default: none)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run the model; auto = cuda if a GPU is available, else cpu (default: auto)")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
@@ -136,6 +139,10 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if args.html:
+            from captioner.report import check_report_path
+
+            check_report_path(args.html)  # before any work
         device = resolve_device(args.device)
         model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
     except (CheckpointError, ValueError) as err:
@@ -173,10 +180,16 @@ def _run(args: argparse.Namespace) -> int:
     logging.getLogger(__name__).debug("device %s, generation %s", device, generate_kwargs)
 
     records, failed, total = [], 0, 0
+    if args.html:
+        from captioner.report import FrameStrips
+
+        strips, shown = FrameStrips.attach(model), []  # the report's frames, kept as each video is read
     seek = None if args.fast_seek is None else ("keyframe" if args.fast_seek else "exact")
     for result in caption_videos(model, args.videos, batch_size=args.batch_size, num_frames=args.frames, seek=seek,
                                  progress=args.progress, **generate_kwargs):
         total += 1
+        if args.html:
+            shown.append(result)
         if not result.ok:
             failed += 1
             tqdm.write(f"{PROG}: {result.video}: {result.error}", file=sys.stderr)
@@ -195,6 +208,12 @@ def _run(args: argparse.Namespace) -> int:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
         sys.stdout.flush()
+    if args.html:
+        from captioner.report import write_caption_report
+
+        report = write_caption_report(args.html, shown, model, strips, generate_kwargs, args.frames,
+                                      progress=args.progress is not False)
+        print(f"{PROG}: report {report}", file=sys.stderr, flush=True)
     if failed:
         print(f"{PROG}: {failed} of {total} videos could not be captioned", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else EXIT_OK

@@ -157,6 +157,7 @@ def evaluate(
     tokenizer: str = "project",
     meteor: bool = True,
     progress: bool = True,
+    html: Optional[str | os.PathLike | bool] = None,
 ) -> dict:
     """Caption every clip of a split and score the captions; write `predictions.json` and `metrics.json`.
 
@@ -173,6 +174,7 @@ def evaluate(
         tokenizer: `project` (the vocabulary's tokenizer) or `ptb` (coco-caption's, needs Java) for the
             coco-caption metrics.
         meteor: compute METEOR (Java, about half a minute to load its paraphrase table).
+        html: also write the HTML report (`captioner.report`) there; `True`: `<out_dir>/report.html`.
 
     Returns:
         The report written to `metrics.json`.
@@ -187,6 +189,10 @@ def evaluate(
 
     checkpoint = find_checkpoint(checkpoint)
     dev = resolve_device(device)
+    if html not in (None, True):
+        from captioner.report import check_report_path
+
+        check_report_path(html)  # before the work, not after
     model = VideoCaptioner.from_checkpoint(checkpoint, map_location=dev)
     stored = _checkpoint_data_args(checkpoint)
     data_dir = data_dir or stored.get("data_dir")
@@ -202,6 +208,11 @@ def evaluate(
                                             no_repeat_ngram=no_repeat_ngram).items()
                      if v is not None}}
     predictions, skipped, from_video = [], [], 0
+    strips = None
+    if html is not None:
+        from captioner.report import FrameStrips
+
+        strips = FrameStrips.attach(model)  # strips of the clips encoded from the video: not decoded twice
     with tqdm(total=len(clips), desc=f"Captioning {split}", unit="clip", disable=not progress) as bar:
         for start in range(0, len(clips), batch_size):
             batch, feats = [], []
@@ -251,6 +262,11 @@ def evaluate(
         "predictions": str(out_dir / "predictions.json"),
     }
     _write_json(out_dir / "predictions.json", predictions)
+    if html is not None:
+        from captioner.report import write_evaluation_report
+
+        report["html"] = str(write_evaluation_report(out_dir / "report.html" if html is True else html, report,
+                                                     predictions, clips, model, strips, progress))
     _write_json(out_dir / "metrics.json", report)
     return report
 
@@ -288,6 +304,10 @@ def build_parser() -> argparse.ArgumentParser:
                              "ptb = coco-caption's Stanford PTBTokenizer (Java) (default: %(default)s)")
     parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves starting Java; default: computed)")
     parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
+    parser.add_argument("--html", nargs="?", const=True, metavar="PATH",
+                        help="also write a self-contained HTML report: every clip's sampled frames, caption, "
+                             "references and per-clip BLEU-4 / CIDEr-D, sortable (default: none; without PATH: "
+                             "<out>/report.html)")
     return parser
 
 
@@ -301,7 +321,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
                           args.max_len, args.length_penalty, args.no_repeat_ngram, args.batch_size, args.device,
-                          args.tokenizer, meteor=not args.no_meteor, progress=not args.no_progress)
+                          args.tokenizer, meteor=not args.no_meteor, progress=not args.no_progress,
+                          html=args.html)
     except (CheckpointError, UserError) as err:  # a bad --checkpoint or setting, weights not here: nothing evaluated
         print(f"captioner evaluate: {err}", file=sys.stderr)
         return 2
@@ -318,4 +339,6 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{len(report['skipped'])} clips could not be read and were left out (listed in metrics.json)")
     out = Path(report["predictions"]).parent
     print(f"Predictions: {out / 'predictions.json'}\nMetrics:     {out / 'metrics.json'}")
+    if report.get("html"):
+        print(f"Report:      {report['html']}")
     return 0
