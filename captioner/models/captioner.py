@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 from pathlib import Path
@@ -181,8 +182,14 @@ class VideoCaptioner(nn.Module):
         return (ids, scores) if return_scores else ids
 
     def _generate(self, feats, beam_size=5, max_len=20, length_penalty=0.0, mask=None, no_repeat_ngram=3):
-        """`generate`, plus the pooled video vectors `(B, Dv)` the decoder read."""
-        video, memory = self.pool.encode(feats, mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
+        """`generate`, plus the pooled video vectors `(B, Dv)` the decoder read.
+
+        All of it in the weights' precision, autocast or not (`bf16-mixed` validation, a user's own autocast): the
+        recurrent temporal encoders' vectors, like the decoder's search, would change captions in low precision.
+        """
+        dev = feats.device.type
+        with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext():
+            video, memory = self.pool.encode(feats.float(), mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
         if beam_size <= 1:
             ids, scores = self.decoder.greedy(video, max_len, memory, mask, no_repeat_ngram, return_scores=True)
         else:
