@@ -27,8 +27,10 @@ if TYPE_CHECKING:
 
 PathLike = Union[str, os.PathLike]
 
-THUMB_HEIGHT = 64  # px: 8 frames of a 4:3 video make a 680x64 strip of 5-10 kB
-JPEG_QUALITY = 70
+# A strip is THUMB_HEIGHT px high, lower (down to MIN_THUMB_HEIGHT) when its frames would not fit STRIP_WIDTH: 8
+# frames of a 4:3 video make a 680x64 strip, 20 frames (MSR-VTT's) a 1060x40 one; about 10 kB each for real video
+THUMB_HEIGHT, MIN_THUMB_HEIGHT, STRIP_WIDTH = 64, 40, 720
+JPEG_QUALITY = 60
 # (key, label): the per-video values the page sorts by, when any card has them
 SORT_KEYS = (("score", "score"), ("familiarity", "familiarity"), ("bleu4", "BLEU-4"), ("cider", "CIDEr-D"))
 PER_VIDEO_NOTE = ("Per video: BLEU-4 is NLTK's sentence_bleu against all references (smoothing method 1, so a "
@@ -61,13 +63,23 @@ class Card:
         return {k: f"{v:.6g}" for k, v in values.items() if v is not None}
 
 
-def strip_jpeg(frames: "torch.Tensor", height: int = THUMB_HEIGHT, quality: int = JPEG_QUALITY) -> bytes:
-    """uint8 frames `(T, H, W, 3)` -> one JPEG of the frames side by side, `height` pixels high."""
+def strip_height(num_frames: int, aspect: float) -> int:
+    """Thumbnail height for `num_frames` frames of width/height `aspect`: THUMB_HEIGHT unless that is wider than
+    STRIP_WIDTH, never below MIN_THUMB_HEIGHT."""
+    fits = int(STRIP_WIDTH / max(num_frames * aspect, 1e-6))
+    return max(MIN_THUMB_HEIGHT, min(THUMB_HEIGHT, fits))
+
+
+def strip_jpeg(frames: "torch.Tensor", height: Optional[int] = None, quality: int = JPEG_QUALITY) -> bytes:
+    """uint8 frames `(T, H, W, 3)` -> one JPEG of the frames side by side, `height` pixels high (default:
+    `strip_height`)."""
     import torch
     import torchvision.transforms.functional as TF
     from torchvision.io import encode_jpeg
 
     x = frames.permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
+    if height is None:
+        height = strip_height(x.shape[0], x.shape[-1] / x.shape[-2])
     width = max(1, round(x.shape[-1] * height / x.shape[-2]))
     x = TF.resize(x.cpu(), [height, width], antialias=True)  # (T, 3, height, width)
     strip = torch.cat(list(x), dim=-1)  # (3, height, T * width)
@@ -81,12 +93,12 @@ class FrameStrips:
     `strips` maps the path as given to `read_clip` to its JPEG strip.
     """
 
-    def __init__(self, height: int = THUMB_HEIGHT):
+    def __init__(self, height: Optional[int] = None):
         self.height = height
         self.strips: dict[str, bytes] = {}
 
     @classmethod
-    def attach(cls, model: "VideoCaptioner", height: int = THUMB_HEIGHT) -> "FrameStrips":
+    def attach(cls, model: "VideoCaptioner", height: Optional[int] = None) -> "FrameStrips":
         recorder = cls(height)
         read_clip = model.read_clip
 
@@ -135,7 +147,7 @@ def per_video_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[s
 
 
 def add_strips(cards: Sequence[Card], strips: Optional[FrameStrips], read_clip: Callable[[str], "torch.Tensor"],
-               progress: bool = True, height: int = THUMB_HEIGHT) -> None:
+               progress: bool = True, height: Optional[int] = None) -> None:
     """Give every card with a path its frame strip: the one recorded while captioning, else read now."""
     from tqdm.auto import tqdm
 
@@ -162,8 +174,7 @@ def add_strips(cards: Sequence[Card], strips: Optional[FrameStrips], read_clip: 
 
 
 def render(cards: Sequence[Card], title: str, meta: Iterable[tuple[str, str]] = (),
-           metrics: Optional[dict[str, float]] = None, notes: Iterable[str] = (),
-           thumb_height: int = THUMB_HEIGHT) -> str:
+           metrics: Optional[dict[str, float]] = None, notes: Iterable[str] = ()) -> str:
     """The page's HTML (Jinja2, autoescaped: captions and paths can hold any text)."""
     import jinja2
 
@@ -176,7 +187,7 @@ def render(cards: Sequence[Card], title: str, meta: Iterable[tuple[str, str]] = 
             sort_options += [(f"{key}-asc", f"{label}: lowest first"), (f"{key}-desc", f"{label}: highest first")]
     return env.from_string(template).render(
         title=title, meta=list(meta), metrics=metrics or {}, notes=list(notes), cards=cards,
-        sort_options=sort_options, thumb_height=thumb_height)
+        sort_options=sort_options)
 
 
 def write_page(path: PathLike, html: str) -> Path:
@@ -212,7 +223,7 @@ def write_evaluation_report(path: PathLike, report: dict, predictions: Sequence[
                   familiarity=p.get("familiarity"), in_domain=p.get("in_domain"))
              for i, p in enumerate(predictions)]
     cards += [Card(s["video"], paths.get(s["video"]), error=s["reason"]) for s in report.get("skipped", [])]
-    add_strips(cards, strips, model.read_clip, progress, strips.height if strips else THUMB_HEIGHT)
+    add_strips(cards, strips, model.read_clip, progress, strips.height if strips else None)
     meta = [("checkpoint", report["checkpoint"]), ("dataset", report["data_dir"]),
             ("split", f"{report['split']}: {report['num_clips']} clips captioned"
                       + (f", {len(report['skipped'])} unreadable" if report.get("skipped") else "")),
@@ -227,8 +238,7 @@ def write_evaluation_report(path: PathLike, report: dict, predictions: Sequence[
     notes = [f"{k}: {why}" for k, why in report.get("unavailable", {}).items()]
     notes.append(PER_VIDEO_NOTE + ("" if cider is not None else " CIDEr-D needs pycocoevalcap."))
     title = f"captioner evaluate: {report['split']} split of {Path(report['data_dir']).name}"
-    return write_page(path, render(cards, title, meta, report["metrics"], notes,
-                                   strips.height if strips else THUMB_HEIGHT))
+    return write_page(path, render(cards, title, meta, report["metrics"], notes))
 
 
 def write_caption_report(path: PathLike, results: Sequence["CaptionResult"], model: "VideoCaptioner",
@@ -238,7 +248,7 @@ def write_caption_report(path: PathLike, results: Sequence["CaptionResult"], mod
     cards = [Card(r.video, r.video, caption=r.caption, error=r.error, score=r.score, familiarity=r.familiarity,
                   in_domain=r.in_domain) for r in results]
     add_strips(cards, strips, lambda p: model.read_clip(p, num_frames), progress,
-               strips.height if strips else THUMB_HEIGHT)
+               strips.height if strips else None)
     failed = sum(1 for r in results if not r.ok)
     meta = [("checkpoint", str(model.checkpoint_path)),
             ("videos", f"{len(results)}" + (f", {failed} could not be captioned" if failed else "")),
@@ -249,5 +259,4 @@ def write_caption_report(path: PathLike, results: Sequence["CaptionResult"], mod
     meta.append(("written", _written()))
     notes = ["score: mean log-probability per word (0 = certain). familiarity: similarity (0-1) to the training "
              "videos."]
-    return write_page(path, render(cards, "captioner caption", meta, None, notes,
-                                   strips.height if strips else THUMB_HEIGHT))
+    return write_page(path, render(cards, "captioner caption", meta, None, notes))

@@ -15,7 +15,7 @@ from PIL import Image
 
 from captioner import evaluate as ev
 from captioner.caption_cli import caption_command
-from captioner.report import THUMB_HEIGHT, Card, per_video_metrics, render, strip_jpeg
+from captioner.report import MIN_THUMB_HEIGHT, THUMB_HEIGHT, Card, per_video_metrics, render, strip_height, strip_jpeg
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 
@@ -70,9 +70,11 @@ def jpeg(src: str) -> Image.Image:
 
 def test_strip_jpeg_puts_the_frames_side_by_side_at_thumbnail_height():
     frames = torch.from_numpy(moving_square(8, 32)).repeat(1, 2, 3, 1)  # (8, 64, 96, 3)
-    image = Image.open(io.BytesIO(strip_jpeg(frames)))
-    assert image.size == (8 * 96, 64) and image.format == "JPEG"
+    image = Image.open(io.BytesIO(strip_jpeg(frames, height=32)))
+    assert image.size == (8 * 48, 32) and image.format == "JPEG"
     assert image.convert("L").getextrema()[1] > 200  # the white square survived
+    assert Image.open(io.BytesIO(strip_jpeg(frames[:, :48, :64]))).size == (8 * 85, 64)  # 4:3, 8 frames: full height
+    assert strip_height(20, 4 / 3) == MIN_THUMB_HEIGHT and strip_height(12, 16 / 9) == 40 < strip_height(8, 1.5)
 
 
 def test_page_is_self_contained_escaped_and_lists_every_card():
