@@ -74,6 +74,8 @@ class CaptioningDataModule(pl.LightningDataModule):
             one call, in the main process; false reads one `.npy` per caption pair (caches larger than memory).
         extract_batch_size: clips per CNN batch during feature extraction.
         extract_device: device for feature extraction (`auto`: CUDA when available).
+        train_items: what a training batch holds: `pairs` (one (clip, caption) pair per item, for cross-entropy) or
+            `clips` (one clip per item with all its references, as evaluation batches: for self-critical training).
     """
 
     def __init__(
@@ -98,6 +100,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         features_in_memory: bool = True,
         extract_batch_size: int = 16,
         extract_device: str = "auto",
+        train_items: Literal["pairs", "clips"] = "pairs",
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -229,6 +232,8 @@ class CaptioningDataModule(pl.LightningDataModule):
                                       min_count=self.hparams.min_word_count)
 
     def train_dataloader(self) -> DataLoader:
+        if self.hparams.get("train_items", "pairs") == "clips":
+            return self._clips_loader()
         in_memory = self.hparams.get("features_in_memory", True)
         ds = CaptionPairs(self.splits["train"], self.cache, self.vocab, self.hparams.max_caption_len,
                           in_memory=in_memory)
@@ -249,6 +254,18 @@ class CaptioningDataModule(pl.LightningDataModule):
                           collate_fn=collate_pairs, drop_last=len(ds) > self.hparams.batch_size,
                           persistent_workers=workers > 0, pin_memory=self._on_gpu(),
                           generator=torch.Generator().manual_seed(self.train_sampler.seed))
+
+    def _clips_loader(self) -> DataLoader:
+        """Training batches of whole clips, `{"index", "feats", "references", "extra"}` (`index` into the training
+        split), shuffled and resumable as the caption pairs are."""
+        ds = ClipReferences(self.splits["train"], self.cache)
+        self.train_sampler = ResumableShuffleSampler(ds, seed=int(os.environ.get("PL_GLOBAL_SEED", 0)))
+        if self._resume_state:
+            self.train_sampler.resume(**self._resume_state)
+        return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler,
+                          num_workers=self.hparams.num_workers, collate_fn=collate_clips,
+                          drop_last=len(ds) > self.hparams.batch_size, persistent_workers=self.hparams.num_workers > 0,
+                          pin_memory=self._on_gpu(), generator=torch.Generator().manual_seed(self.train_sampler.seed))
 
     def _on_gpu(self) -> bool:
         """Page-locked batches copy to a GPU asynchronously (Lightning moves them with `non_blocking`)."""

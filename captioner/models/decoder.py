@@ -311,6 +311,52 @@ class CaptionDecoder(nn.Module):
         out = out[:, :width]  # drop the columns that only hold padding
         return (out, best_score) if return_scores else out
 
+    def sample(self, video: torch.Tensor, num_samples: int = 5, max_len: int = 20,
+               memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
+               no_repeat_ngram: int = 0, generator: Optional[torch.Generator] = None):
+        """Draw `num_samples` captions per video from the model's distribution (multinomial), with gradients.
+
+        For self-critical training: the log-probability of each drawn word is differentiable, so a reward times
+        it is a policy gradient. The steps are `forward`'s (the `nn.LSTM` module, dropout as the module's mode
+        says), not `_step`'s, whose in-place arithmetic autograd cannot follow. Under autocast the LSTM and linear
+        layers run in low precision as in teacher forcing, and the softmax in float32: the log-probabilities of
+        rare words, and the sampling from them, keep their precision.
+
+        `no_repeat_ngram` draws from the distribution renormalised without the repeats `block_repeats` forbids
+        (0 = off); the log-probabilities returned are those of the distribution drawn from.
+
+        Returns:
+            token ids `(B * K, <=max_len)` with the K samples of a video in consecutive rows, `<pad>` after `<eos>`;
+            each word's log-probability `(B * K, <=max_len)`, 0 at `<pad>`.
+        """
+        k, dev = num_samples, video.device
+        ctx, state = self.start(video, memory, memory_mask)
+        ctx = ctx.repeat(k) if isinstance(ctx, _Memory) else ctx.repeat_interleave(k, 0)  # (B, E) -> (B * K, E)
+        state = tuple(s.repeat_interleave(k, 1) for s in state)  # (L, B, H) -> (L, B * K, H)
+        n = video.shape[0] * k
+        tokens = torch.full((n,), self.bos_id, dtype=torch.long, device=dev)
+        done = torch.zeros(n, dtype=torch.bool, device=dev)
+        never = torch.tensor([self.pad_id, self.bos_id], device=dev)
+        out, logps = [], []
+        for _ in range(max_len):
+            emb = self.drop(self.embed(tokens))  # (N,) -> (N, E)
+            x = torch.cat([emb, self._context(ctx, state[0][-1]).to(emb.dtype)], dim=-1).unsqueeze(1)
+            o, state = self.lstm(x, state)  # (N, 1, 2E) -> (N, 1, H)
+            logits = self.out(self.drop(o.squeeze(1))).float().index_fill(1, never, float("-inf"))  # (N, V)
+            logp = F.log_softmax(logits, dim=-1)
+            if no_repeat_ngram > 0 and out:
+                banned = block_repeats(torch.zeros_like(logp), torch.stack(out, dim=1), no_repeat_ngram)
+                logp = F.log_softmax(logp + banned, dim=-1)  # out of place: autograd keeps log_softmax's output
+            word = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)  # (N,)
+            word = word.masked_fill(done, self.pad_id)
+            logps.append(logp.gather(1, word.unsqueeze(1)).squeeze(1).masked_fill(done, 0.0))
+            out.append(word)
+            tokens = word
+            done = done | (word == self.eos_id)
+            if done.all():
+                break
+        return torch.stack(out, dim=1), torch.stack(logps, dim=1)
+
     @staticmethod
     def _settled(scores: torch.Tensor, done: torch.Tensor) -> torch.Tensor:
         """Per video `(B,)`: True when its best finished hypothesis outscores all its unfinished ones.

@@ -16,7 +16,9 @@ from torch.optim.lr_scheduler import OneCycleLR
 from captioner.checkpointing import (RunBestCheckpoint, last_checkpoints, next_hpc_checkpoint,
                                     with_user_checkpoints)
 from captioner.data.synthetic import direction_report
-from captioner.metrics import bleu_scores, cider_d
+from captioner.data.vocab import tokenize
+from captioner.errors import SettingsError
+from captioner.metrics import CiderD, bleu_scores, cider_d
 from captioner.models.captioner import build_captioner
 
 
@@ -47,6 +49,16 @@ class CaptioningSystem(pl.LightningModule):
             killed run loses at most that many steps; `None` writes it at the end of each epoch only.
         monitor: the validation score that picks the best checkpoint, `epoch<N>-bleu4_<score>.ckpt` or
             `epoch<N>-cider_<score>.ckpt` (CIDEr-D).
+        init_from: start from the weights and vocabulary of this checkpoint (a `.ckpt` or a run folder: its best
+            checkpoint), loaded safely; its architecture (sizes, temporal encoder) replaces the one given here.
+            Not a resume: optimizer, schedule and epochs start afresh (self-critical training after cross-entropy).
+        scst: train by self-critical sequence training (Rennie et al., 2017) instead of cross-entropy: the CIDEr-D
+            of sampled captions against the clip's training references, less a baseline, weighs their
+            log-probability. Needs whole clips per training item (`--data.train_items clips`).
+        scst_samples: captions sampled per video at each step (K).
+        scst_baseline: `mean`: each sample's baseline is the mean reward of the other K - 1 samples of its video
+            (the "new self-critical" variant, no extra decoding); `greedy`: the reward of the greedy caption (the
+            2017 original).
         vocab, feature_spec, feature_dim: filled from the data at `setup`; leave unset when training.
     """
 
@@ -68,11 +80,18 @@ class CaptioningSystem(pl.LightningModule):
         num_samples: int = 8,
         checkpoint_every_n_steps: Optional[int] = None,
         monitor: Literal["val/bleu4", "val/cider"] = "val/bleu4",
+        init_from: Optional[str] = None,
+        scst: bool = False,
+        scst_samples: int = 5,
+        scst_baseline: Literal["mean", "greedy"] = "mean",
         vocab: Optional[list[str]] = None,
         feature_spec: Optional[dict] = None,
         feature_dim: Optional[int] = None,
     ):
         super().__init__()
+        if scst and scst_samples < (2 if scst_baseline == "mean" else 1):
+            raise SettingsError(f"--model.scst_samples {scst_samples}: the mean baseline needs at least 2 samples per "
+                                f"video (or use --model.scst_baseline greedy)")
         self.save_hyperparameters()
         self.model = build_captioner(self.hparams) if vocab else None
         self._eval_outputs: list[tuple[int, str, list[str], dict]] = []
@@ -82,8 +101,41 @@ class CaptioningSystem(pl.LightningModule):
         if self.model is not None:
             return
         dm = self.trainer.datamodule
+        if stage == "fit" and self.hparams.get("scst") and dm.hparams.get("train_items", "pairs") != "clips":
+            raise SettingsError("--model.scst true samples captions per clip and scores them against all its "
+                                "references: set --data.train_items clips")
         self.hparams.update(vocab=list(dm.vocab.itos), feature_spec=dm.spec.to_dict(), feature_dim=dm.feature_dim)
+        if self.hparams.get("init_from"):
+            self._init_from(self.hparams.init_from, dm)
+        else:
+            self.model = build_captioner(self.hparams)
+
+    ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim", "vocab")
+
+    def _init_from(self, path: str, dm) -> None:
+        """Weights, vocabulary and architecture of the checkpoint `path` (file or run folder), loaded safely."""
+        from captioner.models.captioner import CheckpointError, VideoCaptioner, find_checkpoint
+
+        try:
+            file = find_checkpoint(path)
+            loaded = VideoCaptioner.from_checkpoint(file)
+        except CheckpointError as err:
+            raise SettingsError(f"--model.init_from {err}") from None
+        hp = torch.load(file, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
+        for key in ("feature_spec", "feature_dim"):
+            if hp.get(key) != self.hparams.get(key):
+                raise SettingsError(f"--model.init_from {file}: trained on other features ({key}: {hp.get(key)} in "
+                                    f"the checkpoint, {self.hparams.get(key)} from the data); use its data settings")
+        changed = [k for k in self.ARCHITECTURE[:-1] if k in hp and hp[k] != self.hparams.get(k)]
+        if changed:
+            rank_zero_info(f"--model.init_from {file}: its " + ", ".join(f"{k}={hp[k]}" for k in changed) + " replace "
+                           "the settings given")
+        self.hparams.update({k: hp[k] for k in self.ARCHITECTURE if k in hp})
         self.model = build_captioner(self.hparams)
+        self.model.load_state_dict(loaded.state_dict())
+        if list(dm.vocab.itos) != self.model.vocab.itos:  # train with the words the weights were trained on
+            dm.vocab = self.model.vocab
+        rank_zero_info(f"Initialised from {file}")
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Teacher-forced cross-entropy of a training batch `{"feats": (B, T, D), "captions": (B, S)}`."""
@@ -91,9 +143,55 @@ class CaptioningSystem(pl.LightningModule):
         return self.model.decoder.loss(video, batch["captions"], memory)
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        loss = self.loss(batch)
-        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["captions"]))
+        if self.hparams.get("scst"):
+            loss, reward = self.scst_loss(batch)
+            self.log("train/reward", reward, prog_bar=True, batch_size=len(batch["feats"]))
+        else:
+            loss = self.loss(batch)
+        self.log("train/loss", loss, prog_bar=True, batch_size=len(batch["feats"]))
         return loss
+
+    def scst_loss(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """Self-critical loss of a batch of clips `{"index", "feats": (B, T, D), "references"}`, and the mean reward.
+
+        K captions sampled per video; each one's advantage (its CIDEr-D less the baseline) weighs the
+        log-probability of its words: `-sum(advantage * log p(word)) / words`. A sample better than the baseline
+        becomes more likely, a worse one less.
+        """
+        hp = self.hparams
+        if "references" not in batch:
+            raise SettingsError("--model.scst true samples captions per clip and scores them against all its "
+                                "references: set --data.train_items clips")
+        k, repeats = hp.scst_samples, hp.get("no_repeat_ngram", 3)
+        video, memory = self.model.pool.encode(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
+        ids, logp = self.model.decoder.sample(video, k, hp.max_len, memory, no_repeat_ngram=repeats)  # (B*K, L) x 2
+        rewards = self.rewards(ids, batch["index"].repeat_interleave(k)).view(-1, k)  # (B*K,) -> (B, K)
+        if hp.scst_baseline == "mean":
+            baseline = (rewards.sum(1, keepdim=True) - rewards) / (k - 1)  # the other samples' mean
+        else:
+            decoder = self.model.decoder
+            decoder.eval()  # the caption the model would give: no dropout
+            try:
+                greedy = decoder.greedy(video, hp.max_len, memory, no_repeat_ngram=repeats)
+            finally:
+                decoder.train()
+            baseline = self.rewards(greedy, batch["index"]).unsqueeze(1)  # (B, 1)
+        advantage = (rewards - baseline).view(-1, 1)  # (B*K, 1)
+        words = (ids != self.model.vocab.pad_id).sum().clamp_min(1)
+        return -(advantage * logp).sum() / words, rewards.mean()
+
+    def rewards(self, ids: torch.Tensor, clips: torch.Tensor) -> torch.Tensor:
+        """CIDEr-D `(N,)` of captions `ids (N, L)` against the training references of clips `clips (N,)`.
+
+        Document frequencies come from the whole training split, counted once per process on first use (every
+        process holds the split: under DDP each scores its own shard against the same statistics).
+        """
+        if getattr(self, "_train_cider", None) is None:
+            clips_of_split = self.trainer.datamodule.splits["train"]
+            self._train_cider = CiderD([[" ".join(tokenize(c)) for c in clip.captions] for clip in clips_of_split])
+        hyps = [" ".join(tokenize(self.model.vocab.decode(row))) for row in ids]
+        scores = self._train_cider.scores(hyps, clips.tolist())
+        return torch.as_tensor(scores, dtype=torch.float32, device=ids.device)
 
     def _eval_step(self, batch: dict) -> None:
         hp = self.hparams
