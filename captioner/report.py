@@ -34,8 +34,8 @@ JPEG_QUALITY = 60
 # (key, label): the per-video values the page sorts by, when any card has them
 SORT_KEYS = (("score", "score"), ("familiarity", "familiarity"), ("bleu4", "BLEU-4"), ("cider", "CIDEr-D"))
 PER_VIDEO_NOTE = ("Per video: BLEU-4 is NLTK's sentence_bleu against all references (smoothing method 1, so a "
-                  "missing 4-gram does not zero it); CIDEr-D is coco-caption's, with document frequencies from the "
-                  "references of every video on this page. score: mean log-probability per word (0 = certain). "
+                  "missing 4-gram does not zero it); CIDEr-D is coco-caption's (captioner.metrics.CiderD), with "
+                  "document frequencies from the references of every video on this page. score: mean log-probability per word (0 = certain). "
                   "familiarity: similarity (0-1) to the training videos.")
 
 
@@ -122,28 +122,24 @@ def check_report_path(path: PathLike) -> Path:
 
 
 def per_video_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[str]]
-                      ) -> tuple[list[float], Optional[list[float]]]:
-    """Each caption's BLEU-4 (NLTK, smoothed) and CIDEr-D (coco-caption; `None` without pycocoevalcap)."""
+                      ) -> tuple[list[float], list[float]]:
+    """Each caption's BLEU-4 (NLTK, smoothed) and CIDEr-D (document frequencies from all these references)."""
     import warnings
 
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
     from captioner.data.vocab import tokenize
-    from captioner.evaluate import _coco_available, tokenize_for_coco
+    from captioner.metrics import CiderD
 
     smooth = SmoothingFunction().method1
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", category=UserWarning)  # NLTK on empty captions or references
         bleu4 = [float(sentence_bleu([tokenize(r) for r in refs], tokenize(h), smoothing_function=smooth))
                  if refs else 0.0 for h, refs in zip(hypotheses, references)]
-    if not hypotheses or not _coco_available():
-        return bleu4, None
-    from pycocoevalcap.cider.cider import Cider
-
-    gts = tokenize_for_coco({i: list(r) for i, r in enumerate(references)})
-    res = tokenize_for_coco({i: [h] for i, h in enumerate(hypotheses)})
-    _, scores = Cider().compute_score(gts, res)
-    return bleu4, [float(s) for s in scores]
+    if not hypotheses:
+        return bleu4, []
+    scorer = CiderD([[" ".join(tokenize(r)) for r in refs] for refs in references])
+    return bleu4, [float(s) for s in scorer.scores([" ".join(tokenize(h)) for h in hypotheses])]
 
 
 def add_strips(cards: Sequence[Card], strips: Optional[FrameStrips], read_clip: Callable[[str], "torch.Tensor"],
@@ -219,7 +215,7 @@ def write_evaluation_report(path: PathLike, report: dict, predictions: Sequence[
     paths = {c.id: str(c.path) for c in clips}
     bleu4, cider = per_video_metrics([p["caption"] for p in predictions], [p["references"] for p in predictions])
     cards = [Card(p["video"], paths.get(p["video"]), caption=p["caption"], references=p["references"],
-                  bleu4=bleu4[i], cider=None if cider is None else cider[i], score=p.get("score"),
+                  bleu4=bleu4[i], cider=cider[i], score=p.get("score"),
                   familiarity=p.get("familiarity"), in_domain=p.get("in_domain"))
              for i, p in enumerate(predictions)]
     cards += [Card(s["video"], paths.get(s["video"]), error=s["reason"]) for s in report.get("skipped", [])]
@@ -236,7 +232,7 @@ def write_evaluation_report(path: PathLike, report: dict, predictions: Sequence[
         meta.append(("in domain", f"{report['in_domain']:.0%} of the clips"))
     meta.append(("written", _written()))
     notes = [f"{k}: {why}" for k, why in report.get("unavailable", {}).items()]
-    notes.append(PER_VIDEO_NOTE + ("" if cider is not None else " CIDEr-D needs pycocoevalcap."))
+    notes.append(PER_VIDEO_NOTE)
     title = f"captioner evaluate: {report['split']} split of {Path(report['data_dir']).name}"
     return write_page(path, render(cards, title, meta, report["metrics"], notes))
 
