@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import statistics
@@ -33,7 +34,49 @@ class Row:
     notes: str = ""
 
 
-def verdict(value: float, target: float, higher_is_better: bool = True) -> str:
+NOISE_BAND = 0.15  # how far a figure may stray past what is physically possible before it is not believed
+
+
+def share_outside(reference_s: float, measured_s: float, noise: float = NOISE_BAND) -> tuple[float, str | None]:
+    """The share of `measured_s` spent outside its reference (`1 - reference_s / measured_s`), and why it cannot be
+    trusted, or None.
+
+    The reference times part of the measured work (the model alone inside a Trainer step), so it cannot be slower
+    than the whole: a share below `-noise` means the reference times something else (other precision or optimizer,
+    a host sync per step, kernels still warming up) or the run was too noisy, never that the target was met.
+    """
+    if not (_positive(reference_s) and _positive(measured_s)):
+        return float("nan"), f"a time is not a positive number (reference {reference_s!r} s, measured {measured_s!r} s)"
+    share = 1 - reference_s / measured_s
+    if share < -noise:
+        return share, (f"the reference is {reference_s / measured_s:.1f}x slower than what it bounds "
+                       f"({share:.0%} outside, below -{noise:.0%}): the reference is broken or the run too noisy")
+    return share, None
+
+
+def share_of_bound(measured_rate: float, bound_rate: float, noise: float = NOISE_BAND) -> tuple[float, str | None]:
+    """`measured_rate / bound_rate` (a throughput against the fastest it could be), and why it cannot be trusted,
+    or None: a measured rate above the bound by more than `noise` means the bound is not one."""
+    if not (_positive(measured_rate) and _positive(bound_rate)):
+        return float("nan"), f"a rate is not a positive number (measured {measured_rate!r}, bound {bound_rate!r})"
+    ratio = measured_rate / bound_rate
+    if ratio > 1 + noise:
+        return ratio, (f"end to end is {ratio:.0%} of its bound, above {1 + noise:.0%}: the bound is slower than "
+                       "what it bounds, so it bounds nothing")
+    return ratio, None
+
+
+def _positive(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x) and x > 0
+
+
+def verdict(value: float, target: float, higher_is_better: bool = True, invalid: str | None = None) -> str:
+    """PASS or MISS against `target`; `INVALID: <reason>` when the figure cannot be believed (`invalid`, or not a
+    finite number), whatever its value."""
+    if invalid is None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        invalid = f"the figure is {value!r}"
+    if invalid is not None:
+        return f"INVALID: {invalid}"
     ok = value >= target if higher_is_better else value <= target
     return "PASS" if ok else "MISS"
 
