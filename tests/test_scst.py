@@ -197,3 +197,27 @@ def test_scst_settings_that_cannot_work_stop_in_one_line(tiny_datamodule_args, t
         train_main(tiny_args(tiny_datamodule_args, tmp_path / "b", f"--model.init_from={tmp_path / 'nowhere'}"))
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--model.init_from" in err and "checkpoint not found" in err
+
+
+@pytest.mark.slow
+def test_scst_under_two_process_ddp_trains_and_tests(trained, tiny_datamodule_args, tmp_path):
+    """Each process samples and scores its own shard of clips; the run validates with the gathered CIDEr-D."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from conftest import tiny_args
+
+    _, ce_root, _ = trained
+    root = tmp_path / "scst_ddp"
+    args = tiny_args(tiny_datamodule_args, root, "--trainer.max_epochs=2", "--model.num_samples=0",
+                     f"--model.init_from={ce_root}", "--model.scst=true", "--data.train_items=clips",
+                     "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+                     "--trainer.log_every_n_steps=1")
+    repo = Path(__file__).resolve().parents[1]
+    proc = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *args], capture_output=True, text=True,
+                          cwd=repo, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [best] = root.rglob("epoch*-bleu4_*.ckpt")
+    assert json.loads((best.parent / "test_metrics.json").read_text())["cider"] >= 0
+    assert len(_rewards_per_step(root)) == 2  # 16 clips, 8 per batch on 2 processes: 1 step per epoch
