@@ -193,16 +193,23 @@ def model_seconds_per_step(system, batches: list[dict], warmup: int, device: str
         sched.step()
         opt.zero_grad(set_to_none=True)
 
+    return time_steps(step, warm, timed, asynchronous=device == "cuda", sync=lambda: _sync(device))
+
+
+def time_steps(step, warm: list, timed: list, asynchronous: bool, sync) -> float:
+    """Seconds per step of `step(batch)` over `timed` after `warm`: on a device that runs asynchronously, the
+    mean between two synchronisations (reading the clock per step would time the launches, not the work);
+    else the median step."""
     for batch in warm:
         step(batch)
-    _sync(device)
+    sync()
     marks = [time.perf_counter()]
     for batch in timed:
         step(batch)
-        if device != "cuda":  # on a GPU, reading the clock per step would time the launches, not the work
+        if not asynchronous:
             marks.append(time.perf_counter())
-    _sync(device)
-    if device == "cuda":
+    sync()
+    if asynchronous:
         return (time.perf_counter() - marks[0]) / len(timed)
     return median([b - a for a, b in zip(marks, marks[1:])])
 

@@ -45,9 +45,12 @@ def test_extraction_benchmark_smoke(single_thread, capsys):
     bench = _benchmark_module("extraction")
     rows = bench.run(smoke=True, threads=1)
     assert [r.measurement.split(" (")[0] for r in rows] == [
-        "extraction end to end", "extraction bound: CNN alone", "extraction: decode + crop alone"]
-    assert all(r.result.endswith("frames/s") and _number(r.result) > 0 for r in rows)
-    assert _number(rows[0].ratio) > 0 and "of the CNN alone" in rows[0].ratio
+        "extraction end to end", "extraction warm-up: first batch", "extraction: CNN alone",
+        "extraction: decode + crop alone"]
+    assert all(r.result.endswith("frames/s") and _number(r.result) > 0 for r in rows if "warm-up" not in r.measurement)
+    assert rows[1].result.endswith(" s") and _number(rows[1].result) > 0
+    assert _number(rows[0].ratio) > 0 and "of the bound" in rows[0].ratio and "steady state" in rows[0].notes
+    assert sum(r.ratio == "the bound" for r in rows) == 1  # the slower of decoding and the CNN
     assert bench.main(["--smoke", "--workers", "0"]) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "extraction end to end (cpu, 32-true, batch 2 clips x 2 frames, 0 workers)" in out
@@ -121,3 +124,80 @@ def test_run_all_prints_one_table_and_fails_when_a_benchmark_does(single_thread,
     captured = capsys.readouterr()
     assert captured.out.count("RuntimeError") == 2 and "no video decoder" in captured.out
     assert "failed: training, memory" in captured.err
+
+
+# ---- verdicts from made-up timings: a reference slower than what it bounds is INVALID, never PASS ----
+
+def _common():
+    import benchmarks.common  # by name: its dataclass needs its module registered
+
+    return benchmarks.common
+
+
+def test_a_reference_slower_than_what_it_bounds_is_invalid_not_pass():
+    common = _common()
+    share, invalid = common.share_outside(reference_s=0.0770, measured_s=0.0067)  # the first H200 run's figures
+    assert share < -10 and "slower than what it bounds" in invalid
+    assert common.verdict(share, 0.10, higher_is_better=False, invalid=invalid).startswith("INVALID: the reference")
+    share, invalid = common.share_outside(0.0105, 0.0100)  # -5 %: inside the noise band, the target is met
+    assert invalid is None and common.verdict(share, 0.10, higher_is_better=False) == "PASS"
+    share, invalid = common.share_outside(0.0070, 0.0100)  # 30 % outside the model
+    assert invalid is None and common.verdict(share, 0.10, higher_is_better=False) == "MISS"
+    assert common.share_outside(0.0118, 0.0100)[1] is not None  # -18 %: outside the 15 % band
+    assert common.share_outside(0.0118, 0.0100, noise=0.20)[1] is None
+    assert "not a positive number" in common.share_outside(0.0, 0.01)[1]
+    assert common.verdict(float("nan"), 0.1).startswith("INVALID")
+
+
+def test_share_outside_band_edge():
+    common = _common()
+    assert common.share_outside(0.0114, 0.0100)[1] is None  # -14 %
+    assert common.share_outside(0.0116, 0.0100)[1] is not None  # -16 %
+
+
+def test_end_to_end_faster_than_its_bound_is_invalid():
+    common = _common()
+    ratio, invalid = common.share_of_bound(measured_rate=1708, bound_rate=1052)  # e2e above decoding alone
+    assert ratio > 1.15 and "bounds nothing" in invalid
+    assert common.verdict(ratio, 0.8, invalid=invalid).startswith("INVALID")
+    assert common.share_of_bound(1100, 1052) == (1100 / 1052, None)  # +5 %: noise
+    assert common.verdict(common.share_of_bound(700, 1000)[0], 0.8) == "MISS"
+
+
+def test_extraction_bound_is_the_slower_of_decoding_and_the_cnn():
+    extraction = _benchmark_module("extraction")
+    # the 1,600-clip H200 run: decode 4,610 f/s, CNN 20,000 f/s, end to end 5,960 f/s -> over the bound: INVALID
+    ratio, which, text = extraction.bound_row_text(5960, 4610, 20000, "cuda", batches=49)
+    assert which == "decode + crop" and "INVALID" in text and "PASS" not in text
+    ratio, which, text = extraction.bound_row_text(4000, 4610, 20000, "cuda", batches=49)
+    assert which == "decode + crop" and abs(ratio - 4000 / 4610) < 1e-9 and text.endswith("PASS)")
+    _, which, text = extraction.bound_row_text(1708, 13000, 12660, "cuda", batches=49)  # CNN-bound, 13 %
+    assert which == "CNN" and text.endswith("MISS)")
+    _, _, text = extraction.bound_row_text(4000, 4610, 20000, "cuda", batches=3)  # too few batches to judge
+    assert "INVALID: 3 steady-state batches" in text
+    _, _, text = extraction.bound_row_text(4000, 4610, 20000, "cpu", batches=3)
+    assert text.endswith("(on CPU: reported, no target)")
+
+
+def test_training_reference_times_each_step_on_an_asynchronous_device():
+    import time
+
+    training = _benchmark_module("training")
+    syncs = []
+    per_step = training.time_steps(lambda b: time.sleep(0.01), [0], [0] * 5, asynchronous=True,
+                                   sync=lambda: syncs.append(1))
+    assert 0.009 < per_step < 0.03 and len(syncs) == 2  # per step, not the 5 steps' total; no sync per step
+    assert 0.009 < training.time_steps(lambda b: time.sleep(0.01), [], [0] * 3, False, lambda: None) < 0.03
+
+
+def test_training_reference_copies_the_trainers_optimizer_and_warms_every_caption_length():
+    training = _benchmark_module("training")
+    param = torch.nn.Parameter(torch.zeros(3))
+    trainer_opt = torch.optim.AdamW([param], lr=0.002, weight_decay=0.05, foreach=False, amsgrad=True)
+    ref = training.reference_optimizer(trainer_opt, [torch.nn.Parameter(torch.zeros(3))])
+    assert type(ref) is torch.optim.AdamW
+    assert {k: ref.defaults[k] for k in ("lr", "weight_decay", "foreach", "fused", "amsgrad")} == {
+        "lr": 0.002, "weight_decay": 0.05, "foreach": False, "fused": None, "amsgrad": True}
+    batches = [{"captions": torch.zeros(4, n)} for n in (7, 7, 9, 7, 12, 9)]
+    warm = training.warmup_batches(batches, warmup=2)
+    assert [b["captions"].shape[1] for b in warm] == [7, 7, 9, 12]
