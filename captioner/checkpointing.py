@@ -73,23 +73,26 @@ def use_atomic_checkpoints(trainer) -> None:
         trainer.strategy.checkpoint_io = AtomicCheckpointIO()
 
 
-class RunBestCheckpoint(ModelCheckpoint):
-    """`ModelCheckpoint` whose top-k record carries over into a resumed run's new version folder.
+def carry_best_record(callback: ModelCheckpoint, state: dict[str, Any]) -> bool:
+    """Give `callback` (a resumed run's monitoring `ModelCheckpoint`) the top-k record it had in the checkpoint
+    (`state`, its entry in the checkpoint's `callbacks`), although the run now saves to a new version folder.
 
     Lightning keeps only `best_model_path` when the folder changed ("dirpath has changed"), so a resumed run's
     first validation always saved a "best" checkpoint, even one scoring below (or equal to) the run's best, which
-    the uninterrupted run would not have kept. With the record carried over, a resumed run keeps a new best only
-    when it beats the whole run's, as an uninterrupted one does; Lightning never deletes the best file left in an
-    earlier version folder. When those files are gone (moved, renamed) the record is not carried over.
-    """
+    an uninterrupted run would not have kept, and tested. With the record carried over a resumed run keeps a new
+    best only when it beats the whole run's, as an uninterrupted one does; Lightning never deletes a file in an
+    earlier version folder. Nothing is carried when those files are gone (moved, renamed) or remote.
 
-    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        saved = state_dict.get("best_k_models") or {}
-        carried = (self.dirpath is not None and state_dict.get("dirpath", self.dirpath) != self.dirpath and saved
-                   and "://" not in str(self.dirpath) and all(os.path.isfile(p) for p in saved))
-        # last_model_path stays this callback's own (it writes no last.ckpt)
-        super().load_state_dict({**state_dict, "dirpath": self.dirpath, "last_model_path": ""} if carried else
-                                state_dict)
+    Returns:
+        Whether the record was carried over.
+    """
+    saved = state.get("best_k_models") or {}
+    moved = callback.dirpath is not None and state.get("dirpath", callback.dirpath) != callback.dirpath
+    if not (moved and saved and "://" not in str(callback.dirpath) and all(os.path.isfile(p) for p in saved)):
+        return False
+    # last_model_path stays the callback's own (a monitoring one writes no last.ckpt here)
+    callback.load_state_dict({**state, "dirpath": callback.dirpath, "last_model_path": callback.last_model_path})
+    return True
 
 
 def last_checkpoints(every_n_train_steps: Optional[int] = None) -> list[ModelCheckpoint]:

@@ -154,7 +154,8 @@ def test_resuming_with_more_epochs_follows_the_longer_schedule(tiny_datamodule_a
     resumed = torch.load(tmp_path / "short" / "logs" / "version_1" / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 8 and resumed["epoch"] == 3
     assert resumed["lr_schedulers"][0]["total_steps"] == 8
-    short, more, long = _lr_per_step(tmp_path / "short"), _lr_per_step(tmp_path / "short", 1), _lr_per_step(tmp_path / "long")
+    short, more = _lr_per_step(tmp_path / "short"), _lr_per_step(tmp_path / "short", 1)
+    long = _lr_per_step(tmp_path / "long")
     assert sorted(more) == [4, 5, 6, 7]
     for step in more:
         assert more[step] == pytest.approx(long[step], rel=1e-12), step

@@ -3,18 +3,18 @@
 from __future__ import annotations
 
 import random
+import warnings
 from typing import Literal, Optional
 
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from pytorch_lightning.callbacks import Callback
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from captioner.checkpointing import (RunBestCheckpoint, last_checkpoints, next_hpc_checkpoint,
-                                    with_user_checkpoints)
+from captioner.checkpointing import carry_best_record, last_checkpoints, next_hpc_checkpoint, with_user_checkpoints
 from captioner.data.synthetic import direction_report
 from captioner.data.vocab import tokenize
 from captioner.errors import SettingsError
@@ -96,6 +96,7 @@ class CaptioningSystem(pl.LightningModule):
         self.model = build_captioner(self.hparams) if vocab else None
         self._eval_outputs: list[tuple[int, str, list[str], dict]] = []
         self._rng_states_to_restore: Optional[dict] = None
+        self._callback_states: Optional[dict] = None
 
     def setup(self, stage: str) -> None:
         if self.model is not None:
@@ -275,8 +276,8 @@ class CaptioningSystem(pl.LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         monitor = self.hparams.get("monitor") or "val/bleu4"
         name = monitor.split("/")[-1]  # the score in the file name, for find_checkpoint: epoch18-cider_1.2345.ckpt
-        best = RunBestCheckpoint(monitor=monitor, mode="max", auto_insert_metric_name=False,
-                                 filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
+        best = ModelCheckpoint(monitor=monitor, mode="max", auto_insert_metric_name=False,
+                               filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
         own = [best, *last_checkpoints(self.hparams.get("checkpoint_every_n_steps"))]
         return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
@@ -332,6 +333,9 @@ class CaptioningSystem(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         # applied at on_train_start: the set-up between loading and training draws random numbers of its own
         self._rng_states_to_restore = checkpoint.get("rng_states")
+        self._callback_states = checkpoint.get("callbacks")  # for carry_best_record, at on_train_start too
+        # a resumed run saves to a new version folder by design; the best checkpoint's record is carried over
+        warnings.filterwarnings("ignore", message="The dirpath has changed from")
         saved = (checkpoint.get("hyper_parameters") or {}).get("vocab")
         if self.model is None or not saved or list(saved) == self.model.vocab.itos:
             return
@@ -353,6 +357,10 @@ class CaptioningSystem(pl.LightningModule):
     def on_train_start(self) -> None:
         # after Lightning restored the checkpoint's optimizer, scheduler and loops, before the first training step
         self._fit_schedule_to_run()
+        states, self._callback_states = getattr(self, "_callback_states", None), None
+        best = self.trainer.checkpoint_callback
+        if states and isinstance(best, ModelCheckpoint) and best.monitor and best.state_key in states:
+            carry_best_record(best, states[best.state_key])
         if self._rng_states_to_restore is not None:
             set_rng_states(self._rng_states_to_restore)
             self._rng_states_to_restore = None
