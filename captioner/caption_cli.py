@@ -174,6 +174,11 @@ def _run(args: argparse.Namespace) -> int:
         generate_kwargs["beam_size"] = args.beam_size
     if args.max_length is not None:
         generate_kwargs["max_len"] = args.max_length
+    position = getattr(model.pool, "position", None)  # the attention encoder knows this many frame positions
+    if args.frames is not None and position is not None and args.frames > position.num_embeddings:
+        _error(f"--frames {args.frames}: this checkpoint's attention encoder has positions for at most "
+               f"{position.num_embeddings} frames per video")
+        return EXIT_USAGE
     if args.frames is not None and args.frames != model.spec.num_frames:
         print(f"{PROG}: warning: sampling {args.frames} frames per video; the checkpoint was trained with "
               f"{model.spec.num_frames}, so captions may be worse", file=sys.stderr, flush=True)

@@ -205,3 +205,18 @@ def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_c
     assert (test >= summary.threshold).float().mean() >= 0.9, (test, summary)  # 98 % with the main job's 500 clips
     real = summary.familiarity(vectors(real_clips))
     assert (real < summary.threshold).all() and real.max() < test.min(), (real, summary)
+
+
+def test_caption_frames_beyond_the_attention_positions_is_a_usage_error(tiny_datamodule_args, tmp_path, capsys):
+    """`--frames` above what an attention checkpoint knows: one line, exit 2, before any video is read."""
+    from captioner.caption_cli import caption_command
+    from captioner.cli import train_main
+    from conftest import tiny_args
+
+    train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=1",
+                         "--model.temporal=attention"))
+    capsys.readouterr()
+    assert caption_command(["missing.mp4", "--checkpoint", str(tmp_path / "run"), "--frames", "65"]) == 2
+    err = capsys.readouterr().err
+    assert "--frames 65: this checkpoint's attention encoder has positions for at most 64 frames" in err
+    assert "missing.mp4" not in err
