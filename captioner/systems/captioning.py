@@ -224,7 +224,10 @@ class CaptioningSystem(pl.LightningModule):
         scores["cider"] = cider_d(hyps, refs)  # document frequencies from this split's references, as coco-caption
         if outputs and all("motion" in o[3] for o in outputs):  # the synthetic set: report order-dependent clips
             scores.update(direction_report(hyps, refs, [o[3]["motion"] for o in outputs]))
-        # every process holds the same gathered scores: no further reduction needed
+        # every process holds the same gathered scores: no further reduction needed, and Lightning's advice to
+        # reduce them (sync_dist=True, one warning per metric under DDP, given when it reads them later) does not
+        # apply to these metrics
+        warnings.filterwarnings("ignore", message=rf"It is recommended to use `self.log\('{split}/.*sync_dist=True")
         self.log_dict({f"{split}/{k}": v for k, v in scores.items()}, prog_bar=split == "val", rank_zero_only=False,
                       sync_dist=False)
         return outputs
