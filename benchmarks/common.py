@@ -19,8 +19,12 @@ RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"  # the main 
 
 
 def newest_checkpoint() -> Path | None:
-    """The newest best checkpoint of the main job (`python scripts/train.py`, its latest run), or None before it ran."""
-    found = sorted(REPO.glob(RUNS_GLOB), key=lambda p: p.stat().st_mtime)
+    """The newest best checkpoint of the main job (`python scripts/train.py`, its latest run), or None before it ran.
+
+    `CAPTIONER_BENCHMARK_RUNS=<root>` looks under that `--trainer.default_root_dir` instead (gpu_check's run)."""
+    root = os.environ.get("CAPTIONER_BENCHMARK_RUNS")
+    pattern = f"{root.rstrip('/')}/logs/version_*/checkpoints/epoch*.ckpt" if root else RUNS_GLOB
+    found = sorted(REPO.glob(pattern), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -14,6 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _benchmark_module(name: str):
     spec = importlib.util.spec_from_file_location(f"bench_{name}", REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # a dataclass in the module looks its module up by name
     spec.loader.exec_module(module)
     return module
 
@@ -201,3 +204,97 @@ def test_training_reference_copies_the_trainers_optimizer_and_warms_every_captio
     batches = [{"captions": torch.zeros(4, n)} for n in (7, 7, 9, 7, 12, 9)]
     warm = training.warmup_batches(batches, warmup=2)
     assert [b["captions"].shape[1] for b in warm] == [7, 7, 9, 12]
+
+
+# ---- benchmarks/gpu_check.py: its set-up steps, as far as they go without a GPU ----
+
+def _fake_wheel(folder: Path, name: str = "fakepkg") -> Path:
+    import zipfile
+
+    wheel = folder / f"{name}-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr(f"{name}/__init__.py", "VALUE = 42\n")
+        zf.writestr(f"{name}-1.0.dist-info/METADATA", f"Name: {name}\n")
+        zf.writestr(f"{name}-1.0.data/purelib/{name}_extra.py", "X = 1\n")
+        zf.writestr(f"{name}-1.0.data/scripts/{name}-cli", "#!/bin/sh\n")
+    return wheel
+
+
+def test_gpu_check_site_folder_is_built_unpacked_and_imported_first(tmp_path):
+    import subprocess
+    import sys
+
+    gpu_check = _benchmark_module("gpu_check")
+    tarball = gpu_check.build_site([_fake_wheel(tmp_path)], tmp_path / "carry" / "site.tar.xz")
+    names = gpu_check.site_members(tarball)
+    assert {"fakepkg", "fakepkg_extra.py", "fakepkg-1.0.dist-info"} <= names and "fakepkg-cli" not in names
+    assert gpu_check.missing_from_site(names, ("fakepkg", "fakepkg_extra", "decord")) == ["decord"]
+    site = gpu_check.unpack_site(tarball, tmp_path / "unpacked")
+    env = gpu_check.environment(site)
+    assert env["PYTHONPATH"].split(":")[:2] == [str(site), str(REPO)]  # the carried packages first
+    proc = subprocess.run([sys.executable, "-c", "import fakepkg, fakepkg_extra, captioner; print(fakepkg.__file__)"],
+                          env=env, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 0 and proc.stdout.startswith(str(site)), proc.stderr
+    assert gpu_check.check_imports(site, ["fakepkg", "no_such_module_here"], env) == {
+        "fakepkg": "ok", "no_such_module_here": "ModuleNotFoundError: No module named 'no_such_module_here'"}
+
+
+def test_gpu_check_runs_steps_within_its_budget_and_prints_one_table():
+    import sys
+
+    gpu_check = _benchmark_module("gpu_check")
+    py = sys.executable
+    steps = [gpu_check.Step("pytest -m gpu", [py, "-c", "print('== 12 passed, 3 skipped in 9.1s ==')"], cap_s=30,
+                            min_s=0),
+             gpu_check.Step("fails", [py, "-c", "import sys; sys.exit(3)"], cap_s=30, min_s=0),
+             gpu_check.Step("hangs", [py, "-c", "import time; print('started', flush=True); time.sleep(30)"],
+                            cap_s=1, min_s=0),
+             gpu_check.Step("run_all.py", [py, "-c", "print('| a | 1 | x (PASS) | n |\\n| b | 2 | INVALID: y | n |')"],
+                            cap_s=30, min_s=0),
+             gpu_check.Step("too late", [py, "-c", "pass"], cap_s=30, min_s=1000)]
+    gpu_check.run_steps(steps, budget_s=60, env=gpu_check.environment(None))
+    assert [s.status.split(" (")[0] for s in steps] == ["passed", "FAILED", "TIMEOUT", "passed", "skipped"]
+    assert steps[1].status == "FAILED (exit 3)" and "started" in steps[2].output and steps[2].seconds < 10
+    table = gpu_check.summary_table(steps)
+    assert "| pytest -m gpu | passed |" in table and "12 passed, 3 skipped in 9.1s" in table
+    assert "2 verdicts: 1 PASS, 0 MISS, 1 INVALID" in table
+    assert gpu_check.benchmark_tables(steps).splitlines()[2:] == ["| a | 1 | x (PASS) | n |",
+                                                                 "| b | 2 | INVALID: y | n |"]
+
+
+def test_gpu_check_plan_and_dry_run(tmp_path, capsys):
+    gpu_check = _benchmark_module("gpu_check")
+    steps = gpu_check.plan("cuda", "runs/gpu_x")
+    assert steps[0].argv[1:] == ["scripts/train.py", "--trainer.default_root_dir=runs/gpu_x"]
+    assert steps[1].argv[-5:] == ["-m", "gpu", "-p", "no:cacheprovider", "tests"]
+    assert steps[2].argv[1:5] == ["benchmarks/run_all.py", "--device", "cuda", "--markdown"]
+    assert steps[2].env == {"CAPTIONER_BENCHMARK_RUNS": "runs/gpu_x"}
+    assert sum(s.cap_s for s in steps[:3]) <= gpu_check.BUDGET_S < 8 * 60  # the extras use what is left
+    tarball = gpu_check.build_site([_fake_wheel(tmp_path)], tmp_path / "site.tar.xz")
+    assert gpu_check.main(["run", "--dry-run", "--site", str(tarball), "--unpack-to", str(tmp_path)]) == 1
+    out, err = capsys.readouterr()  # the fake site lacks the real packages: named, nothing run
+    assert "unpacked" in out and "would run (120 s at most)" in out and "cannot import" in err
+
+
+def test_gpu_check_carried_site_holds_every_package(tmp_path):
+    gpu_check = _benchmark_module("gpu_check")
+    if not gpu_check.DEFAULT_TARBALL.is_file():
+        pytest.skip("no .gpu/site.tar.xz here (python benchmarks/gpu_check.py build-site)")
+    assert gpu_check.missing_from_site(gpu_check.site_members(gpu_check.DEFAULT_TARBALL)) == []
+    assert gpu_check.DEFAULT_TARBALL.stat().st_size < 60 * 2**20  # a device call carries 64 MiB in all
+
+
+def test_benchmarks_find_the_checkpoint_of_another_root(tmp_path, monkeypatch):
+    import benchmarks.common as common
+
+    ckpt = REPO / "runs" / "zz_test_root" / "logs" / "version_0" / "checkpoints" / "epoch=1.ckpt"
+    monkeypatch.setenv("CAPTIONER_BENCHMARK_RUNS", "runs/zz_test_root")
+    assert common.newest_checkpoint() is None
+    ckpt.parent.mkdir(parents=True)
+    try:
+        ckpt.write_bytes(b"")
+        assert common.newest_checkpoint() == ckpt
+    finally:
+        import shutil
+
+        shutil.rmtree(REPO / "runs" / "zz_test_root")
