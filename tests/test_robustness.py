@@ -163,7 +163,8 @@ def test_caption_cli_over_the_corpus(bad_corpus, trained):
     for name, record in zip(NAMES, records):
         case = bad_corpus[name]
         if case.readable:
-            assert set(record) == {"video", "caption"} and isinstance(record["caption"], str), record
+            assert set(record) == {"video", "caption", "score", "familiarity", "in_domain"}, record
+            assert isinstance(record["caption"], str) and record["score"] <= 0, record
         else:
             reason = CLI_REASON.get(name, case.reason)
             assert set(record) == {"video", "error"} and reason in record["error"], record
