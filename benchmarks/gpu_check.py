@@ -138,9 +138,9 @@ def plan(device: str = "cuda", root: str = "runs/gpu_check", extras: bool = True
     steps = [
         Step("main job", [py, "scripts/train.py", f"--trainer.default_root_dir={root}"], cap_s=120),
         Step("pytest -m gpu", [py, "-m", "pytest", "-q", "-m", "gpu", "-p", "no:cacheprovider", "tests"],
-             cap_s=150),
+             cap_s=170),
         Step("run_all.py", [py, f"{bench}/run_all.py", "--device", device, "--markdown", "--only", "extraction",
-                            "training", "beam_search", "caption_latency"], cap_s=200, min_s=60,
+                            "training", "beam_search", "caption_latency"], cap_s=180, min_s=60,
              env={"CAPTIONER_BENCHMARK_RUNS": root}),
     ]
     if extras:  # the decisions of issue 17: cuDNN autotune (short and long run), default precision on GPU
