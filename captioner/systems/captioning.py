@@ -1,4 +1,4 @@
-"""The captioning LightningModule: trains the decoder on cached features, evaluates BLEU over whole splits."""
+"""The captioning LightningModule: trains on cached features (cross-entropy or SCST); scores BLEU and CIDEr-D."""
 
 from __future__ import annotations
 
