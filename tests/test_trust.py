@@ -27,10 +27,14 @@ def test_block_repeats_forbids_a_seen_trigram_a_third_word_in_a_row_and_a_fourth
                             [4, 4, 8, 9, 1, 4],  # 4 said three times: no fourth
                             [3, 8, 2, 9, 1, 1],  # 1 1: not a third 1
                             [3, 8, 2, 9, 1, 5]])  # nothing to block
-    block_repeats(logp, history, 3)
-    blocked = [set(torch.isinf(row).nonzero().flatten().tolist()) for row in logp]
+    block_repeats(logp, history, 3, spare=0)  # column 0 stands for <pad>, -inf anyway
+    blocked = [set(torch.isinf(row).nonzero().flatten().tolist()) - {0} for row in logp]
     assert blocked == [{7}, {4}, {1}, set()]
-    assert not torch.isinf(block_repeats(torch.zeros(4, v), history, 0)).any()  # 0 turns every rule off
+    assert not torch.isinf(block_repeats(torch.zeros(4, v), history, 0, spare=0)).any()  # 0 turns every rule off
+    # other sizes: bigrams (and no word more than twice)
+    logp = torch.zeros(1, v)
+    block_repeats(logp, torch.tensor([[5, 6, 8, 5]]), 2, spare=0)
+    assert set(torch.isinf(logp[0]).nonzero().flatten().tolist()) - {0} == {6, 5}  # 6 ends "5 6"; 5 said twice
 
 
 @pytest.fixture

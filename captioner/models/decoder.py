@@ -220,7 +220,7 @@ class CaptionDecoder(nn.Module):
         for _ in range(max_len):
             logp, state = self._step(ctx, table, tokens, state)
             if no_repeat_ngram > 0 and out:
-                block_repeats(logp, torch.stack(out, dim=1), no_repeat_ngram)
+                block_repeats(logp, torch.stack(out, dim=1), no_repeat_ngram, self.pad_id)
             best, tokens = logp.max(-1)
             tokens = tokens.masked_fill(done, self.pad_id)
             total += best.masked_fill(done, 0.0)
@@ -270,7 +270,7 @@ class CaptionDecoder(nn.Module):
             n = len(videos)
             logp, (h, c) = self._step(ctx, table, tokens, (h, c))
             if no_repeat_ngram > 0 and step > 0:
-                block_repeats(logp, history, no_repeat_ngram)
+                block_repeats(logp, history, no_repeat_ngram, self.pad_id)
             logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
             cand = (scores.view(-1, 1) + logp).view(n, width * self.vocab_size)
             few = cand.shape[1] < k  # a vocabulary smaller than the beam, at the first step: pad with dead hypotheses
@@ -345,7 +345,8 @@ class CaptionDecoder(nn.Module):
             logits = self.out(self.drop(o.squeeze(1))).float().index_fill(1, never, float("-inf"))  # (N, V)
             logp = F.log_softmax(logits, dim=-1)
             if no_repeat_ngram > 0 and out:
-                banned = block_repeats(torch.zeros_like(logp), torch.stack(out, dim=1), no_repeat_ngram)
+                banned = block_repeats(torch.zeros_like(logp), torch.stack(out, dim=1), no_repeat_ngram,
+                                       self.pad_id)
                 logp = F.log_softmax(logp + banned, dim=-1)  # out of place: autograd keeps log_softmax's output
             word = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)  # (N,)
             word = word.masked_fill(done, self.pad_id)
@@ -368,7 +369,7 @@ class CaptionDecoder(nn.Module):
         return best_done >= best_open
 
 
-def block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Tensor:
+def block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int, spare: int) -> torch.Tensor:
     """Forbid, in place, the next words that would repeat: `logp (N, V)` gets `-inf` where a word would complete a
     word n-gram that `history (N, t)` already holds, say the same word a third time in a row, or appear more than
     `n` times in the caption.
@@ -377,26 +378,19 @@ def block_repeats(logp: torch.Tensor, history: torch.Tensor, n: int) -> torch.Te
     grows ..."): a caption never holds a word trigram twice, nor a word four times, so blocking them (the first is
     `no_repeat_ngram_size` in fairseq and Hugging Face) removes loops at no cost to real captions. `<eos>` is never
     blocked (a hypothesis holding it is over), so a word is always left.
+
+    Written as a few whole-tensor operations and one scatter, since it runs at every step of every search: `spare`
+    is a column that is `-inf` already (`<pad>`, which generation never emits), where "nothing to forbid" lands.
     """
     num, t = history.shape
-    v = logp.shape[1]
-    if n <= 0:  # off
+    if n <= 0 or t < 2:  # off, or nothing to repeat yet
         return logp
-    banned = []
-    if t >= 2:  # the last two words are the same: not a third time
-        banned.append(torch.where(history[:, -1] == history[:, -2], history[:, -1], v).unsqueeze(1))
+    last = history[:, -1:]
+    banned = [torch.where(last == history[:, -2:-1], last, spare)]  # (N, 1): not a third time in a row
     if t >= n:
-        grams = history.unfold(1, n, 1)  # (N, t - n + 1, n)
         prefix = history[:, t - n + 1 :].unsqueeze(1)  # (N, 1, n - 1): the words a next n-gram starts with
-        seen = (grams[:, :, : n - 1] == prefix).all(-1)  # (N, t - n + 1)
-        banned.append(torch.where(seen, grams[:, :, -1], v))
-    mask = torch.zeros(num, v + 1, dtype=torch.bool, device=logp.device)
-    if banned:
-        mask.scatter_(1, torch.cat(banned, dim=1), True)  # column v collects the "nothing banned" entries
-    if t >= n:  # a word already said n times
-        counts = torch.zeros(num, v, dtype=torch.int32, device=logp.device)
-        counts.scatter_add_(1, history, torch.ones_like(history, dtype=torch.int32))
-        mask[:, :v] |= counts >= n
-    mask[:, -1] = False
-    logp.masked_fill_(mask[:, :v], float("-inf"))
-    return logp
+        seen = (history[:, : t - 1].unfold(1, n - 1, 1) == prefix).all(-1)  # (N, t - n + 1): n-grams starting so
+        banned.append(torch.where(seen, history[:, n - 1 :], spare))  # ... ban each one's last word
+        said = (history.unsqueeze(2) == history.unsqueeze(1)).sum(-1)  # (N, t): how often each word was said
+        banned.append(torch.where(said >= n, history, spare))
+    return logp.scatter_(1, torch.cat(banned, dim=1), float("-inf"))
