@@ -1,6 +1,6 @@
 """captioner: describe a video in a sentence (pretrained CNN per frame, mean pooling, LSTM decoder)."""
 
-from captioner.models.captioner import CheckpointError, VideoCaptioner
+from captioner.models.captioner import CheckpointError, ScoredCaption, VideoCaptioner
 
-__all__ = ["VideoCaptioner", "CheckpointError"]
+__all__ = ["VideoCaptioner", "ScoredCaption", "CheckpointError"]
 __version__ = "0.1.0"
