@@ -68,7 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-length", type=_positive_int, metavar="N",
                    help="longest caption, in words (default: the checkpoint's max_len)")
     p.add_argument("--no-repeat-ngram", type=_non_negative_int, metavar="N",
-                   help="never repeat a word N-gram in a caption, nor a word three times in a row; 0 = off "
+                   help="never repeat a word N-gram in a caption, nor a word three times in a row or more than N "
+                        "times; 0 = off "
                         "(default: the checkpoint's no_repeat_ngram, 3)")
     p.add_argument("--frames", type=_positive_int, metavar="T",
                    help="frames sampled uniformly over each video (default: the number the checkpoint was "

@@ -8,6 +8,7 @@ import json
 import os
 import sys
 import warnings
+import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -105,10 +106,6 @@ def exit_on_user_error(func):
     return wrapper
 
 
-# Model settings that shape the network's weights: a checkpoint resumes only into the same ones. The others (lr,
-# beam_size, max_len, dropout, ...) may change on a resume.
-ARCHITECTURE_HPARAMS = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim",
-                        "vocab_size", "num_classes", "mode", "cell", "bidirectional")
 DATA_HPARAMS = ("min_word_count",)  # besides the feature spec: the vocabulary depends on it
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -116,8 +113,9 @@ _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
     """Before fit (and any feature extraction): refuse to resume from `ckpt_path` with other data or model settings.
 
-    Compares the feature spec, the dataset folder's name, `DATA_HPARAMS` and `ARCHITECTURE_HPARAMS` with the
-    checkpoint's; only its hyperparameters are read (safely: `weights_only`).
+    Compares the feature spec, the dataset folder's name, `DATA_HPARAMS` and the system's `ARCHITECTURE` (the model
+    settings that shape its weights; the others, lr, beam_size, dropout, ..., may change on a resume) with the
+    checkpoint's; only its hyperparameters are read (safely: `weights_only`, memory-mapped).
 
     Raises:
         SettingsError: one line naming each setting that differs, the checkpoint's value and the one given.
@@ -133,7 +131,9 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
     if not os.path.isfile(ckpt_path):
         raise DataNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     try:
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True)
+        # memory-mapped: only the hyperparameters are read here, the weights once, by Lightning's own load (torch
+        # maps only its zip format; an older file or one that is no checkpoint is read as it is)
+        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(ckpt_path))
     except Exception as err:  # not a checkpoint, or one asking to run code (which the safe load refuses)
         from captioner.models.captioner import _load_failure
 
@@ -162,7 +162,7 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
         if name in data_hp and name in data_now:
             compare(f"data.{name}", data_hp[name], data_now[name])
     model_now = dict(getattr(model, "hparams", {}) or {})
-    for name in ARCHITECTURE_HPARAMS:
+    for name in getattr(model, "ARCHITECTURE", ()):
         if name in hp and name in model_now:
             compare(f"model.{name}", hp[name], model_now[name])
     if differs:

@@ -283,7 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="captioner evaluate",
         description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
-                    "<out>/predictions.json ([{video, caption, score, familiarity, in_domain, references}]) and <out>/metrics.json.")
+                    "<out>/predictions.json ([{video, caption, score, familiarity, in_domain, references}]) and "
+                    "<out>/metrics.json.")
     parser.add_argument("--checkpoint", required=True,
                         help="training checkpoint (.ckpt), or a run folder: its best checkpoint")
     parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
     parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
     parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
-                        help="never repeat a word N-gram in a caption, nor a word three times in a row; 0 = off "
+                        help="never repeat a word N-gram in a caption, nor a word three times in a row or more "
+                             "than N times; 0 = off "
                              "(default: the checkpoint's, 3)")
     parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")

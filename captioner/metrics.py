@@ -43,8 +43,7 @@ def cider_d(hypotheses: Sequence[str], references: Sequence[Sequence[str]]) -> f
         raise ValueError(f"{len(hypotheses)} hypotheses for {len(references)} reference sets")
     if not hypotheses:
         return 0.0
-    scorer = CiderD([[" ".join(tokenize(r)) for r in rs] for rs in references])
-    return float(scorer.scores([" ".join(tokenize(h)) for h in hypotheses]).mean())
+    return float(CiderD.of_captions(references).caption_scores(hypotheses).mean())
 
 
 class CiderD:
@@ -86,6 +85,15 @@ class CiderD:
                 length += tf
         return vec, [math.sqrt(x) for x in norm], length
 
+    @classmethod
+    def of_captions(cls, references: Sequence[Sequence[str]]) -> "CiderD":
+        """A scorer for raw captions, tokenised like the vocabulary (as `bleu_scores` does)."""
+        return cls([[_tokens(r) for r in refs] for refs in references])
+
+    def caption_scores(self, captions: Sequence[str], clips: Optional[Sequence[int]] = None) -> "np.ndarray":
+        """`scores` of raw captions, tokenised like the references of `of_captions`."""
+        return self.scores([_tokens(c) for c in captions], clips)
+
     def score(self, hypothesis: str, clip: int) -> float:
         """CIDEr-D of one tokenised hypothesis against the references of clip number `clip`."""
         vec, norm, length = self._vector(_ngrams(hypothesis.split(), self.n))
@@ -107,6 +115,11 @@ class CiderD:
 
         clips = range(len(hypotheses)) if clips is None else clips
         return np.array([self.score(h, int(c)) for h, c in zip(hypotheses, clips)], dtype=np.float64)
+
+
+def _tokens(caption: str) -> str:
+    """A caption as the space-separated tokens of the vocabulary's tokenizer (lowercase, no punctuation)."""
+    return " ".join(tokenize(caption))
 
 
 def _ngrams(words: list[str], n: int) -> Counter:

@@ -35,7 +35,8 @@ JPEG_QUALITY = 60
 SORT_KEYS = (("score", "score"), ("familiarity", "familiarity"), ("bleu4", "BLEU-4"), ("cider", "CIDEr-D"))
 PER_VIDEO_NOTE = ("Per video: BLEU-4 is NLTK's sentence_bleu against all references (smoothing method 1, so a "
                   "missing 4-gram does not zero it); CIDEr-D is coco-caption's (captioner.metrics.CiderD), with "
-                  "document frequencies from the references of every video on this page. score: mean log-probability per word (0 = certain). "
+                  "document frequencies from the references of every video on this page. score: mean log-probability "
+                  "per word (0 = certain). "
                   "familiarity: similarity (0-1) to the training videos.")
 
 
@@ -138,8 +139,7 @@ def per_video_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[s
                  if refs else 0.0 for h, refs in zip(hypotheses, references)]
     if not hypotheses:
         return bleu4, []
-    scorer = CiderD([[" ".join(tokenize(r)) for r in refs] for refs in references])
-    return bleu4, [float(s) for s in scorer.scores([" ".join(tokenize(h)) for h in hypotheses])]
+    return bleu4, [float(s) for s in CiderD.of_captions(references).caption_scores(hypotheses)]
 
 
 def add_strips(cards: Sequence[Card], strips: Optional[FrameStrips], read_clip: Callable[[str], "torch.Tensor"],

@@ -201,7 +201,8 @@ def read_youtube_mapping(path: str | os.PathLike, report: PrepareReport) -> dict
         if not is_safe_id(clip):
             report.malformed.append(Problem(path.name, f"line {lineno}", f"unsafe clip name {shorten(clip)!r}"))
         elif clip in mapping or n in taken:
-            report.malformed.append(Problem(path.name, f"line {lineno}", f"duplicate entry {shorten(line.strip())!r}", clip))
+            report.malformed.append(Problem(path.name, f"line {lineno}", f"duplicate entry {shorten(line.strip())!r}",
+                                            clip))
         else:
             mapping[clip], taken[n] = n, clip
     return mapping
@@ -248,7 +249,8 @@ def read_msvd_corpus(path: str | os.PathLike, report: PrepareReport, language: s
                 report.malformed.append(Problem(path.name, where, f"invalid VideoID {shorten(video_id)!r}"))
                 continue
             if not (start.isdigit() and end.isdigit()):
-                report.malformed.append(Problem(path.name, where, f"Start/End not integers ({shorten(start)!r}, {shorten(end)!r})"))
+                report.malformed.append(Problem(path.name, where,
+                                                f"Start/End not integers ({shorten(start)!r}, {shorten(end)!r})"))
                 continue
             clip = f"{video_id}_{int(start)}_{int(end)}"
             text = _caption_text(get("Description"))

@@ -175,7 +175,7 @@ class VideoCaptioner(nn.Module):
     ):
         """Per-frame features `(B, T, D)` -> token ids `(B, <=max_len)` (greedy when `beam_size` is 1).
 
-        `no_repeat_ngram`: no word n-gram twice in a caption, and no word three times in a row (0 = off). With
+        `no_repeat_ngram`: the repeats generation forbids (see `captioner.models.decoder.block_repeats`; 0 = off). With
         `return_scores`, `(ids, scores)`: each caption's mean log-probability per word, `<eos>` included `(B,)`.
         """
         ids, scores, _ = self._generate(feats, beam_size, max_len, length_penalty, mask, no_repeat_ngram)

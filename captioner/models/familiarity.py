@@ -37,7 +37,10 @@ def spherical_kmeans(vectors: torch.Tensor, k: int, iters: int = 25, seed: int =
     closest = 1 - x @ centres[0]  # cosine distance (N,)
     for _ in range(1, k):
         weights = closest.clamp_min(0).cpu()
-        i = int(torch.multinomial(weights, 1, generator=gen)) if weights.sum() > 0 else int(torch.randint(n, (1,), generator=gen))
+        if weights.sum() > 0:
+            i = int(torch.multinomial(weights, 1, generator=gen))
+        else:  # every vector already is a centre (duplicates): any one
+            i = int(torch.randint(n, (1,), generator=gen))
         centres.append(x[i])
         closest = torch.minimum(closest, 1 - x @ x[i])
     c = torch.stack(centres)  # (k, D)

@@ -16,7 +16,6 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from captioner.checkpointing import carry_best_record, last_checkpoints, next_hpc_checkpoint, with_user_checkpoints
 from captioner.data.synthetic import direction_report
-from captioner.data.vocab import tokenize
 from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
 from captioner.models.captioner import build_captioner
@@ -43,7 +42,7 @@ class CaptioningSystem(pl.LightningModule):
         max_len: longest generated caption, in words.
         length_penalty: beam ranking divides log p by length ** length_penalty.
         no_repeat_ngram: generation never repeats a word n-gram of this size in a caption, nor a word three times
-            in a row (0 = off); stored in the checkpoint as a generation default.
+            in a row or more than this many times (0 = off); stored in the checkpoint as a generation default.
         num_samples: captions printed beside their references after testing.
         checkpoint_every_n_steps: also write `last.ckpt` every this many training steps, inside epochs, so a
             killed run loses at most that many steps; `None` writes it at the end of each epoch only.
@@ -111,7 +110,9 @@ class CaptioningSystem(pl.LightningModule):
         else:
             self.model = build_captioner(self.hparams)
 
-    ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim", "vocab")
+    # the settings that shape the weights: a checkpoint resumes only with the same (`captioner.cli`), and
+    # `init_from` takes the checkpoint's
+    ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim")
 
     def _init_from(self, path: str, dm) -> None:
         """Weights, vocabulary and architecture of the checkpoint `path` (file or run folder), loaded safely."""
@@ -127,11 +128,11 @@ class CaptioningSystem(pl.LightningModule):
             if hp.get(key) != self.hparams.get(key):
                 raise SettingsError(f"--model.init_from {file}: trained on other features ({key}: {hp.get(key)} in "
                                     f"the checkpoint, {self.hparams.get(key)} from the data); use its data settings")
-        changed = [k for k in self.ARCHITECTURE[:-1] if k in hp and hp[k] != self.hparams.get(k)]
+        changed = [k for k in self.ARCHITECTURE if k in hp and hp[k] != self.hparams.get(k)]
         if changed:
             rank_zero_info(f"--model.init_from {file}: its " + ", ".join(f"{k}={hp[k]}" for k in changed) + " replace "
                            "the settings given")
-        self.hparams.update({k: hp[k] for k in self.ARCHITECTURE if k in hp})
+        self.hparams.update({k: hp[k] for k in (*self.ARCHITECTURE, "vocab") if k in hp})
         self.model = build_captioner(self.hparams)
         self.model.load_state_dict(loaded.state_dict())
         if list(dm.vocab.itos) != self.model.vocab.itos:  # train with the words the weights were trained on
@@ -188,10 +189,8 @@ class CaptioningSystem(pl.LightningModule):
         process holds the split: under DDP each scores its own shard against the same statistics).
         """
         if getattr(self, "_train_cider", None) is None:
-            clips_of_split = self.trainer.datamodule.splits["train"]
-            self._train_cider = CiderD([[" ".join(tokenize(c)) for c in clip.captions] for clip in clips_of_split])
-        hyps = [" ".join(tokenize(self.model.vocab.decode(row))) for row in ids]
-        scores = self._train_cider.scores(hyps, clips.tolist())
+            self._train_cider = CiderD.of_captions([clip.captions for clip in self.trainer.datamodule.splits["train"]])
+        scores = self._train_cider.caption_scores([self.model.vocab.decode(row) for row in ids], clips.tolist())
         return torch.as_tensor(scores, dtype=torch.float32, device=ids.device)
 
     def _eval_step(self, batch: dict) -> None:
@@ -299,18 +298,20 @@ class CaptioningSystem(pl.LightningModule):
         calibrated on the validation split (see `captioner.models.familiarity`), for `VideoCaptioner` to tell a
         user when a video is unlike anything the checkpoint was trained on.
 
-        Recomputed at every save while the temporal encoder learns; once for mean pooling (no weights).
-        Draws no global random numbers (a resumed run stays exact). Only the process that writes the file does it.
+        Computed once per training step that saves (the best and the last checkpoint of an epoch share it), and
+        once for good when the video vector is the mean of the frames (it depends on no weight then). Draws no
+        global random numbers (a resumed run stays exact). Only the process that writes the file does it.
         """
         from captioner.models.familiarity import DomainSummary
 
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.model is None or dm is None or not getattr(dm, "splits", None) or not self.trainer.is_global_zero:
             return None
-        fixed = not any(p.requires_grad for p in self.model.pool.parameters())
-        if fixed and getattr(self, "_summary_cache", None) is not None:
-            return self._summary_cache
         pool = self.model.pool
+        key = "fixed" if pool.rnn is None else self.global_step  # mean and attention kinds: the vector is the mean
+        cached = getattr(self, "_summary_cache", None)
+        if cached is not None and cached[0] == key:
+            return cached[1]
         was_training = pool.training
         pool.eval()
 
@@ -329,8 +330,7 @@ class CaptioningSystem(pl.LightningModule):
         if train is None:
             return None
         summary = DomainSummary.fit(train, val).to_dict()
-        if fixed:
-            self._summary_cache = summary
+        self._summary_cache = (key, summary)
         return summary
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:

@@ -44,6 +44,10 @@ class SequenceSystem(LightningModule):
         weight_decay: L2 penalty.
     """
 
+    # the settings that shape the weights: a checkpoint resumes only with the same (`captioner.cli`)
+    ARCHITECTURE = ("vocab_size", "num_classes", "mode", "cell", "embed_dim", "hidden_dim", "num_layers",
+                    "bidirectional")
+
     def __init__(
         self,
         vocab_size: int = 8,
