@@ -27,7 +27,7 @@ def tiny_captioner(seed: int = 0):
     """An untrained captioner with a small vocabulary (for --smoke and when no checkpoint exists)."""
     import torch
 
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
     from captioner.data.vocab import Vocabulary
     from captioner.models.decoder import CaptionDecoder
     from captioner.models.captioner import VideoCaptioner

@@ -5,7 +5,7 @@
     python benchmarks/extraction.py --smoke                           # tiny sizes: checks the script runs
 
 H.264 clips (PyAV, 320x240, 3 s at 25 fps by default: moving shapes, as the synthetic dataset) are written to a
-temporary folder. End to end is `captioner.extract.run_extraction`, what `captioner extract` runs: Lightning's
+temporary folder. End to end is `captioner.features.extract.run_extraction`, what `captioner extract` runs: Lightning's
 predict loop, `CroppedClips` decoding and cropping in DataLoader workers, `FeatureExtractor` (channels-last, the
 precision `captioner extract` picks) and the writer of the feature cache. Two references at the same batch size
 and workers: the same CNN on normalised frames already in memory (on the device, same precision), and decoding and
@@ -118,8 +118,8 @@ def end_to_end(paths: list[Path], spec, cache_root: Path, device: str, precision
                workers: int, cudnn_benchmark: bool | None = None) -> dict:
     """`run_extraction` over `paths` into an empty cache: steady clips/s, its batches, the warm-up (first batch)
     and the whole call's seconds."""
-    from captioner.data.features import FeatureCache
-    from captioner.extract import run_extraction
+    from captioner.features.cache import FeatureCache
+    from captioner.features.extract import run_extraction
 
     cache = FeatureCache(cache_root, spec)
     items = [(p.stem, str(p)) for p in paths]
@@ -138,7 +138,7 @@ def decode_only(paths: list[Path], spec, preprocessing, batch_size: int, workers
     """Steady clips/s of the extraction DataLoader alone: decode, resize, crop, collate in `workers` workers."""
     from torch.utils.data import DataLoader
 
-    from captioner.extract import CroppedClips, collate_cropped
+    from captioner.features.extract import CroppedClips, collate_cropped
 
     loader = DataLoader(CroppedClips([(p.stem, str(p)) for p in paths], spec.num_frames, preprocessing),
                         batch_size=batch_size, num_workers=workers, collate_fn=collate_cropped)
@@ -153,7 +153,7 @@ def cnn_alone(paths: list[Path], model, device: str, precision: str, batch_size:
     """Clips/s of the extraction CNN (channels-last, autocast as the precision says) on normalised frames in memory."""
     import torch
 
-    from captioner.extract import CroppedClips
+    from captioner.features.extract import CroppedClips
 
     spec = model.spec
     model = model.to(device).eval()
@@ -204,8 +204,8 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", num_c
     import pytorch_lightning as pl
     import torch
 
-    from captioner.data.features import FeatureSpec
-    from captioner.extract import FeatureExtractor, resolve_precision
+    from captioner.features.cache import FeatureSpec
+    from captioner.features.extract import FeatureExtractor, resolve_precision
 
     set_threads(threads)
     if smoke:

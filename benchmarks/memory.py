@@ -51,7 +51,7 @@ def tiny_checkpoint(path: Path) -> Path:
     """An untrained captioner on efficientnet_lite0 (random weights): the memory is the decoding's and the CNN's."""
     import torch
 
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
     from captioner.data.vocab import SPECIALS
     from captioner.models.captioner import build_captioner
 

@@ -40,7 +40,7 @@ def write_feature_set(root: Path, num_clips: int, captions_per_clip: int, num_fr
     import numpy as np
     import torch
 
-    from captioner.data.features import FeatureCache, FeatureSpec
+    from captioner.features.cache import FeatureCache, FeatureSpec
 
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(vocab_size)]
@@ -113,7 +113,7 @@ def trainer_seconds_per_step(data_args: dict, model_args: dict, steps: int, warm
     """Train `warmup + steps` steps with the Trainer; return seconds per timed step, the system and the data."""
     import pytorch_lightning as pl
 
-    from captioner.cli import default_loggers
+    from captioner.cli.train import default_loggers
     from captioner.data.datamodule import CaptioningDataModule
     from captioner.systems.captioning import CaptioningSystem
 

@@ -1,5 +1,4 @@
-"""Checkpoint files written atomically (a temporary file in the same folder, then a rename), and the systems'
-checkpoint callbacks living beside a user's own."""
+"""Files written atomically (checkpoints, reports, JSON), and the systems' checkpoint callbacks beside a user's own."""
 
 from __future__ import annotations
 
@@ -12,6 +11,13 @@ import torch
 from fsspec.core import url_to_fs
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
 from pytorch_lightning.callbacks import ModelCheckpoint
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write `text` to `.<name>.<pid>.tmp` next to `path`, then rename it: a kill leaves the old file or the new."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

@@ -182,7 +182,7 @@ def evaluate(
     from tqdm.auto import tqdm
 
     from captioner.data.datasets import load_annotations
-    from captioner.data.features import FeatureCache
+    from captioner.features.cache import FeatureCache
     from captioner.data.video import VideoReadError
     from captioner.inference import resolve_device
     from captioner.models.captioner import VideoCaptioner, find_checkpoint
@@ -276,71 +276,3 @@ def _write_json(path: Path, data) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     os.replace(tmp, path)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captioner evaluate",
-        description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
-                    "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
-                    "<out>/predictions.json ([{video, caption, score, familiarity, in_domain, references}]) and "
-                    "<out>/metrics.json.")
-    parser.add_argument("--checkpoint", required=True,
-                        help="training checkpoint (.ckpt), or a run folder: its best checkpoint")
-    parser.add_argument("--split", default="test", choices=("train", "val", "test"), help="(default: %(default)s)")
-    parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
-    parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "
-                                               "else data/features); clips not cached are encoded from the video")
-    parser.add_argument("--out", help="output folder (default: <checkpoint folder>/eval-<split>)")
-    parser.add_argument("--beam-size", type=int, help="beam width, 1 = greedy (default: the checkpoint's)")
-    parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
-    parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
-    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
-                        help="never repeat a word N-gram in a caption, nor a word three times in a row or more "
-                             "than N times; 0 = off "
-                             "(default: the checkpoint's, 3)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: %(default)s)")
-    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
-    parser.add_argument("--tokenizer", default="project", choices=TOKENIZERS,
-                        help="tokenisation for the coco-caption metrics: project = the vocabulary's (no Java), "
-                             "ptb = coco-caption's Stanford PTBTokenizer (Java) (default: %(default)s)")
-    parser.add_argument("--no-meteor", action="store_true", help="skip METEOR (saves starting Java; default: computed)")
-    parser.add_argument("--no-progress", action="store_true", help="hide the progress bar (default: shown)")
-    parser.add_argument("--html", nargs="?", const=True, metavar="PATH",
-                        help="also write a self-contained HTML report: every clip's sampled frames, caption, "
-                             "references and per-clip BLEU-4 / CIDEr-D, sortable (default: none; without PATH: "
-                             "<out>/report.html)")
-    return parser
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 2 for a bad checkpoint or setting
-    (or backbone weights neither here nor downloadable), 1 on another error."""
-    from captioner.errors import UserError
-    from captioner.models.captioner import CheckpointError
-
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
-                          args.max_len, args.length_penalty, args.no_repeat_ngram, args.batch_size, args.device,
-                          args.tokenizer, meteor=not args.no_meteor, progress=not args.no_progress,
-                          html=args.html)
-    except (CheckpointError, UserError) as err:  # a bad --checkpoint or setting, weights not here: nothing evaluated
-        print(f"captioner evaluate: {err}", file=sys.stderr)
-        return 2
-    except (OSError, ValueError) as err:
-        print(f"captioner evaluate: {err}", file=sys.stderr)
-        return 1
-    print(f"checkpoint: {report['checkpoint']}")
-    print(f"{report['split']}: {report['num_clips']} clips, generation {report['generation']}")
-    for k, v in report["metrics"].items():
-        print(f"  {k:11s} {v:.4f}")
-    for k, why in report["unavailable"].items():
-        print(f"  {k:11s} -- {why}")
-    if report["skipped"]:
-        print(f"{len(report['skipped'])} clips could not be read and were left out (listed in metrics.json)")
-    out = Path(report["predictions"]).parent
-    print(f"Predictions: {out / 'predictions.json'}\nMetrics:     {out / 'metrics.json'}")
-    if report.get("html"):
-        print(f"Report:      {report['html']}")
-    return 0

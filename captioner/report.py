@@ -188,7 +188,7 @@ def render(cards: Sequence[Card], title: str, meta: Iterable[tuple[str, str]] = 
 
 def write_page(path: PathLike, html: str) -> Path:
     """Write the page atomically; returns its path."""
-    from captioner.atomic import write_text_atomic
+    from captioner.checkpointing import write_text_atomic
 
     path = Path(path)
     write_text_atomic(path, html)

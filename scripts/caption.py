@@ -1,7 +1,7 @@
 """Caption video files: `python scripts/caption.py VIDEO [VIDEO ...] --checkpoint CKPT` (see `--help`)."""
 import sys
 
-from captioner.caption_cli import caption_command
+from captioner.cli.caption import main
 
 if __name__ == "__main__":
-    raise SystemExit(caption_command(sys.argv[1:]))
+    raise SystemExit(main(sys.argv[1:]))

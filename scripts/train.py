@@ -1,5 +1,7 @@
-"""Train a model (default: the captioner on the embedded synthetic dataset), then test it."""
-from captioner.cli import train_main
+"""Train a model (default: the captioner on the embedded synthetic dataset), then test it (see `--help`)."""
+import sys
+
+from captioner.cli.train import main
 
 if __name__ == "__main__":
-    train_main()
+    raise SystemExit(main(sys.argv[1:]))

@@ -88,7 +88,7 @@ def tiny_args(dm: dict, root: Path, *extra: str) -> list[str]:
 @pytest.fixture(scope="session")
 def trained(tiny_datamodule_args, tmp_path_factory):
     root = tmp_path_factory.mktemp("run")
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     metrics = train_main(tiny_args(tiny_datamodule_args, root))
     best = sorted(root.rglob("epoch*.ckpt"))

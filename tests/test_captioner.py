@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.data.features import FeatureSpec
+from captioner.features.cache import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.captioner import VideoCaptioner, as_frames
 from captioner.models.decoder import CaptionDecoder

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from captioner import VideoCaptioner
-from captioner.caption_cli import build_parser, caption_command
+from captioner.cli.caption import build_parser, main as caption_command
 from captioner.cli import main
 from captioner.data.synthetic import write_mp4
 from conftest import moving_square
@@ -176,7 +176,7 @@ def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys)
     import torch
 
     import captioner.data.video as video
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
     from captioner.data.vocab import SPECIALS
     from captioner.models.captioner import build_captioner
 
@@ -220,7 +220,7 @@ def test_training_tests_the_best_checkpoint_of_the_whole_run(tiny_datamodule_arg
     """A run resumed into a new version folder tests the run's best, wherever it is; a fresh run its own best."""
     import pytorch_lightning as pl
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
     from captioner.systems.captioning import CaptioningSystem
     from conftest import tiny_args
 

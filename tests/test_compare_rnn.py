@@ -4,7 +4,7 @@ import csv
 
 import pytest
 
-from captioner.compare_rnn import clipping_table, compare, long_range_table, plot_accuracy_vs_length
+from experiments.compare_rnn import clipping_table, compare, long_range_table, plot_accuracy_vs_length
 
 
 # tiny recurrent nets gain nothing from intra-op threads, and on a busy small CPU they lose a lot

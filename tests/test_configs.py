@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 from pytorch_lightning import LightningDataModule, LightningModule
 
-from captioner.cli import CONFIG_DIR, build_cli
+from captioner.cli.train import CONFIG_DIR, build_cli
 
 CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 

@@ -6,7 +6,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from captioner.data.datasets import CaptionPairs, Clip, collate_pairs
-from captioner.data.features import FeatureCache, FeatureSpec
+from captioner.features.cache import FeatureCache, FeatureSpec
 from captioner.data.vocab import Vocabulary
 
 

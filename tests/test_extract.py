@@ -13,8 +13,9 @@ import pytorch_lightning as pl
 import torch
 
 from captioner.data.datamodule import CaptioningDataModule
-from captioner.data.features import REPORT_NAME, FeatureCache, FeatureSpec
-from captioner.extract import data_args_from_configs, main, run_extraction
+from captioner.features.cache import REPORT_NAME, FeatureCache, FeatureSpec
+from captioner.features.extract import run_extraction
+from captioner.cli.extract import data_args_from_configs, main
 
 REPO = Path(__file__).resolve().parents[1]
 # a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds
@@ -190,8 +191,8 @@ def test_two_ddp_processes_write_the_same_files_as_one(dataset, extracted, tmp_p
 
 
 def test_data_options_come_from_training_configs(tmp_path):
-    from captioner import extract
-    from captioner.extract import build_parser, resolve_data_args
+    from captioner.cli import extract
+    from captioner.cli.extract import build_parser, resolve_data_args
 
     msvd = data_args_from_configs([str(REPO / "configs" / "msvd.yaml")])
     assert msvd["data_dir"] == "data/msvd" and msvd["backbone"] == "resnet152" and msvd["num_frames"] == 20
@@ -214,7 +215,7 @@ def test_data_options_come_from_training_configs(tmp_path):
 def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
     from pytorch_lightning.strategies import DDPStrategy
 
-    from captioner.cli import build_cli
+    from captioner.cli.train import build_cli
 
     cli = build_cli(["--config", str(REPO / "configs" / "msvd.yaml"),
                      "--config", str(REPO / "configs" / "trainer" / "cluster.yaml"),
@@ -244,7 +245,7 @@ def test_every_cache_setting_of_a_config_reaches_extract(dataset, tmp_path):
 
     import yaml
 
-    from captioner.extract import DATA_KEYS
+    from captioner.cli.extract import DATA_KEYS
 
     assert {f.name for f in dataclasses.fields(FeatureSpec)} <= set(DATA_KEYS)
     data = dict(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path), **SPEC, spatial_grid=2,

@@ -28,8 +28,8 @@ def test_clips(tiny_dataset) -> list[Path]:
 
 
 def _extract(spec, items, folder: Path, accelerator: str, precision: str) -> dict[str, np.ndarray]:
-    from captioner.data.features import FeatureCache
-    from captioner.extract import run_extraction
+    from captioner.features.cache import FeatureCache
+    from captioner.features.extract import run_extraction
 
     torch.manual_seed(0)  # the same random-weight CNN both times
     cache = FeatureCache(folder, spec)
@@ -41,7 +41,7 @@ def _extract(spec, items, folder: Path, accelerator: str, precision: str) -> dic
 @pytest.mark.parametrize("precision", ["auto", "bf16-mixed"])
 def test_extraction_on_gpu_gives_the_cpu_features(tiny_dataset, tmp_path, precision):
     from captioner.data.datasets import load_annotations
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
 
     spec = FeatureSpec(backbone="resnet18", weights=None, num_frames=4)
     items = [(c.id, c.path) for c in load_annotations(tiny_dataset / "annotations.json")][:8]
@@ -79,7 +79,7 @@ def test_caption_cli_on_cuda_prints_the_cpu_captions(trained, test_clips):
 
 @pytest.mark.parametrize("precision", ["bf16-mixed", "16-mixed"])
 def test_training_steps_on_gpu_under_mixed_precision(tiny_datamodule_args, tmp_path, precision):
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     metrics = train_main(tiny_args(tiny_datamodule_args, tmp_path, "--trainer.accelerator=gpu",
                                    "--trainer.devices=1", f"--trainer.precision={precision}",

@@ -5,7 +5,7 @@ import csv
 import pytest
 import torch
 
-from captioner.data.features import FeatureSpec
+from captioner.features.cache import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.captioner import VideoCaptioner
 from captioner.models.decoder import CaptionDecoder
@@ -89,7 +89,7 @@ def _metrics_csv_keys(root) -> set:
 def _precision_run(tiny_datamodule_args, root, precision: str, accelerator: str):
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     metrics = train_main(tiny_args(tiny_datamodule_args, root, f"--trainer.precision={precision}",
                                    f"--trainer.accelerator={accelerator}", "--trainer.devices=1",
@@ -104,7 +104,7 @@ def _same_captions_with_and_without_autocast(best, tiny_datamodule_args, tiny_da
     from pathlib import Path
 
     from captioner.data.datasets import load_annotations
-    from captioner.data.features import FeatureCache
+    from captioner.features.cache import FeatureCache
 
     model = VideoCaptioner.from_checkpoint(best, map_location=device)
     cache = FeatureCache(Path(tiny_datamodule_args["features_dir"]) / tiny_dataset.name, model.spec)

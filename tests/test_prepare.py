@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from captioner.data.datasets import load_annotations
-from captioner.data.prepare import is_safe_id, main, normalize_caption, prepare_msvd
+from captioner.data.prepare import is_safe_id, normalize_caption, prepare_msvd
+from captioner.cli.prepare import main
 from captioner.data.vocab import tokenize
 
 MSVD_HEADER = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]

@@ -14,7 +14,7 @@ from conftest import moving_square
 from PIL import Image
 
 from captioner import evaluate as ev
-from captioner.caption_cli import caption_command
+from captioner.cli.caption import main as caption_command
 from captioner.report import MIN_THUMB_HEIGHT, THUMB_HEIGHT, Card, per_video_metrics, render, strip_height, strip_jpeg
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")

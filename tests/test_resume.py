@@ -123,7 +123,7 @@ def test_resume_from_an_epochs_end_matches_an_uninterrupted_run(tiny_datamodule_
     """The quick, in-process version: a run stopped after its 2nd epoch (as a kill then would) and resumed."""
     import pytorch_lightning as pl
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
     from captioner.systems.captioning import CaptioningSystem
 
     class StopAfterEpoch(pl.Callback):  # runs after the checkpoint callbacks: last.ckpt is written first
@@ -224,8 +224,8 @@ def _extract_argv(dataset: Path, features: Path) -> list[str]:
 
 
 def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
-    from captioner.data.features import REPORT_NAME
-    from captioner.extract import main
+    from captioner.features.cache import REPORT_NAME
+    from captioner.cli.extract import main
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "extract_features.py"),

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from captioner.models.rnn import ExplicitRNN, SequenceModel
+from captioner.sequence.model import ExplicitRNN, SequenceModel
 
 CELLS = ["rnn", "gru", "lstm"]
 

@@ -21,7 +21,7 @@ import torch
 from badinputs import NAMES
 from captioner import CheckpointError, VideoCaptioner
 from captioner.data.datasets import CaptionPairs, load_annotations
-from captioner.data.features import FeatureCache, FeatureSpec, extract_features
+from captioner.features.cache import FeatureCache, FeatureSpec, extract_features
 from captioner.data.video import VideoReadError, _decode, _decode_with_pyav, read_frames
 from captioner.data.vocab import Vocabulary
 
@@ -112,8 +112,8 @@ def _check_extraction(bad_corpus, cache: FeatureCache, failures: list[tuple[str,
 
 
 def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
-    from captioner.data.features import REPORT_NAME
-    from captioner.extract import run_extraction
+    from captioner.features.cache import REPORT_NAME
+    from captioner.features.extract import run_extraction
 
     items = [(name, str(case.path)) for name, case in bad_corpus.items()]
     cache = FeatureCache(tmp_path / "lightning", SPEC)
@@ -128,7 +128,7 @@ def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
 
 
 def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypatch):
-    import captioner.data.features as features
+    import captioner.features.cache as features
 
     read = features.read_frames
 
@@ -199,7 +199,7 @@ def msvd_with_bad_clips(bad_corpus, tmp_path) -> Path:
 
 
 def test_prepare_reports_missing_and_unreadable_videos(msvd_with_bad_clips, capsys):
-    from captioner.data.prepare import main
+    from captioner.cli.prepare import main
 
     root = msvd_with_bad_clips
     # by default only existence is checked (fast for 10,000 clips): a folder is not a video file
@@ -221,7 +221,7 @@ def test_prepare_reports_missing_and_unreadable_videos(msvd_with_bad_clips, caps
 
 
 def test_prepare_with_nothing_left_writes_the_report(msvd_with_bad_clips, tmp_path, capsys):
-    from captioner.data.prepare import main
+    from captioner.cli.prepare import main
 
     empty = tmp_path / "no_videos"
     empty.mkdir()
@@ -234,7 +234,7 @@ def test_prepare_with_nothing_left_writes_the_report(msvd_with_bad_clips, tmp_pa
 
 
 def test_prepare_malformed_msrvtt_json(tmp_path, capsys):
-    from captioner.data.prepare import main
+    from captioner.cli.prepare import main
 
     (tmp_path / "train_val_videodatainfo.json").write_text('{"videos": [{"video_id": "video0",}]}')
     assert main(["msrvtt", "--root", str(tmp_path)]) == 1
@@ -357,7 +357,7 @@ def test_cache_paths_stay_inside_and_never_collide(tmp_path):
 
 
 def test_extraction_from_hostile_annotations_writes_only_in_the_cache(bad_corpus, tmp_path, capsys):
-    from captioner.extract import main
+    from captioner.cli.extract import main
 
     data = tmp_path / "work" / "data"
     data.mkdir(parents=True)
@@ -429,7 +429,7 @@ class _WritesAFile:
 def test_resuming_from_a_checkpoint_never_runs_its_code(tiny_datamodule_args, tmp_path, capsys):
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     marker, evil = tmp_path / "code_ran", tmp_path / "last.ckpt"
     torch.save({"state_dict": {}, "epoch": 0, "global_step": 0, "payload": _WritesAFile(marker)}, evil)
@@ -454,7 +454,7 @@ class _Killed(BaseException):
 def test_writers_leave_the_old_file_whole_when_killed_before_the_rename(tmp_path, monkeypatch):
     from captioner.checkpointing import AtomicCheckpointIO
     from captioner.data.prepare import write_json_atomic
-    from captioner.extract import remove_stale_temp_files
+    from captioner.features.extract import remove_stale_temp_files
 
     cache = FeatureCache(tmp_path / "features", SPEC)
     cache.save("clip", torch.ones(4, 8))
@@ -519,7 +519,7 @@ def test_a_save_killed_under_slurm_leaves_the_resume_point_intact(tmp_path, monk
 
 def test_training_writes_checkpoints_atomically(tmp_path):
     from captioner.checkpointing import AtomicCheckpointIO
-    from captioner.cli import build_cli
+    from captioner.cli.train import build_cli
 
     cli = build_cli([f"--trainer.default_root_dir={tmp_path}"])
     assert type(cli.trainer.strategy.checkpoint_io) is AtomicCheckpointIO

@@ -11,7 +11,7 @@ from captioner.models.captioner import find_checkpoint
 def test_val_cider_as_monitor_names_and_finds_the_best_checkpoint(tiny_datamodule_args, tmp_path):
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     root = tmp_path / "run"
     metrics = train_main(tiny_args(tiny_datamodule_args, root, "--trainer.max_epochs=2", "--model.num_samples=0",
@@ -167,7 +167,7 @@ def test_a_tiny_scst_run_from_a_cross_entropy_checkpoint_raises_the_mean_reward(
     captions goes up, and the run tests and writes CIDEr-named checkpoints."""
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     _, ce_root, _ = trained
     root = tmp_path / "scst"
@@ -188,7 +188,7 @@ def test_a_tiny_scst_run_from_a_cross_entropy_checkpoint_raises_the_mean_reward(
 def test_scst_settings_that_cannot_work_stop_in_one_line(trained, tiny_datamodule_args, tmp_path, capsys):
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     with pytest.raises(SystemExit) as exit_:
         train_main(tiny_args(tiny_datamodule_args, tmp_path / "a", "--model.scst=true"))

@@ -12,8 +12,8 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import EarlyStopping
 
-from captioner.data.sequence_tasks import SequenceDataModule, complete_word, predict_next_letter
-from captioner.systems.sequence import SequenceSystem
+from captioner.sequence.tasks import SequenceDataModule, complete_word, predict_next_letter
+from captioner.sequence.system import SequenceSystem
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "sequence").glob("*.yaml"))
 CELLS = ["rnn", "gru", "lstm"]
@@ -53,7 +53,7 @@ def signature_defaults(cls) -> dict:
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
 def test_config_parses_and_model_matches_data(config, tmp_path):
-    from captioner.cli import build_cli
+    from captioner.cli.train import build_cli
 
     cli = build_cli(["--config", str(config), "--trainer.default_root_dir", str(tmp_path)])
     model, data = cli.model, cli.datamodule
@@ -206,7 +206,7 @@ def test_checkpoint_round_trip(tmp_path):
 
 
 def test_train_entry_point_writes_test_metrics(tmp_path):
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     config = next(c for c in CONFIGS if c.stem == "parity")
     metrics = train_main([

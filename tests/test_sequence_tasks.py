@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from captioner.data.sequence_tasks import (
+from captioner.sequence.tasks import (
     IGNORE_INDEX,
     CharVocab,
     SequenceDataModule,
@@ -15,7 +15,7 @@ from captioner.data.sequence_tasks import (
     parity_task,
     repetition_task,
 )
-from captioner.data.wordlist import WORDS
+from captioner.sequence.wordlist import WORDS
 
 
 def gen(seed=0):

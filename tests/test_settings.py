@@ -16,10 +16,10 @@ from urllib.error import URLError
 import pytest
 import torch
 
-from captioner.caption_cli import caption_command
-from captioner.cli import exit_on_user_error, train_main
+from captioner.cli.caption import main as caption_command
+from captioner.cli.train import exit_on_user_error, train_main
 from captioner.data.datamodule import CaptioningDataModule
-from captioner.data.features import FeatureSpec
+from captioner.features.cache import FeatureSpec
 from captioner.errors import SettingsError, UserError, WeightsUnavailableError
 from conftest import moving_square, tiny_args
 
@@ -75,7 +75,7 @@ def test_train_with_a_bad_name_is_one_line_and_exit_2(tiny_datamodule_args, tmp_
 
 
 def test_extract_with_a_bad_name_is_one_line_and_exit_2(tiny_dataset, tmp_path, capsys):
-    from captioner.extract import main
+    from captioner.cli.extract import main
 
     argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(tmp_path), "--backbone", "resnet18",
             "--weights", "IMAGENET1K_V3", "--accelerator", "cpu", "--no-progress"]
@@ -225,7 +225,7 @@ def test_library_captioning_raises_the_weights_error(offline, resnet_checkpoint,
 
 
 def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_dataset, tmp_path, capsys):
-    from captioner.extract import main
+    from captioner.cli.extract import main
 
     features = tmp_path / "features"
     argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(features), "--backbone", "resnet18",
@@ -240,7 +240,7 @@ def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_datase
 
 def test_evaluate_without_the_weights_is_one_line_and_exit_2(offline, resnet_checkpoint, tiny_dataset, tmp_path,
                                                             capsys):
-    from captioner.evaluate import main
+    from captioner.cli.evaluate import main
 
     argv = ["--checkpoint", str(resnet_checkpoint), "--data-dir", str(tiny_dataset), "--features-dir",
             str(tmp_path / "no_cache"), "--device", "cpu", "--no-meteor", "--no-progress",
@@ -265,8 +265,8 @@ def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodu
 
 
 def test_training_says_which_cache_it_fills_and_how(tiny_datamodule_args, tmp_path, caplog):
-    from captioner.extract import build_parser, resolve_data_args
-    from captioner.extract import _UNSET
+    from captioner.cli.extract import build_parser, resolve_data_args
+    from captioner.cli.extract import _UNSET
 
     features = tmp_path / "features"
     dataset = Path(tiny_datamodule_args["data_dir"]).name
@@ -315,7 +315,7 @@ def test_resume_with_other_settings_is_one_line_before_any_work(trained, tiny_da
 
 
 def test_resume_check_lets_training_settings_change(trained, tiny_datamodule_args, tmp_path):
-    from captioner.cli import build_cli, check_resume_settings
+    from captioner.cli.train import build_cli, check_resume_settings
 
     _, _, ckpt = trained
     cli = build_cli(tiny_args(tiny_datamodule_args, tmp_path, "--model.lr=0.01", "--model.beam_size=3",

@@ -31,7 +31,7 @@ def test_checkpoint_is_self_sufficient_and_round_trips(trained, tiny_datamodule_
     ckpt = torch.load(best, weights_only=True)
     assert model.vocab.itos == ckpt["hyper_parameters"]["vocab"]
     clips = [c for c in load_annotations(tiny_dataset / "annotations.json") if c.split == "test"]
-    from captioner.data.features import FeatureCache, FeatureSpec
+    from captioner.features.cache import FeatureCache, FeatureSpec
 
     # the checkpoint remembers which features it was trained on
     assert model.spec == FeatureSpec("resnet18", None, 4)
@@ -79,7 +79,7 @@ def test_a_users_own_checkpoint_callback_runs_beside_the_systems(tiny_datamodule
     system's from configure_callbacks); the system's best checkpoint is still the one tested."""
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     user_dir = tmp_path / "mine"
     train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=2", "--model.num_samples=0",
@@ -122,7 +122,7 @@ def test_any_number_of_optimizer_steps_trains(tiny_datamodule_args, tmp_path, st
     """A smoke run of 1, 2 or 3 steps (OneCycleLR divided by zero at exactly 2) trains, validates and tests."""
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     root = tmp_path / "run"
     metrics = train_main(tiny_args(tiny_datamodule_args, root, f"--trainer.max_epochs={steps}",
@@ -140,7 +140,7 @@ def test_resuming_with_more_epochs_follows_the_longer_schedule(tiny_datamodule_a
     length, and the learning rate from the resumed step on is the one a 4-epoch run has there."""
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     def run(root: Path, *extra: str) -> None:
         train_main(tiny_args(tiny_datamodule_args, root, "--trainer.limit_train_batches=2", "--model.num_samples=0",

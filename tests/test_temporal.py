@@ -153,9 +153,9 @@ def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_d
     """The data's frame count reaches the temporal encoder through the checkpoint's feature spec."""
     from conftest import tiny_args
 
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
     from captioner.data.datasets import load_annotations
-    from captioner.data.features import FeatureCache, FeatureSpec
+    from captioner.features.cache import FeatureCache, FeatureSpec
     from captioner.models.captioner import VideoCaptioner
 
     data = {**tiny_datamodule_args, "num_frames": 96, "features_dir": str(tmp_path / "features")}

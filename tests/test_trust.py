@@ -130,7 +130,7 @@ def test_summary_fits_the_size_cap_and_loads_safely():
 
 def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_path, capsys):
     """The checkpoint written by training carries the summary; the CLI flags noise, not the dataset's own clips."""
-    from captioner.caption_cli import caption_command
+    from captioner.cli.caption import main as caption_command
     from captioner.data.datasets import load_annotations
     from captioner.data.synthetic import write_mp4
     from captioner.models.captioner import VideoCaptioner
@@ -156,7 +156,7 @@ def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_pat
 
 def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):
     """Checkpoints written before the summary existed load, caption, and say once that they carry no flag."""
-    from captioner.caption_cli import caption_command
+    from captioner.cli.caption import main as caption_command
 
     _, _, best = trained
     ckpt = torch.load(best, weights_only=True)
@@ -188,7 +188,7 @@ def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_c
     """The main job's feature space (EfficientNet-Lite0 ImageNet features, mean-pooled): a summary of synthetic
     training clips keeps held-out synthetic clips in domain and flags every packaged real clip."""
     from captioner.data.datasets import load_annotations
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
     from captioner.data.synthetic import generate_synthetic_dataset
     from captioner.data.video import read_frames
 
@@ -213,8 +213,8 @@ def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_c
 
 def test_caption_frames_beyond_the_attention_positions_is_a_usage_error(tiny_datamodule_args, tmp_path, capsys):
     """`--frames` above what an attention checkpoint knows: one line, exit 2, before any video is read."""
-    from captioner.caption_cli import caption_command
-    from captioner.cli import train_main
+    from captioner.cli.caption import main as caption_command
+    from captioner.cli.train import train_main
     from conftest import tiny_args
 
     train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=1",

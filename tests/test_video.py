@@ -196,7 +196,7 @@ def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path):
 
 
 def test_feature_spec_seek_has_its_own_cache_key():
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
 
     exact, fast = FeatureSpec(), FeatureSpec(seek="keyframe")
     assert exact.key == "efficientnet_lite0-DEFAULT-8f"  # unchanged: caches made before `seek` existed still match

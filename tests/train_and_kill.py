@@ -28,6 +28,6 @@ if __name__ == "__main__":
 
         configure, step = CaptioningSystem.configure_callbacks, int(os.environ["KILL_AT_STEP"])
         CaptioningSystem.configure_callbacks = lambda self: [*configure(self), KillAtStep(step)]
-    from captioner.cli import train_main
+    from captioner.cli.train import train_main
 
     train_main(sys.argv[1:])

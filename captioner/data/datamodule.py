@@ -14,7 +14,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.datasets import CaptionPairs, Clip, ClipReferences, collate_clips, collate_pairs, load_annotations
-from captioner.data.features import FeatureCache, FeatureSpec, extract_features
+from captioner.features.cache import FeatureCache, FeatureSpec, extract_features
 from captioner.data.vocab import Vocabulary
 from captioner.errors import DataNotFoundError, SettingsError
 

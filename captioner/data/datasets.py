@@ -15,7 +15,7 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
-from captioner.data.features import FeatureCache
+from captioner.features.cache import FeatureCache
 from captioner.data.vocab import Vocabulary
 
 SPLITS = ("train", "val", "test")

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from captioner.data.features import FeatureSpec
+from captioner.features.cache import FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.encoder import FrameEncoder

@@ -201,16 +201,28 @@ class FrameEncoder(nn.Module):
             self.net.eval()  # frozen BatchNorm statistics stay the pretrained ones
         return self
 
-    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB frames `(..., H, W, 3)` -> normalised float `(..., 3, crop, crop)`."""
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames `(..., H, W, 3)` -> resized (short side) and centre-cropped uint8 `(..., 3, S, S)`.
+
+        The part of preprocessing that makes frames of any size alike; cheap to run in DataLoader workers, and
+        a batch of it crosses to the GPU as compact uint8.
+        """
         p = self.preprocessing
         lead = frames.shape[:-3]
         x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
         if min(x.shape[-2:]) != p.resize_size:
             x = TF.resize(x, p.resize_size, antialias=True)
         x = TF.center_crop(x, p.crop_size)
-        x = TF.normalize(x.float().div_(255.0), p.mean, p.std)
         return x.reshape(*lead, *x.shape[1:])
+
+    def normalize(self, cropped: torch.Tensor) -> torch.Tensor:
+        """Cropped uint8 frames `(..., 3, S, S)` -> the float input the CNN's weights expect."""
+        p = self.preprocessing
+        return TF.normalize(cropped.float().div_(255.0), p.mean, p.std)
+
+    def preprocess(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames `(..., H, W, 3)` -> normalised float `(..., 3, S, S)`: `crop`, then `normalize`."""
+        return self.normalize(self.crop(frames))
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
         """Preprocessed frames `(B, T, 3, H, W)` -> per-frame features `(B, T, D)`."""
@@ -218,6 +230,21 @@ class FrameEncoder(nn.Module):
         x = frames.flatten(0, 1).contiguous(memory_format=torch.channels_last)  # faster convolutions on CPU and GPU
         feats = self.net(x)  # (B*T, 3, H, W) -> (B*T, D)
         return feats.reshape(b, t, -1)
+
+    @torch.no_grad()
+    def encode_cropped(self, cropped: torch.Tensor) -> torch.Tensor:
+        """Cropped uint8 clips `(B, T, 3, S, S)` -> features `(B, T, D)`: the one way frames become features
+        (training's cache, `captioner extract`, evaluation and captioning all come here)."""
+        return self(self.normalize(cropped.to(self.device)))
+
+    @torch.no_grad()
+    def encode_clips(self, clips) -> torch.Tensor:
+        """uint8 RGB clips `(T, H, W, 3)` of equal frame count, frame sizes free -> features `(B, T, D)`."""
+        return self.encode_cropped(torch.stack([self.crop(clip.to(self.device)) for clip in clips]))
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.net.parameters()).device
 
 
 class MeanPool(nn.Module):

@@ -12,10 +12,10 @@ from pytorch_lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, TensorDataset
 
-from captioner.data.wordlist import WORDS
+from captioner.sequence.wordlist import WORDS
 
 if TYPE_CHECKING:
-    from captioner.models.rnn import SequenceModel
+    from captioner.sequence.model import SequenceModel
 
 Task = Literal["repetition", "next_letter", "parity", "count", "first_symbol"]
 IGNORE_INDEX = -100  # target value that the loss and accuracy skip (padding)

@@ -11,9 +11,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from captioner.checkpointing import with_user_checkpoints
-from captioner.models.rnn import Cell, GateInit, Mode, SequenceModel
+from captioner.sequence.model import Cell, GateInit, Mode, SequenceModel
 
-IGNORE_INDEX = -100  # padding in targets (same value as captioner.data.sequence_tasks.IGNORE_INDEX)
+IGNORE_INDEX = -100  # padding in targets (same value as captioner.sequence.tasks.IGNORE_INDEX)
 
 
 class SequenceSystem(LightningModule):

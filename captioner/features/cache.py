@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.atomic import write_text_atomic
+from captioner.checkpointing import write_text_atomic
 from captioner.errors import SettingsError
 from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
 

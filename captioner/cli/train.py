@@ -1,4 +1,4 @@
-"""Console entry points: `captioner train` (LightningCLI) and the `captioner` command group."""
+"""`captioner train` (and `python scripts/train.py`): LightningCLI, then the test of the best checkpoint."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import zipfile
 from pathlib import Path
 from typing import Optional
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
 DEFAULT_CONFIG = CONFIG_DIR / "synthetic.yaml"
 DEFAULT_MODEL = "captioner.systems.captioning.CaptioningSystem"
 DEFAULT_DATA = "captioner.data.datamodule.CaptioningDataModule"
@@ -123,7 +123,7 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
     """
     import torch
 
-    from captioner.data.features import FeatureSpec
+    from captioner.features.cache import FeatureSpec
     from captioner.errors import DataNotFoundError, SettingsError
 
     if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
@@ -216,38 +216,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     return metrics
 
 
-# `captioner COMMAND ...`: name -> (one-line help, "module:function" taking the remaining arguments).
-# Each function parses its own arguments (argparse or LightningCLI) and returns an exit status.
-COMMANDS: dict[str, tuple[str, str]] = {
-    "train": ("train a model, then test it (LightningCLI; see `captioner train --help`)", "captioner.cli:train_command"),
-    "caption": ("caption video files or folders (`captioner caption --help`)", "captioner.caption_cli:caption_command"),
-    "prepare": ("convert MSVD / MSR-VTT annotations to annotations.json (`captioner prepare --help`)",
-                "captioner.data.prepare:main"),
-    "extract": ("cache CNN features: 1 CPU to N GPUs / nodes (`captioner extract --help`)", "captioner.extract:main"),
-    "evaluate": ("caption a split, score BLEU/METEOR/ROUGE-L/CIDEr (`captioner evaluate --help`)",
-                 "captioner.evaluate:main"),
-}
-
-
-def train_command(argv: list[str]) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
+    """`captioner train ...`: exit status 0 once trained and tested (2 for a bad setting, see `train_main`)."""
     train_main(argv)
     return 0
-
-
-def main(argv: Optional[list[str]] = None) -> int:
-    """The `captioner` command: dispatch to a subcommand."""
-    import importlib
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help"):
-        print("usage: captioner COMMAND [ARGS]\n\ncommands:")
-        for name, (text, _) in COMMANDS.items():
-            print(f"  {name:10s} {text}")
-        print("\nRun `captioner COMMAND --help` for a command's options.")
-        return 0 if argv else 2
-    cmd, rest = argv[0], argv[1:]
-    if cmd not in COMMANDS:
-        print(f"captioner: unknown command {cmd!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
-        return 2
-    module, func = COMMANDS[cmd][1].split(":")
-    return int(getattr(importlib.import_module(module), func)(rest) or 0)

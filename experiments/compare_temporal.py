@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from captioner.cli import CONFIG_DIR, train_main
+from captioner.cli.train import CONFIG_DIR, train_main
 from captioner.models.temporal import TEMPORAL_CHOICES
 
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "dir_bleu4", "direction_acc")
@@ -51,3 +51,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     print("\n" + table)
     print(f"\nWritten to {root / 'table.md'}")
     return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

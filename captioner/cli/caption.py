@@ -102,7 +102,7 @@ def _error(message: str) -> None:
     print(f"{PROG}: error: {message}", file=sys.stderr, flush=True)
 
 
-def caption_command(argv: Optional[list[str]] = None) -> int:
+def main(argv: Optional[list[str]] = None) -> int:
     """Run `captioner caption` with `argv` (default: sys.argv[1:]); returns the exit status."""
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")

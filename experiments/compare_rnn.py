@@ -14,7 +14,7 @@ from typing import Optional
 import torch
 from pytorch_lightning import Callback
 
-from captioner.cli import CONFIG_DIR, build_cli
+from captioner.cli.train import CONFIG_DIR, build_cli
 
 LONG_RANGE_CONFIG = CONFIG_DIR / "sequence" / "long_range.yaml"
 EXPLODING_CONFIG = CONFIG_DIR / "sequence" / "exploding.yaml"
@@ -289,7 +289,11 @@ def compare(
 
 
 def main(args: Optional[list[str]] = None) -> None:
-    """Command line for `compare` (`python scripts/compare_rnn.py --help`)."""
+    """Command line for `compare` (`python experiments/compare_rnn.py --help`)."""
     from jsonargparse import auto_cli
 
     auto_cli(compare, args=args)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,34 @@
+"""The `captioner` command: one sub-command per module of this package, each `main(argv) -> exit status`."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+# `captioner COMMAND ...`: name -> one-line help; the command is `captioner.cli.<name>.main(argv) -> exit status`,
+# imported only when run (each parses its own arguments: LightningCLI for train, argparse for the others)
+COMMANDS: dict[str, str] = {
+    "train": "train a model, then test it (LightningCLI; see `captioner train --help`)",
+    "caption": "caption video files or folders (`captioner caption --help`)",
+    "prepare": "convert MSVD / MSR-VTT annotations to annotations.json (`captioner prepare --help`)",
+    "extract": "cache CNN features: 1 CPU to N GPUs / nodes (`captioner extract --help`)",
+    "evaluate": "caption a split, score BLEU/METEOR/ROUGE-L/CIDEr (`captioner evaluate --help`)",
+}
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """The `captioner` command: dispatch to a subcommand."""
+    import importlib
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: captioner COMMAND [ARGS]\n\ncommands:")
+        for name, text in COMMANDS.items():
+            print(f"  {name:10s} {text}")
+        print("\nRun `captioner COMMAND --help` for a command's options.")
+        return 0 if argv else 2
+    cmd, rest = argv[0], argv[1:]
+    if cmd not in COMMANDS:
+        print(f"captioner: unknown command {cmd!r} (choose from {', '.join(COMMANDS)})", file=sys.stderr)
+        return 2
+    return int(importlib.import_module(f"captioner.cli.{cmd}").main(rest) or 0)

@@ -1,0 +1,69 @@
+"""`captioner prepare`: convert MSVD / MSR-VTT annotations to annotations.json."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Optional
+
+from captioner.data.prepare import (MSRVTT_TEST, MSRVTT_TRAIN_VAL, MSRVTT_VIDEO_DIRS, MSVD_CORPUS, MSVD_MAPPING,
+                                    first_existing, prepare_msrvtt, prepare_msvd)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="captioner prepare",
+        description="Convert official MSVD / MSR-VTT annotations into annotations.json with the standard splits. "
+                    "Malformed rows, clips without a split or caption, and missing videos are reported on the "
+                    "console and in <out>/prepare_report.json. See data/README.md.")
+    sub = parser.add_subparsers(dest="dataset", required=True, metavar="{msvd,msrvtt}")
+    msvd = sub.add_parser("msvd", help="MSVD (MSR Video Description Corpus)",
+                          description="MSVD: English captions, split vid1-1200 train, 1201-1300 val, 1301-1970 test "
+                                      "(clip order of youtube_mapping.txt).")
+    msvd.add_argument("--root", default="data/msvd", help="dataset folder (default: %(default)s)")
+    msvd.add_argument("--corpus", help=f"the corpus CSV (default: <root>/{MSVD_CORPUS})")
+    msvd.add_argument("--mapping", help=f"clip -> vidN list (default: <root>/{MSVD_MAPPING})")
+    msvd.add_argument("--videos", action="append",
+                      help="folder of {VideoID}_{Start}_{End}.avi clips; repeatable "
+                           "(default: <root>/YouTubeClips, else <root>/videos)")
+    msrvtt = sub.add_parser("msrvtt", help="MSR-VTT", description="MSR-VTT: its own train/validate/test split.")
+    msrvtt.add_argument("--root", default="data/msrvtt", help="dataset folder (default: %(default)s)")
+    msrvtt.add_argument("--train-val", help=f"(default: <root>/{MSRVTT_TRAIN_VAL})")
+    msrvtt.add_argument("--test", help=f"(default: <root>/{MSRVTT_TEST})")
+    msrvtt.add_argument("--videos", action="append",
+                        help="folder of video<N>.mp4 clips; repeatable "
+                             "(default: <root>/TrainValVideo and <root>/TestVideo, else <root>/videos)")
+    for p in (msvd, msrvtt):
+        p.add_argument("--out", help="where annotations.json and prepare_report.json go (default: <root>)")
+        p.add_argument("--keep-missing", action="store_true",
+                       help="keep clips whose video file is missing or unreadable (default: leave them out; reported "
+                            "either way)")
+        p.add_argument("--check-videos", action="store_true",
+                       help="open every video (container and first frame) and report empty, foreign or cut-off "
+                            "files; about 10 ms a clip (default: only check that the files exist; extraction "
+                            "reports the rest in failed.txt)")
+    return parser
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """`captioner prepare {msvd,msrvtt} ...`: returns 0 when annotations.json was written, 1 otherwise."""
+    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    root = Path(args.root)
+    out = Path(args.out) if args.out else root
+    try:
+        if args.dataset == "msvd":
+            videos = args.videos or first_existing(root, ("YouTubeClips", "videos"))
+            report = prepare_msvd(args.corpus or root / MSVD_CORPUS, args.mapping or root / MSVD_MAPPING, videos, out,
+                                  args.keep_missing, args.check_videos)
+        else:
+            videos = args.videos or [root / MSRVTT_VIDEO_DIRS["train"], root / MSRVTT_VIDEO_DIRS["test"],
+                                     root / "videos"]
+            report = prepare_msrvtt([args.train_val or root / MSRVTT_TRAIN_VAL, args.test or root / MSRVTT_TEST],
+                                    videos, out, args.keep_missing, args.check_videos)
+    except (OSError, ValueError) as err:
+        print(f"captioner prepare: {err}", file=sys.stderr)
+        return 1
+    print(report.summary())
+    print(f"Full report: {out / 'prepare_report.json'}")
+    return 0
