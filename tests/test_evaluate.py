@@ -7,6 +7,7 @@ import shutil
 import pytest
 
 from captioner import evaluate as ev
+from captioner.cli.evaluate import main as evaluate_main
 from captioner.data.synthetic import MOTIONS, SceneObject, make_captions
 from captioner.metrics import bleu_scores
 
@@ -19,7 +20,7 @@ def evaluated(trained, tmp_path_factory):
     """`captioner evaluate` on the trained checkpoint's test split, every metric on (METEOR when Java is here)."""
     _, _, best = trained
     out = tmp_path_factory.mktemp("eval")
-    assert ev.main(["--checkpoint", str(best), "--split", "test", "--out", str(out), "--no-progress"]) == 0
+    assert evaluate_main(["--checkpoint", str(best), "--split", "test", "--out", str(out), "--no-progress"]) == 0
     return json.loads((out / "metrics.json").read_text()), json.loads((out / "predictions.json").read_text())
 
 
@@ -61,7 +62,7 @@ def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_pa
 def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):
     bad = tmp_path / "bad.ckpt"
     bad.write_text("not a checkpoint")
-    assert ev.main(["--checkpoint", str(bad)]) == 2
+    assert evaluate_main(["--checkpoint", str(bad)]) == 2
     assert "not a loadable checkpoint" in capsys.readouterr().err
 
 
@@ -72,7 +73,7 @@ def test_a_folder_above_several_runs_is_refused(trained, tmp_path, capsys):
     runs = tmp_path / "runs"
     for name in ("msvd", "synthetic"):  # two datasets' runs: their BLEU scores are not comparable
         shutil.copytree(root / "logs", runs / name / "logs", ignore=shutil.ignore_patterns("tensorboard", "eval-*"))
-    assert ev.main(["--checkpoint", str(runs), "--split", "test", "--no-progress", "--no-meteor"]) == 2
+    assert evaluate_main(["--checkpoint", str(runs), "--split", "test", "--no-progress", "--no-meteor"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "holds the checkpoints of 2 runs" in err
     assert f"({runs / 'msvd'}, {runs / 'synthetic'})" in err
@@ -151,7 +152,7 @@ def test_bleu_differs_from_coco_caption_only_by_nltks_one_ngram_minimum():
 
 def test_a_run_folder_evaluates_its_best_checkpoint(trained, evaluated, tmp_path, capsys):
     _, root, best = trained
-    assert ev.main(["--checkpoint", str(root), "--split", "test", "--out", str(tmp_path), "--no-progress",
+    assert evaluate_main(["--checkpoint", str(root), "--split", "test", "--out", str(tmp_path), "--no-progress",
                     "--no-meteor"]) == 0
     assert capsys.readouterr().out.splitlines()[0] == f"checkpoint: {best}"
     report = json.loads((tmp_path / "metrics.json").read_text())

@@ -14,6 +14,7 @@ from conftest import moving_square
 from PIL import Image
 
 from captioner import evaluate as ev
+from captioner.cli.evaluate import main as evaluate_main
 from captioner.cli.caption import main as caption_command
 from captioner.report import MIN_THUMB_HEIGHT, THUMB_HEIGHT, Card, per_video_metrics, render, strip_height, strip_jpeg
 
@@ -123,7 +124,7 @@ def evaluated_html(trained, tmp_path_factory):
     """`captioner evaluate --html` on the tiny trained checkpoint's test split (features from the cache)."""
     _, _, best = trained
     out = tmp_path_factory.mktemp("eval html")
-    assert ev.main(["--checkpoint", str(best), "--out", str(out), "--no-progress", "--no-meteor", "--html"]) == 0
+    assert evaluate_main(["--checkpoint", str(best), "--out", str(out), "--no-progress", "--no-meteor", "--html"]) == 0
     predictions = json.loads((out / "predictions.json").read_text())
     assert json.loads((out / "metrics.json").read_text())["html"] == str(out / "report.html")
     return out / "report.html", predictions
@@ -186,7 +187,7 @@ def test_html_path_in_a_missing_folder_is_refused_before_any_work(trained, tmp_p
     _, _, best = trained
     target = tmp_path / "nowhere" / "r.html"
     assert caption_command(["x.mp4", "-c", str(best), "--html", str(target)]) == 2
-    assert ev.main(["--checkpoint", str(best), "--html", str(tmp_path), "--no-progress"]) == 2
+    assert evaluate_main(["--checkpoint", str(best), "--html", str(tmp_path), "--no-progress"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert err == [f"captioner caption: error: --html {target}: the folder {target.parent} does not exist "
                    "(create it first)",

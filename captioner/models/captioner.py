@@ -275,17 +275,16 @@ class VideoCaptioner(nn.Module):
         `seek="keyframe"` samples the frames approximately, much faster on long videos (see `read_frames`).
         `with_scores=True` gives a `ScoredCaption` per video (see `caption_features`).
 
-        Raises `VideoReadError` naming the first unreadable file (`captioner.inference.caption_videos` instead
-        reports each failure and captions the other files).
+        Raises `VideoReadError` naming the first unreadable file (`captioner.inference.caption_videos`, the loop this
+        runs, instead reports each failure and captions the other files).
         """
-        from captioner.inference import expand_video_paths
+        from captioner.inference import caption_videos
 
-        paths = expand_video_paths([paths] if isinstance(paths, (str, os.PathLike)) else paths)
-        captions: list = []
-        for start in range(0, len(paths), batch_size):
-            clips = [self.read_clip(p, seek=seek) for p in paths[start : start + batch_size]]
-            captions += self.caption_clips(clips, with_scores=with_scores, **generate_kwargs)
-        return captions
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        results = caption_videos(self, paths, batch_size, seek=seek, strict=True, **generate_kwargs)
+        if not with_scores:
+            return [r.caption for r in results]
+        return [ScoredCaption(r.caption, r.score, r.familiarity, r.in_domain) for r in results]
 
     @classmethod
     def from_checkpoint(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "VideoCaptioner":
