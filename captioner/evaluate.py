@@ -212,7 +212,7 @@ def evaluate(
     if html is not None:
         from captioner.report import FrameStrips
 
-        strips = FrameStrips.attach(model)  # strips of the clips encoded from the video: not decoded twice
+        strips = FrameStrips()  # strips of the clips encoded from the video: not decoded twice
     with tqdm(total=len(clips), desc=f"Captioning {split}", unit="clip", disable=not progress) as bar:
         for start in range(0, len(clips), batch_size):
             batch, feats = [], []
@@ -221,10 +221,10 @@ def evaluate(
                     if cache.has(clip.id):
                         f = cache.load(clip.id)
                     else:
-                        frames = model.read_clip(clip.path).to(dev)
-                        with torch.no_grad():
-                            enc = model.encoder.eval()
-                            f = enc(enc.preprocess(frames).unsqueeze(0))[0]  # (T, 3, S, S) -> (T, D)
+                        frames = model.read_clip(clip.path)
+                        if strips is not None:
+                            strips.add(clip.path, frames)
+                        f = model.encoder.eval().encode_clips([frames])[0]  # (T, H, W, 3) -> (T, D)
                         from_video += 1
                 except VideoReadError as err:
                     skipped.append({"video": clip.id, "reason": err.reason})

@@ -88,28 +88,19 @@ def strip_jpeg(frames: "torch.Tensor", height: Optional[int] = None, quality: in
 
 
 class FrameStrips:
-    """Frame strips of the clips a `VideoCaptioner` reads, made as it reads them: the report decodes no clip twice.
+    """Frame strips of the clips captioning reads, made as it reads them: the report decodes no clip twice.
 
-    `FrameStrips.attach(model)` wraps that model's `read_clip` (an instance attribute: other models are untouched);
-    `strips` maps the path as given to `read_clip` to its JPEG strip.
+    `add` is the `on_clip` hook of `captioner.inference.caption_videos`; `strips` maps a path, as read, to its JPEG
+    strip.
     """
 
     def __init__(self, height: Optional[int] = None):
         self.height = height
         self.strips: dict[str, bytes] = {}
 
-    @classmethod
-    def attach(cls, model: "VideoCaptioner", height: Optional[int] = None) -> "FrameStrips":
-        recorder = cls(height)
-        read_clip = model.read_clip
-
-        def recording_read_clip(path, *args, **kwargs):
-            frames = read_clip(path, *args, **kwargs)
-            recorder.strips[str(path)] = strip_jpeg(frames, recorder.height)
-            return frames
-
-        model.read_clip = recording_read_clip
-        return recorder
+    def add(self, path: PathLike, frames: "torch.Tensor") -> None:
+        """Keep the strip of `frames` `(T, H, W, 3)` uint8, read from `path`."""
+        self.strips[str(path)] = strip_jpeg(frames, self.height)
 
 
 def check_report_path(path: PathLike) -> Path:

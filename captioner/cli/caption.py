@@ -187,10 +187,11 @@ def _run(args: argparse.Namespace) -> int:
     if args.html:
         from captioner.report import FrameStrips
 
-        strips, shown = FrameStrips.attach(model), []  # the report's frames, kept as each video is read
+        strips, shown = FrameStrips(), []  # the report's frames, kept as each video is read
     seek = None if args.fast_seek is None else ("keyframe" if args.fast_seek else "exact")
     for result in caption_videos(model, args.videos, batch_size=args.batch_size, num_frames=args.frames, seek=seek,
-                                 progress=args.progress, **generate_kwargs):
+                                 progress=args.progress, on_clip=strips.add if args.html else None,
+                                 **generate_kwargs):
         total += 1
         if args.html:
             shown.append(result)
