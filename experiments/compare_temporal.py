@@ -14,11 +14,16 @@ from captioner.models.temporal import TEMPORAL_CHOICES
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "dir_bleu4", "direction_acc")
 
 
+def run_args(temporal: str, grid: int, root: Path, extra: list[str]) -> list[str]:
+    """The training command line of one run: synthetic config + the temporal choice + the feature grid."""
+    return ["--config", str(CONFIG_DIR / "synthetic.yaml"), f"--model.temporal={temporal}",
+            f"--data.features.spatial_grid={grid}", f"--trainer.default_root_dir={root / f'grid{grid}-{temporal}'}",
+            *extra]
+
+
 def run(temporal: str, grid: int, root: Path, extra: list[str]) -> dict:
-    """One training run (synthetic config + the temporal choice + the feature grid); returns its test metrics."""
-    args = ["--config", str(CONFIG_DIR / "synthetic.yaml"), f"--model.temporal={temporal}",
-            f"--data.spatial_grid={grid}", f"--trainer.default_root_dir={root / f'grid{grid}-{temporal}'}", *extra]
-    metrics = train_main(args)
+    """One training run (see `run_args`); returns its test metrics."""
+    metrics = train_main(run_args(temporal, grid, root, extra))
     return {k.split("/", 1)[1]: v for k, v in metrics.items() if k.startswith("test/")}
 
 

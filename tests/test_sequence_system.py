@@ -12,6 +12,7 @@ import torch
 import yaml
 from pytorch_lightning.callbacks import EarlyStopping
 
+from captioner.sequence.model import SequenceModel
 from captioner.sequence.tasks import SequenceDataModule, complete_word, predict_next_letter
 from captioner.sequence.system import SequenceSystem
 
@@ -47,8 +48,12 @@ def fit_until(tmp_path, system, dm, max_epochs, threshold=0.99, **kwargs) -> flo
     return float(t.callback_metrics["val/acc"])
 
 
-def signature_defaults(cls) -> dict:
-    return {k: p.default for k, p in inspect.signature(cls.__init__).parameters.items() if k != "self"}
+def signature_defaults(*classes) -> dict:
+    """The named arguments with defaults of `classes`' __init__s (a keyword catch-all left out), first class first."""
+    return {
+        k: p.default for cls in classes for k, p in inspect.signature(cls.__init__).parameters.items()
+        if k != "self" and p.kind is not p.VAR_KEYWORD and p.default is not p.empty
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=lambda p: p.stem)
@@ -65,12 +70,26 @@ def test_config_parses_and_model_matches_data(config, tmp_path):
     # Every argument the YAML leaves out must keep this class's own default (nothing inherited from the
     # CLI's default classes, which share argument names such as dropout and weight_decay).
     raw = yaml.safe_load(config.read_text())
-    for section, obj, cls in (("model", model, SequenceSystem), ("data", data, SequenceDataModule)):
+    # SequenceSystem takes the model's settings through to SequenceModel, whose signature holds their defaults
+    sections = (("model", model, (SequenceSystem, SequenceModel)), ("data", data, (SequenceDataModule,)))
+    for section, obj, classes in sections:
         given = raw[section]["init_args"]
-        for name, default in signature_defaults(cls).items():
+        for name, default in signature_defaults(*classes).items():
             expected = given.get(name, default)
             assert obj.hparams[name] == expected, f"{config.name}: {section}.{name}"
     assert str(cli.trainer.default_root_dir) == str(tmp_path)
+
+
+def test_hyperparameters_state_every_model_setting():
+    system = SequenceSystem(vocab_size=3, mode="many_to_one", hidden_dim=8, lr=0.1)
+    model_defaults = signature_defaults(SequenceModel)
+    assert set(system.hparams) == set(model_defaults) | {"vocab_size", "num_classes", "optimizer", "lr", "momentum",
+                                                         "weight_decay"}
+    assert system.hparams.cell == model_defaults["cell"] and system.hparams.hidden_dim == 8
+    assert (system.model.mode, system.model.hidden_dim, system.model.vocab_size) == ("many_to_one", 8, 3)
+    assert system.hparams_initial == system.hparams  # what the logger writes to hparams.yaml
+    with pytest.raises(TypeError, match="cel"):
+        SequenceSystem(cel="gru")  # a misspelt setting is refused, not ignored
 
 
 def test_mismatched_model_and_data_are_caught(tmp_path):

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional
+import inspect
+from typing import Any, Literal, Optional
 
 import torch
 import torch.nn.functional as F
@@ -11,9 +12,8 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
 from captioner.checkpointing import with_user_checkpoints
-from captioner.sequence.model import Cell, GateInit, Mode, SequenceModel
-
-IGNORE_INDEX = -100  # padding in targets (same value as captioner.sequence.tasks.IGNORE_INDEX)
+from captioner.sequence.model import SequenceModel
+from captioner.sequence.tasks import IGNORE_INDEX
 
 
 class SequenceSystem(LightningModule):
@@ -26,25 +26,17 @@ class SequenceSystem(LightningModule):
     Args:
         vocab_size: Input tokens; must match the data (`SequenceDataModule.vocab_size`).
         num_classes: Outputs; must match the data (`SequenceDataModule.num_classes`).
-        mode: "many_to_one" or "many_to_many"; must match the data.
-        cell: "rnn", "gru" or "lstm".
-        embed_dim: Token embedding size.
-        hidden_dim: Hidden state size per direction.
-        num_layers: Stacked recurrent layers.
-        bidirectional: Read the sequence both ways.
-        dropout: Dropout between layers and before the head.
-        nonlinearity: "tanh" or "relu" for cell="rnn".
-        gate_init: "default" or "chrono" (gated cells' memory time scales up to chrono_max_len).
-        chrono_max_len: Longest time scale for gate_init="chrono".
-        recurrent_gain: Orthogonal hidden-to-hidden init times this gain, if set.
-        padding_idx: Input padding token, if any (next_letter uses 0).
         optimizer: "adam" or "sgd" (SGD shows exploding gradients most plainly: no per-weight rescaling).
         lr: Learning rate.
         momentum: SGD momentum.
         weight_decay: L2 penalty.
+        **model_args: The rest of `SequenceModel`'s settings (mode, which must match the data, cell, embed_dim,
+            hidden_dim, num_layers, bidirectional, dropout, nonlinearity, gate_init, chrono_max_len,
+            recurrent_gain, padding_idx), typed and documented there once. The CLI reads them from that signature
+            (`--model.init_args.cell gru`), and the hyperparameters hold all of them, defaults filled in.
     """
 
-    # the settings that shape the weights: a checkpoint resumes only with the same (`captioner.cli`)
+    # the settings that shape the weights: a checkpoint resumes only with the same (`captioner.cli.train`)
     ARCHITECTURE = ("vocab_size", "num_classes", "mode", "cell", "embed_dim", "hidden_dim", "num_layers",
                     "bidirectional")
 
@@ -52,41 +44,21 @@ class SequenceSystem(LightningModule):
         self,
         vocab_size: int = 8,
         num_classes: int = 2,
-        mode: Mode = "many_to_many",
-        cell: Cell = "lstm",
-        embed_dim: int = 32,
-        hidden_dim: int = 64,
-        num_layers: int = 1,
-        bidirectional: bool = False,
-        dropout: float = 0.0,
-        nonlinearity: Literal["tanh", "relu"] = "tanh",
-        gate_init: GateInit = "default",
-        chrono_max_len: int = 200,
-        recurrent_gain: Optional[float] = None,
-        padding_idx: Optional[int] = None,
+        *,
         optimizer: Literal["adam", "sgd"] = "adam",
         lr: float = 3e-3,
         momentum: float = 0.0,
         weight_decay: float = 0.0,
+        **model_args: Any,
     ) -> None:
         super().__init__()
+        self.model = SequenceModel(vocab_size, num_classes, **model_args)
+        settings = inspect.signature(SequenceModel).bind(vocab_size, num_classes, **model_args)
+        settings.apply_defaults()
+        # save_hyperparameters reads this frame's arguments: with the model's defaults filled in, a checkpoint states
+        # every setting, as it did when this class retyped them (under the CLI it records the CLI's values instead)
+        model_args = {k: v for k, v in settings.arguments.items() if k not in ("vocab_size", "num_classes")}
         self.save_hyperparameters()
-        self.model = SequenceModel(
-            vocab_size=vocab_size,
-            num_classes=num_classes,
-            mode=mode,
-            cell=cell,
-            embed_dim=embed_dim,
-            hidden_dim=hidden_dim,
-            num_layers=num_layers,
-            bidirectional=bidirectional,
-            dropout=dropout,
-            nonlinearity=nonlinearity,
-            gate_init=gate_init,
-            chrono_max_len=chrono_max_len,
-            recurrent_gain=recurrent_gain,
-            padding_idx=padding_idx,
-        )
 
     def forward(self, tokens: Tensor) -> Tensor:
         """Logits (B, C) or (B, T, C), see SequenceModel."""

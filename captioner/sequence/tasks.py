@@ -156,13 +156,18 @@ def next_letter_oracle_accuracy(words: Sequence[str]) -> float:
     return best / sum(len(w) for w in words)
 
 
+def _prefix_tokens(model: "SequenceModel", prefix: str, vocab: CharVocab) -> Tensor:
+    """`prefix` as a batch of one, (1, P), on the model's device."""
+    if not prefix:
+        raise ValueError("the model predicts from a prefix of at least one letter")
+    return torch.tensor([vocab.encode(prefix)], device=model.head.weight.device)
+
+
 @torch.no_grad()
 def predict_next_letter(model: "SequenceModel", prefix: str, vocab: Optional[CharVocab] = None) -> str:
     """The letter a next-letter model expects after `prefix` ("" if it expects the word to end)."""
     vocab = vocab or CharVocab()
-    if not prefix:
-        raise ValueError("the model predicts from a prefix of at least one letter")
-    tokens = torch.tensor([vocab.encode(prefix)], device=model.head.weight.device)  # (1, P)
+    tokens = _prefix_tokens(model, prefix, vocab)  # (1, P)
     return vocab.decode(model(tokens)[0, -1].argmax(-1, keepdim=True))
 
 
@@ -170,9 +175,7 @@ def predict_next_letter(model: "SequenceModel", prefix: str, vocab: Optional[Cha
 def complete_word(model: "SequenceModel", prefix: str, vocab: Optional[CharVocab] = None, max_len: int = 20) -> str:
     """Greedily extend `prefix` letter by letter until the model predicts the end of the word."""
     vocab = vocab or CharVocab()
-    if not prefix:
-        raise ValueError("the model predicts from a prefix of at least one letter")
-    tokens = torch.tensor([vocab.encode(prefix)], device=model.head.weight.device)  # (1, P)
+    tokens = _prefix_tokens(model, prefix, vocab)  # (1, P)
     out = model.generate(tokens, max_new_tokens=max(max_len - len(prefix), 0), eos_index=vocab.eos_index)
     return vocab.decode(out[0])
 

@@ -1,9 +1,14 @@
-"""Tests for the RNN/GRU/LSTM comparison command: tables, plots, and a one-epoch end-to-end run."""
+"""Tests for the experiments: the RNN/GRU/LSTM comparison (tables, plots, a one-epoch run) and the temporal one."""
 
 import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
+from experiments import compare_temporal
 from experiments.compare_rnn import clipping_table, compare, long_range_table, plot_accuracy_vs_length
 
 
@@ -47,3 +52,37 @@ def test_compare_end_to_end_one_epoch(tmp_path):
     assert set(runs) == {"no_clip", "clip_1"}
     assert float(runs["clip_1"]["max_applied_norm"]) <= 1.0 + 1e-4
     assert float(runs["no_clip"]["max_grad_norm"]) > float(runs["clip_1"]["max_applied_norm"])
+
+
+@pytest.mark.parametrize("script", ["compare_rnn.py", "compare_temporal.py"])
+def test_experiment_runs_as_a_script(script):
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, str(root / "experiments" / script), "--help"], cwd=root,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "--out" in done.stdout
+
+
+def test_compare_temporal_runs_are_settings_the_cli_takes(tmp_path):
+    from captioner.cli.train import build_cli
+
+    cli = build_cli(compare_temporal.run_args("gru", 2, tmp_path, ["--trainer.max_epochs", "1"]))
+    assert cli.model.hparams.temporal == "gru" and cli.datamodule.spec.spatial_grid == 2
+    assert str(cli.trainer.default_root_dir) == str(tmp_path / "grid2-gru") and cli.trainer.max_epochs == 1
+
+
+def test_compare_temporal_writes_the_table(tmp_path, monkeypatch):
+    calls = []
+
+    def fake_train(args):
+        calls.append(args)
+        return {"test/bleu4": 0.5, "test/direction_acc": 0.75, "val/bleu4": 0.1}
+
+    monkeypatch.setattr(compare_temporal, "train_main", fake_train)
+    assert compare_temporal.main(["--temporal", "mean", "gru", "--grids", "1", "--out", str(tmp_path)]) == 0
+    assert len(calls) == 2
+    table = (tmp_path / "table.md").read_text().splitlines()
+    assert table[2].startswith("| mean | global pool |") and "0.500" in table[2] and "0.750" in table[2]
+    assert "| nan |" in table[2]  # a metric the run did not report
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert [r["temporal"] for r in results] == ["mean", "gru"] and "val/bleu4" not in results[0]
