@@ -1,23 +1,75 @@
-"""Files written atomically (checkpoints, reports, JSON), and the systems' checkpoint callbacks beside a user's own."""
+"""Checkpoint files and other outputs written atomically; finding, safely reading and resuming checkpoints."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import random
 import re
 from pathlib import Path
-from typing import Any, Optional
+from typing import IO, Any, Iterator, Optional, Sequence
 
 import torch
 from fsspec.core import url_to_fs
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    """Write `text` to `.<name>.<pid>.tmp` next to `path`, then rename it: a kill leaves the old file or the new."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+class CheckpointError(ValueError):
+    """A file is missing or is not a captioner checkpoint."""
+
+
+# ----------------------------------------------------------------------------------------------- atomic writing
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, temp_name: Optional[str] = None) -> Iterator[Path]:
+    """A temporary path next to `path` for the caller to write; renamed to `path` when the block ends cleanly.
+
+    A rename within one folder is atomic: a kill at any moment leaves the old file or the new one, complete. On an
+    error the temporary file is deleted and `path` is left as it was.
+
+    Args:
+        temp_name: the temporary file's name in `path`'s folder; default `.<name>.<pid>.tmp` (hidden, and never
+            taken for the file itself by a reader globbing the folder).
+    """
+    path = Path(path)
+    tmp = path.with_name(temp_name or f".{path.name}.{os.getpid()}.tmp")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = False,
+                 temp_name: Optional[str] = None) -> Iterator[IO]:
+    """`open(path, mode)` for writing (text in UTF-8), atomically: see `atomic_path`.
+
+    `fsync`: the data is on disk before the name points to it (a power cut cannot leave an empty file in place).
+    """
+    with atomic_path(path, temp_name) as tmp:
+        with open(tmp, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as f:
+            yield f
+            if fsync:
+                f.flush()
+                os.fsync(f.fileno())
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` atomically (see `atomic_write`)."""
+    with atomic_write(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: str | os.PathLike, data) -> None:
+    """Write `data` as indented UTF-8 JSON to `path` atomically, creating its folder: readers never see part of it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -37,15 +89,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         prefix = _temp_prefix(path.name)
-        tmp = path.with_name(f"{prefix}{os.getpid()}.tmp")
-        try:
-            with open(tmp, "wb") as f:
-                torch.save(checkpoint, f)
-                f.flush()
-                os.fsync(f.fileno())  # the data is on disk before the name points to it
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        with atomic_write(path, "wb", fsync=True, temp_name=f"{prefix}{os.getpid()}.tmp") as f:
+            torch.save(checkpoint, f)
         # a run killed by SIGKILL mid-write leaves its temporary file: once a newer checkpoint of that name is in
         # place, those are garbage (one process writes a given checkpoint name)
         for stale in path.parent.iterdir():
@@ -139,3 +184,159 @@ def with_user_checkpoints(trainer, *own: ModelCheckpoint) -> list[ModelCheckpoin
     users = [cb for cb in (trainer.callbacks if trainer is not None else [])
              if type(cb) is ModelCheckpoint and not getattr(cb, _OWN, False) and _settings(cb) != default]
     return [*own, *users]
+
+
+class SaveOnSigterm(Callback):
+    """On SIGTERM (SLURM preemption, `scancel`), save `hpc_ckpt_<n>.ckpt` in the run folder before stopping.
+
+    Lightning stops at the end of the current training step when it receives SIGTERM but saves nothing; its
+    SIGUSR1 handler (SLURM's `--signal`) saves the same file and requeues the job. Lightning resumes from the
+    newest `hpc_ckpt_<n>.ckpt` of the run folder on its own when a job starts under SLURM.
+    """
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
+            path = next_hpc_checkpoint(trainer.default_root_dir)
+            trainer.save_checkpoint(path)
+            rank_zero_info(f"SIGTERM: saved {path}")
+
+
+# ----------------------------------------------------------------------------------------------- resume state
+
+
+def collect_rng_states() -> dict:
+    """The global random states (Python, NumPy, torch CPU and CUDA) as plain values and tensors (weights-only safe)."""
+    import numpy as np
+
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
+              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def set_rng_states(states: dict) -> None:
+    """Restore what `collect_rng_states` collected (the CUDA states only on as many devices as it saw)."""
+    import numpy as np
+
+    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
+    torch.set_rng_state(states["torch"])
+    kind, keys, pos, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(states["cuda"])
+
+
+# ----------------------------------------------------------------------------------------------- finding and reading
+
+_SCORE = re.compile(r"(?:bleu4_|cider_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
+_VERSION = re.compile(r"version_\d+")
+
+
+def run_folder(checkpoint: str | os.PathLike) -> Path:
+    """The run a checkpoint file belongs to: the Trainer's `default_root_dir`, above `<logger name>/version_<N>/`
+    (`runs/synthetic` for `runs/synthetic/logs/version_1/checkpoints/last.ckpt`); the file's own folder when it
+    lies in no version folder (a `ModelCheckpoint` given its own `dirpath`)."""
+    checkpoint = Path(checkpoint)
+    for folder in checkpoint.parents:
+        if _VERSION.fullmatch(folder.name):
+            return folder.parent.parent
+    return checkpoint.parent
+
+
+def best_checkpoint(files: Sequence[str | os.PathLike]) -> Path:
+    """The best of `files`: the highest score in the name (`epoch18-bleu4_0.5616.ckpt`), the newest on a tie or
+    when no name has a score."""
+
+    def rank(f: Path) -> tuple:
+        score = _SCORE.search(f.name)
+        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
+
+    return max(map(Path, files), key=rank)
+
+
+def best_of_run(run_dir: str | os.PathLike, current_best: str | os.PathLike) -> Path:
+    """The best checkpoint of the run in `run_dir` (a Trainer's `default_root_dir`): `current_best` (this fit's)
+    or the best `epoch*.ckpt` an earlier fit of the run kept in its own version folder, by `find_checkpoint`'s rule.
+
+    A run resumed into a new version folder starts its `ModelCheckpoint` afresh there ("dirpath has changed"), so
+    the callback's `best_model_path` is the best of the newest version folder only. Other runs' checkpoints
+    (another `default_root_dir` beneath `run_dir`) are left out.
+    """
+    run_dir = Path(run_dir).resolve()
+    earlier = [f for f in run_dir.rglob("epoch*.ckpt")
+               if f.is_file() and _SCORE.search(f.name) and run_folder(f.resolve()) == run_dir]
+    return best_checkpoint([Path(current_best), *earlier])
+
+
+def find_checkpoint(path: str | os.PathLike) -> Path:
+    """`path` itself when it is a file. For a folder (a run root such as `runs/synthetic`, a version folder, a
+    `checkpoints/` folder), the best checkpoint beneath it: among the `epoch*.ckpt` files training keeps (one per
+    run version, the best on the validation metric, whose score the name carries: `epoch18-bleu4_0.5616.ckpt`),
+    the highest score, the newest on a tie or when no name has a score; else the newest `last.ckpt`. A run resumed
+    into a new version folder keeps a best checkpoint in each, so the highest score, not the newest file, is the
+    run's best. Scores are compared within one run only: a folder above several runs (`runs/`, holding
+    `runs/synthetic` and `runs/msvd`: other datasets, other test sets) is refused (see `run_folder`).
+
+    Raises:
+        CheckpointError: `path` does not exist, the folder holds no checkpoint, or checkpoints of several runs.
+    """
+    path = Path(path)
+    if not path.is_dir():
+        if not path.is_file():
+            raise CheckpointError(f"{path}: checkpoint not found")
+        return path
+    found = {pattern: [f for f in path.rglob(pattern) if f.is_file()] for pattern in ("epoch*.ckpt", "last.ckpt")}
+    runs = sorted({run_folder(f) for files in found.values() for f in files})
+    if len(runs) > 1:
+        listed = ", ".join(map(str, runs[:5])) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
+        raise CheckpointError(f"{path}: holds the checkpoints of {len(runs)} runs ({listed}), whose scores are not "
+                              "comparable: pass one run folder or a checkpoint file")
+    for files in found.values():
+        if files:
+            return best_checkpoint(files)
+    raise CheckpointError(f"{path}: no checkpoint in this folder (looked for epoch*.ckpt and last.ckpt beneath it)")
+
+
+def _load_failure(err: Exception) -> str:
+    """A one-line reason from `torch.load`'s error (its weights-only refusals span a paragraph)."""
+    text = str(err).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # not a pickle at all, or one that asks to run code: keep only the refused item
+        detail = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
+        return f"not a PyTorch checkpoint, or one holding objects a safe load refuses: {detail}"
+    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
+
+
+def load_safely(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> Any:
+    """`torch.load(path)` with `weights_only=True`: no code in the file runs, whatever torch's default.
+
+    `mmap`: map the file instead of reading it (where torch can: its zip format), for a caller that reads only the
+    hyperparameters of a file whose weights are loaded elsewhere.
+
+    Raises:
+        CheckpointError: `<path>: not a loadable checkpoint (<one-line reason>)`.
+    """
+    import zipfile
+
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except Exception as err:  # not a checkpoint, or one asking to run code (which the safe load refuses)
+        raise CheckpointError(f"{path}: not a loadable checkpoint ({_load_failure(err)})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bool = False) -> dict:
+    """A captioner checkpoint file's contents, loaded safely (`load_safely`) and checked to hold what a captioner
+    is rebuilt from: `hyper_parameters` with the vocabulary and feature spec, and a `state_dict`.
+
+    Raises:
+        CheckpointError: the file is unreadable or not a captioner checkpoint.
+    """
+    ckpt = load_safely(path, map_location, mmap)
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not isinstance(hp, dict) or not hp.get("vocab") or not hp.get("feature_spec") or "state_dict" not in ckpt:
+        raise CheckpointError(f"{path}: not a captioner checkpoint (no vocabulary or feature spec inside)")
+    if not isinstance(ckpt["state_dict"], dict):
+        raise CheckpointError(f"{path}: not a captioner checkpoint (its state_dict is not a dict)")
+    return ckpt

@@ -31,6 +31,7 @@ from typing import Optional, Sequence
 
 import torch
 
+from captioner.checkpointing import write_json_atomic
 from captioner.metrics import bleu_scores
 
 TOKENIZERS = ("project", "ptb")
@@ -185,7 +186,8 @@ def evaluate(
     from captioner.features.cache import FeatureCache
     from captioner.data.video import VideoReadError
     from captioner.inference import resolve_device
-    from captioner.models.captioner import VideoCaptioner, find_checkpoint
+    from captioner.checkpointing import find_checkpoint
+    from captioner.models.captioner import VideoCaptioner
 
     checkpoint = find_checkpoint(checkpoint)
     dev = resolve_device(device)
@@ -261,18 +263,11 @@ def evaluate(
         "skipped": skipped,
         "predictions": str(out_dir / "predictions.json"),
     }
-    _write_json(out_dir / "predictions.json", predictions)
+    write_json_atomic(out_dir / "predictions.json", predictions)
     if html is not None:
         from captioner.report import write_evaluation_report
 
         report["html"] = str(write_evaluation_report(out_dir / "report.html" if html is True else html, report,
                                                      predictions, clips, model, strips, progress))
-    _write_json(out_dir / "metrics.json", report)
+    write_json_atomic(out_dir / "metrics.json", report)
     return report
-
-
-def _write_json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)

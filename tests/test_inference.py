@@ -174,7 +174,7 @@ def test_resolve_device():
 def test_find_checkpoint_prefers_the_best_score_then_the_newest_then_last(tmp_path):
     import os
 
-    from captioner.models.captioner import CheckpointError, find_checkpoint
+    from captioner.checkpointing import CheckpointError, find_checkpoint
 
     first, resumed = tmp_path / "version_0" / "checkpoints", tmp_path / "version_1" / "checkpoints"
     for folder in (first, resumed):
@@ -202,7 +202,7 @@ def test_find_checkpoint_prefers_the_best_score_then_the_newest_then_last(tmp_pa
 
 
 def test_find_checkpoint_refuses_a_folder_above_several_runs(tmp_path):
-    from captioner.models.captioner import CheckpointError, find_checkpoint, run_folder
+    from captioner.checkpointing import CheckpointError, find_checkpoint, run_folder
 
     runs = tmp_path / "runs"
     synthetic, msvd = runs / "synthetic" / "logs", runs / "msvd" / "logs"

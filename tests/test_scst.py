@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from captioner.models.captioner import find_checkpoint
+from captioner.checkpointing import find_checkpoint
 
 
 def test_val_cider_as_monitor_names_and_finds_the_best_checkpoint(tiny_datamodule_args, tmp_path):

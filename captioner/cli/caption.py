@@ -129,9 +129,10 @@ def main(argv: Optional[list[str]] = None) -> int:
 def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
+    from captioner.checkpointing import CheckpointError
     from captioner.errors import UserError
     from captioner.inference import caption_videos, resolve_device
-    from captioner.models.captioner import CheckpointError, VideoCaptioner
+    from captioner.models.captioner import VideoCaptioner
 
     if args.threads is not None:
         import torch

@@ -48,8 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[list[str]] = None) -> int:
     """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 2 for a bad checkpoint or setting
     (or backbone weights neither here nor downloadable), 1 on another error."""
+    from captioner.checkpointing import CheckpointError
     from captioner.errors import UserError
-    from captioner.models.captioner import CheckpointError
 
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     try:

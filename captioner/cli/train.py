@@ -8,7 +8,6 @@ import json
 import os
 import sys
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Optional
 
@@ -121,23 +120,19 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
         SettingsError: one line naming each setting that differs, the checkpoint's value and the one given.
         DataNotFoundError: `ckpt_path` does not exist.
     """
-    import torch
-
-    from captioner.features.cache import FeatureSpec
+    from captioner.checkpointing import CheckpointError, load_safely
     from captioner.errors import DataNotFoundError, SettingsError
+    from captioner.features.cache import FeatureSpec
 
     if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
         return
     if not os.path.isfile(ckpt_path):
         raise DataNotFoundError(f"--ckpt_path {ckpt_path}: no such checkpoint file")
     try:
-        # memory-mapped: only the hyperparameters are read here, the weights once, by Lightning's own load (torch
-        # maps only its zip format; an older file or one that is no checkpoint is read as it is)
-        ckpt = torch.load(ckpt_path, map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(ckpt_path))
-    except Exception as err:  # not a checkpoint, or one asking to run code (which the safe load refuses)
-        from captioner.models.captioner import _load_failure
-
-        raise SettingsError(f"--ckpt_path {ckpt_path}: not a loadable checkpoint ({_load_failure(err)})") from None
+        # memory-mapped: only the hyperparameters are read here, the weights once, by Lightning's own load
+        ckpt = load_safely(ckpt_path, mmap=True)
+    except CheckpointError as err:  # not a checkpoint, or one asking to run code (which the safe load refuses)
+        raise SettingsError(f"--ckpt_path {err}") from None
     differs: list[str] = []
 
     def compare(name: str, was, now) -> None:
@@ -196,7 +191,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     ckpt_cb = trainer.checkpoint_callback
     best = fit_best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best and trainer.ckpt_path:  # resumed: the run's earlier version folders keep their own best checkpoints
-        from captioner.models.captioner import best_of_run
+        from captioner.checkpointing import best_of_run
 
         best = str(best_of_run(trainer.default_root_dir, best))
         if trainer.is_global_zero and Path(best).resolve() != Path(fit_best).resolve():

@@ -271,18 +271,34 @@ class CaptioningDataModule(pl.LightningDataModule):
         """Page-locked batches copy to a GPU asynchronously (Lightning moves them with `non_blocking`)."""
         return self.trainer is not None and self.trainer.strategy.root_device.type == "cuda"
 
+    def use_vocabulary(self, vocab: Vocabulary) -> None:
+        """Encode the training captions with `vocab` (a checkpoint's, whose words its weights know) instead of the
+        one built from them at `setup`; saved in this module's state, so a resumed run keeps it."""
+        self.vocab = vocab
+
+    def extra_scores(self, hypotheses: list[str], references: list[list[str]], extras: list[dict]) -> dict:
+        """Scores this dataset adds to BLEU and CIDEr-D, from the clips' own annotations (`extras`): on the
+        synthetic set, those of the clips whose truth depends on frame order (`synthetic.motion_scores`)."""
+        from captioner.data.synthetic import motion_scores
+
+        return motion_scores(hypotheses, references, extras)
+
     def state_dict(self) -> dict:
-        """Where training is in the current epoch (saved in every checkpoint), so a resumed run skips what it saw."""
+        """The vocabulary, and where training is in the current epoch (saved in every checkpoint), so a resumed run
+        encodes captions as before and skips what it saw."""
+        state = {"vocab": list(self.vocab.itos)} if self.vocab is not None else {}
         trainer = self.trainer
         if trainer is None or self.train_sampler is None or trainer.state.fn != "fit":
-            return {}
+            return state
         epoch = trainer.current_epoch
         batches = trainer.fit_loop.epoch_loop.batch_progress.current.processed  # trained on, in this epoch
         if batches >= trainer.num_training_batches:  # the epoch is over: the next one starts from its beginning
             epoch, batches = epoch + 1, 0
-        return {"train_sampler": {"epoch": epoch, "samples_seen": batches * self.hparams.batch_size}}
+        return {**state, "train_sampler": {"epoch": epoch, "samples_seen": batches * self.hparams.batch_size}}
 
     def load_state_dict(self, state_dict: dict) -> None:
+        if state_dict.get("vocab"):  # absent from checkpoints saved before 2026-12-01
+            self.use_vocabulary(Vocabulary(state_dict["vocab"]))
         self._resume_state = state_dict.get("train_sampler")
         if self._resume_state and self.train_sampler is not None:
             self.train_sampler.resume(**self._resume_state)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from captioner.checkpointing import write_text_atomic
+from captioner.checkpointing import write_json_atomic
 from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, probe_video
 from captioner.data.vocab import tokenize
 
@@ -99,12 +99,6 @@ class PrepareReport:
                 if len(items) > limit:
                     lines.append(f"    ... ({len(items) - limit} more in the report file)")
         return "\n".join(lines)
-
-
-def write_json_atomic(path: Path, data) -> None:
-    """Write JSON under a temporary name, then rename: readers never see a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
 
 
 def index_videos(video_dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:

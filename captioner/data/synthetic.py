@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from captioner.checkpointing import atomic_path, write_text_atomic
+
 COLORS = {
     "red": (220, 30, 30),
     "green": (30, 190, 40),
@@ -73,6 +75,14 @@ def direction_report(hypotheses: list[str], references: list[list[str]], motions
     report = {f"dir_{k}": v for k, v in bleu_scores(hyps, refs).items()}
     report["direction_acc"] = sum(motion_of_caption(hypotheses[i]) == motions[i] for i in keep) / len(keep)
     return report
+
+
+def motion_scores(hypotheses: list[str], references: list[list[str]], extras: list[dict]) -> dict[str, float]:
+    """`direction_report` when every clip's annotation (`extras`, one dict per clip) names its motion, as the
+    synthetic set's do; empty for any other dataset."""
+    if not extras or not all("motion" in extra for extra in extras):
+        return {}
+    return direction_report(hypotheses, references, [extra["motion"] for extra in extras])
 
 
 @dataclass
@@ -191,8 +201,8 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 12) -> Non
     import av
 
     path = Path(path)
-    tmp = path.with_name(f".{path.stem}.tmp{path.suffix}")
-    with av.open(str(tmp), mode="w") as container:
+    # the temporary name keeps the extension, from which the container format is chosen
+    with atomic_path(path, f".{path.stem}.tmp{path.suffix}") as tmp, av.open(str(tmp), mode="w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height = frames.shape[2], frames.shape[1]
         stream.pix_fmt = "yuv420p"
@@ -205,7 +215,6 @@ def write_mp4(frames: np.ndarray, path: str | os.PathLike, fps: int = 12) -> Non
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-    os.replace(tmp, path)
 
 
 def generate_synthetic_dataset(
@@ -249,7 +258,5 @@ def generate_synthetic_dataset(
                   two_object_fraction=two_object_fraction)
     ann = {"name": "synthetic", "generator": params, "videos": entries}
     path = root / "annotations.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(ann, indent=1))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(ann, indent=1))
     return path

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.checkpointing import write_text_atomic
+from captioner.checkpointing import atomic_write, write_text_atomic
 from captioner.errors import SettingsError
 from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
 
@@ -104,9 +104,9 @@ class FeatureCache:
     def save(self, video_id: str, feats: torch.Tensor) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         final = self.path(video_id)
-        tmp = final.with_name(f".{final.stem}.{os.getpid()}.tmp.npy")
-        np.save(tmp, feats.detach().to("cpu", torch.float16).numpy())
-        os.replace(tmp, final)
+        # the temporary name `remove_stale_temp_files` globs for: `.<stem>.<pid>.tmp.npy`
+        with atomic_write(final, "wb", temp_name=f".{final.stem}.{os.getpid()}.tmp.npy") as f:
+            np.save(f, feats.detach().to("cpu", torch.float16).numpy())
 
     @property
     def report_path(self) -> Path:

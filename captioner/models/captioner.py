@@ -3,25 +3,22 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
-import re
 from pathlib import Path
-from typing import NamedTuple, Optional, Sequence
+from typing import Any, Mapping, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
-from captioner.features.cache import FeatureSpec
+from captioner.checkpointing import CheckpointError, find_checkpoint, read_checkpoint
 from captioner.data.vocab import Vocabulary
+from captioner.features.cache import FeatureSpec
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.encoder import FrameEncoder
 from captioner.models.familiarity import DomainSummary
-from captioner.models.temporal import MAX_FRAMES, TemporalEncoder
-
-
-class CheckpointError(ValueError):
-    """A file is missing or is not a captioner checkpoint."""
+from captioner.models.temporal import MAX_FRAMES, TemporalEncoder, TemporalKind
 
 
 class ScoredCaption(NamedTuple):
@@ -41,73 +38,44 @@ class ScoredCaption(NamedTuple):
     in_domain: Optional[bool] = None
 
 
-_SCORE = re.compile(r"(?:bleu4_|cider_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
-_VERSION = re.compile(r"version_\d+")
+CONFIG_KEY = "captioner_config"  # where a checkpoint keeps `CaptionerConfig.to_dict()`
 
 
-def run_folder(checkpoint: str | os.PathLike) -> Path:
-    """The run a checkpoint file belongs to: the Trainer's `default_root_dir`, above `<logger name>/version_<N>/`
-    (`runs/synthetic` for `runs/synthetic/logs/version_1/checkpoints/last.ckpt`); the file's own folder when it
-    lies in no version folder (a `ModelCheckpoint` given its own `dirpath`)."""
-    checkpoint = Path(checkpoint)
-    for folder in checkpoint.parents:
-        if _VERSION.fullmatch(folder.name):
-            return folder.parent.parent
-    return checkpoint.parent
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+    """The architecture of a `VideoCaptioner` besides its vocabulary and feature spec: the settings that shape its
+    modules, and the one place their defaults are stated (the training system's signature takes them from here).
 
+    A checkpoint stores it as a plain dict under `CONFIG_KEY` (safe to load with `weights_only`); checkpoints
+    written before 2026-12-01 hold it only in their flat `hyper_parameters` (`from_hparams` reads those).
 
-def best_checkpoint(files: Sequence[str | os.PathLike]) -> Path:
-    """The best of `files`: the highest score in the name (`epoch18-bleu4_0.5616.ckpt`), the newest on a tie or
-    when no name has a score."""
-
-    def rank(f: Path) -> tuple:
-        score = _SCORE.search(f.name)
-        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
-
-    return max(map(Path, files), key=rank)
-
-
-def best_of_run(run_dir: str | os.PathLike, current_best: str | os.PathLike) -> Path:
-    """The best checkpoint of the run in `run_dir` (a Trainer's `default_root_dir`): `current_best` (this fit's)
-    or the best `epoch*.ckpt` an earlier fit of the run kept in its own version folder, by `find_checkpoint`'s rule.
-
-    A run resumed into a new version folder starts its `ModelCheckpoint` afresh there ("dirpath has changed"), so
-    the callback's `best_model_path` is the best of the newest version folder only. Other runs' checkpoints
-    (another `default_root_dir` beneath `run_dir`) are left out.
+    Attributes:
+        feature_dim: size D of the per-frame features.
+        embed_dim: word embedding size (and the decoder's context size).
+        hidden_dim: decoder LSTM hidden size.
+        num_layers: stacked decoder LSTM layers.
+        temporal: how frames become the decoder's input (see `captioner.models.temporal`).
+        temporal_hidden_dim: hidden size of the recurrent temporal encoders.
+        dropout: dropout in the decoder and on the recurrent temporal encoders' input.
     """
-    run_dir = Path(run_dir).resolve()
-    earlier = [f for f in run_dir.rglob("epoch*.ckpt")
-               if f.is_file() and _SCORE.search(f.name) and run_folder(f.resolve()) == run_dir]
-    return best_checkpoint([Path(current_best), *earlier])
 
+    feature_dim: int
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    temporal: TemporalKind = "mean"
+    temporal_hidden_dim: int = 512
+    dropout: float = 0.3
 
-def find_checkpoint(path: str | os.PathLike) -> Path:
-    """`path` itself when it is a file. For a folder (a run root such as `runs/synthetic`, a version folder, a
-    `checkpoints/` folder), the best checkpoint beneath it: among the `epoch*.ckpt` files training keeps (one per
-    run version, the best on the validation metric, whose score the name carries: `epoch18-bleu4_0.5616.ckpt`),
-    the highest score, the newest on a tie or when no name has a score; else the newest `last.ckpt`. A run resumed
-    into a new version folder keeps a best checkpoint in each, so the highest score, not the newest file, is the
-    run's best. Scores are compared within one run only: a folder above several runs (`runs/`, holding
-    `runs/synthetic` and `runs/msvd`: other datasets, other test sets) is refused (see `run_folder`).
+    @classmethod
+    def from_hparams(cls, hp: Mapping[str, Any]) -> "CaptionerConfig":
+        """The config among flat hyperparameters (the system's, or a checkpoint's `hyper_parameters`); a setting
+        they lack (an older checkpoint's) takes its default."""
+        given = {f.name: hp[f.name] for f in dataclasses.fields(cls) if f.name in hp}
+        return cls(**{**given, "feature_dim": int(hp["feature_dim"])})
 
-    Raises:
-        CheckpointError: `path` does not exist, the folder holds no checkpoint, or checkpoints of several runs.
-    """
-    path = Path(path)
-    if not path.is_dir():
-        if not path.is_file():
-            raise CheckpointError(f"{path}: checkpoint not found")
-        return path
-    found = {pattern: [f for f in path.rglob(pattern) if f.is_file()] for pattern in ("epoch*.ckpt", "last.ckpt")}
-    runs = sorted({run_folder(f) for files in found.values() for f in files})
-    if len(runs) > 1:
-        listed = ", ".join(map(str, runs[:5])) + (f" and {len(runs) - 5} more" if len(runs) > 5 else "")
-        raise CheckpointError(f"{path}: holds the checkpoints of {len(runs)} runs ({listed}), whose scores are not "
-                              "comparable: pass one run folder or a checkpoint file")
-    for files in found.values():
-        if files:
-            return best_checkpoint(files)
-    raise CheckpointError(f"{path}: no checkpoint in this folder (looked for epoch*.ckpt and last.ckpt beneath it)")
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 class VideoCaptioner(nn.Module):
@@ -119,7 +87,8 @@ class VideoCaptioner(nn.Module):
 
     `generate_defaults` holds the beam size, maximum length and length penalty the checkpoint was evaluated
     with; the `caption*` methods use them unless given other values. `checkpoint_path` is the file it was
-    loaded from (`None` when built in code).
+    loaded from (`None` when built in code). `config` is the architecture it was built from (`from_config`);
+    `None` when composed of modules given here.
 
     Args:
         vocab: the word vocabulary.
@@ -139,12 +108,27 @@ class VideoCaptioner(nn.Module):
     ):
         super().__init__()
         self.vocab, self.spec = vocab, spec
+        self.config: Optional[CaptionerConfig] = None
         self.decoder = decoder
         self.pool = pool if pool is not None else TemporalEncoder("mean", decoder.video_norm.normalized_shape[0])
         self.generate_defaults: dict = {}  # beam_size / max_len / length_penalty / no_repeat_ngram; from a checkpoint
         self.domain: Optional[DomainSummary] = None  # the training videos' summary; from a checkpoint
         self.checkpoint_path: Optional[Path] = None  # the file `from_checkpoint` loaded
         self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
+
+    @classmethod
+    def from_config(cls, config: CaptionerConfig, vocab: Vocabulary, spec: FeatureSpec) -> "VideoCaptioner":
+        """A new captioner of the architecture `config` for `vocab` and features of `spec`, initialised from the
+        global random state (the temporal encoder first, then the decoder)."""
+        # the attention kind has a position per frame: as many as the data samples (at least the 64 of old checkpoints)
+        pool = TemporalEncoder(config.temporal, config.feature_dim, config.temporal_hidden_dim, config.dropout,
+                               max_frames=max(MAX_FRAMES, spec.num_frames))
+        decoder = CaptionDecoder(len(vocab), pool.output_dim, config.embed_dim, config.hidden_dim, config.num_layers,
+                                 config.dropout, memory_dim=pool.memory_dim, pad_id=vocab.pad_id, bos_id=vocab.bos_id,
+                                 eos_id=vocab.eos_id)
+        model = cls(vocab, decoder, spec, pool)
+        model.config = config
+        return model
 
     @property
     def encoder(self) -> FrameEncoder:
@@ -162,6 +146,52 @@ class VideoCaptioner(nn.Module):
         if self._encoder is not None:
             self._encoder._apply(fn, *args, **kwargs)
         return super()._apply(fn, *args, **kwargs)
+
+    def encode_video(self, feats: torch.Tensor, mask: Optional[torch.Tensor] = None):
+        """Per-frame features `(B, T, D)` (and an optional `(B, T)` mask of real frames) -> what the decoder reads:
+        `(video vector (B, Dv), attention memory (B, T, M) or None)`."""
+        return self.pool.encode(feats, mask)
+
+    def loss(self, feats: torch.Tensor, captions: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Teacher-forced, padding-masked cross-entropy of captions `(B, S)` (`<bos> w1 .. wn <eos> <pad>..`) given
+        their videos' features `(B, T, D)`."""
+        video, memory = self.encode_video(feats, mask)  # (B, T, D) -> (B, Dv), memory or None
+        return self.decoder.loss(video, captions, memory, mask)
+
+    def sample(self, encoded: tuple, num_samples: int = 5, max_len: int = 20, no_repeat_ngram: int = 0):
+        """`num_samples` captions drawn per video of `encoded` (`encode_video`'s output), with gradients, for
+        self-critical training: token ids `(B * K, <=max_len)` and each word's log-probability (see
+        `CaptionDecoder.sample`)."""
+        video, memory = encoded
+        return self.decoder.sample(video, num_samples, max_len, memory, no_repeat_ngram=no_repeat_ngram)
+
+    def greedy(self, encoded: tuple, max_len: int = 20, no_repeat_ngram: int = 3) -> torch.Tensor:
+        """The greedy captions `(B, <=max_len)` of `encoded` (`encode_video`'s output) as the model gives them: the
+        decoder in eval mode (no dropout), then back in its mode. Self-critical training's 2017 baseline."""
+        video, memory = encoded
+        was_training = self.decoder.training
+        self.decoder.eval()
+        try:
+            return self.decoder.greedy(video, max_len, memory, no_repeat_ngram=no_repeat_ngram)
+        finally:
+            self.decoder.train(was_training)
+
+    @torch.no_grad()
+    def video_vectors(self, feats: torch.Tensor) -> torch.Tensor:
+        """The video vectors `(B, Dv)` the decoder reads for features `(B, T, D)`, without dropout whatever the
+        model's mode: what `captioner.models.familiarity` compares."""
+        was_training = self.pool.training
+        self.pool.eval()
+        try:
+            return self.encode_video(feats.float())[0]
+        finally:
+            self.pool.train(was_training)
+
+    @property
+    def video_is_frame_mean(self) -> bool:
+        """Whether the video vector is the mean of the frame features (the mean and attention kinds), which no
+        weight changes."""
+        return self.pool.rnn is None
 
     def generate(
         self,
@@ -189,7 +219,7 @@ class VideoCaptioner(nn.Module):
         """
         dev = feats.device.type
         with torch.autocast(dev, enabled=False) if torch.is_autocast_enabled(dev) else contextlib.nullcontext():
-            video, memory = self.pool.encode(feats.float(), mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
+            video, memory = self.encode_video(feats.float(), mask)  # (B, T, D) -> (B, Dv), memory (B, T, M) or None
         if beam_size <= 1:
             ids, scores = self.decoder.greedy(video, max_len, memory, mask, no_repeat_ngram, return_scores=True)
         else:
@@ -250,9 +280,8 @@ class VideoCaptioner(nn.Module):
         if len(counts) > 1:
             raise ValueError(f"the clips have different frame counts ({', '.join(map(str, counts))}): sample the "
                              f"same number from each (read_clip samples the checkpoint's {self.spec.num_frames})")
-        enc = self.encoder.eval()
-        x = torch.stack([enc.preprocess(clip.to(self.device)) for clip in clips])  # (B, T, 3, S, S)
-        return self.caption_features(enc(x), with_scores=with_scores, **generate_kwargs)
+        feats = self.encoder.eval().encode_clips(clips)  # (B, T, H, W, 3) clips -> (B, T, D)
+        return self.caption_features(feats, with_scores=with_scores, **generate_kwargs)
 
     def read_clip(self, path: str | os.PathLike, num_frames: Optional[int] = None,
                   seek: Optional[str] = None) -> torch.Tensor:
@@ -297,20 +326,14 @@ class VideoCaptioner(nn.Module):
             CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
         """
         path = find_checkpoint(path)
+        ckpt = read_checkpoint(path, map_location)
+        hp = ckpt["hyper_parameters"]
         try:
-            ckpt = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"{path}: not a loadable checkpoint ({_load_failure(err)})") from None
-        hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
-        if not isinstance(hp, dict) or not hp.get("vocab") or not hp.get("feature_spec") or "state_dict" not in ckpt:
-            raise CheckpointError(f"{path}: not a captioner checkpoint (no vocabulary or feature spec inside)")
-        try:
-            model = build_captioner(hp)
+            stored = ckpt.get(CONFIG_KEY)  # absent from checkpoints written before 2026-12-01: their hyperparameters
+            model = build_captioner(hp, CaptionerConfig(**stored) if isinstance(stored, dict) else None)
         except (ValueError, TypeError, KeyError) as err:  # e.g. an edited vocabulary or feature spec
             raise CheckpointError(f"{path}: inconsistent captioner checkpoint ({type(err).__name__}: {err})") from None
         state = ckpt["state_dict"]
-        if not isinstance(state, dict):
-            raise CheckpointError(f"{path}: not a captioner checkpoint (its state_dict is not a dict)")
         state = {k[len("model."):]: v for k, v in state.items() if isinstance(k, str) and k.startswith("model.")}
         try:
             model.load_state_dict(state)
@@ -375,29 +398,15 @@ def as_frames(x, name: str = "frames", batched: Optional[bool] = None) -> torch.
     return x
 
 
-def _load_failure(err: Exception) -> str:
-    """A one-line reason from `torch.load`'s error (its weights-only refusals span a paragraph)."""
-    text = str(err).strip()
-    marker = "WeightsUnpickler error:"
-    if marker in text:  # not a pickle at all, or one that asks to run code: keep only the refused item
-        detail = text.split(marker, 1)[1].strip().splitlines()[0].split(". ")[0].rstrip(".")
-        return f"not a PyTorch checkpoint, or one holding objects a safe load refuses: {detail}"
-    return f"{type(err).__name__}: {text.splitlines()[0][:160]}" if text else type(err).__name__
-
-
-DECODER_ARGS = ("embed_dim", "hidden_dim", "num_layers", "dropout")
 GENERATE_ARGS = ("beam_size", "max_len", "length_penalty", "no_repeat_ngram")
 
 
-def build_captioner(hp: dict) -> VideoCaptioner:
-    """A `VideoCaptioner` from the hyperparameters a checkpoint stores (vocab, feature_spec, temporal encoder, decoder)."""
+def build_captioner(hp: Mapping[str, Any], config: Optional[CaptionerConfig] = None) -> VideoCaptioner:
+    """A new `VideoCaptioner` from flat hyperparameters (the training system's, a checkpoint's `hyper_parameters`):
+    their vocabulary, feature spec and generation defaults, and the architecture `config` (default: theirs,
+    `CaptionerConfig.from_hparams`)."""
     vocab = Vocabulary(hp["vocab"])
     spec = FeatureSpec(**hp["feature_spec"])
-    # the attention kind has a position per frame: as many as the data samples (at least the 64 of old checkpoints)
-    pool = TemporalEncoder(hp.get("temporal", "mean"), int(hp["feature_dim"]), hp.get("temporal_hidden_dim", 512),
-                           hp.get("dropout", 0.3), max_frames=max(MAX_FRAMES, spec.num_frames))
-    decoder = CaptionDecoder(len(vocab), pool.output_dim, **{k: hp[k] for k in DECODER_ARGS if k in hp},
-                             memory_dim=pool.memory_dim, pad_id=vocab.pad_id, bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    model = VideoCaptioner(vocab, decoder, spec, pool)
+    model = VideoCaptioner.from_config(config or CaptionerConfig.from_hparams(hp), vocab, spec)
     model.generate_defaults = {k: hp[k] for k in GENERATE_ARGS if hp.get(k) is not None}
     return model

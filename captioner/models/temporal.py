@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Literal, Optional, get_args
 
 import torch
 from torch import nn
@@ -10,7 +10,8 @@ from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from captioner.models.encoder import MeanPool
 
-TEMPORAL_CHOICES = ("mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention")
+TemporalKind = Literal["mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention"]  # the one list
+TEMPORAL_CHOICES: tuple[str, ...] = get_args(TemporalKind)
 MAX_FRAMES = 64  # the attention kind's position embedding rows before the data's frame count was passed in
 
 
@@ -32,12 +33,12 @@ class TemporalEncoder(nn.Module):
         hidden_dim: size of the recurrent layer (recurrent kinds only).
         dropout: dropout on the frame features before the recurrent layer.
         max_frames: longest clip (in sampled frames) the `attention` kind's position embedding covers;
-            `build_captioner` passes `max(MAX_FRAMES, num_frames)` of the data, so checkpoints written before it
-            did (64 rows) load unchanged.
+            `VideoCaptioner.from_config` passes `max(MAX_FRAMES, num_frames)` of the data, so checkpoints written
+            before it did (64 rows) load unchanged.
     """
 
-    def __init__(self, kind: str = "mean", feature_dim: int = 1280, hidden_dim: int = 512, dropout: float = 0.3,
-                 max_frames: int = MAX_FRAMES):
+    def __init__(self, kind: TemporalKind = "mean", feature_dim: int = 1280, hidden_dim: int = 512,
+                 dropout: float = 0.3, max_frames: int = MAX_FRAMES):
         super().__init__()
         if kind not in TEMPORAL_CHOICES:
             raise ValueError(f"unknown temporal encoder {kind!r}; choose from {', '.join(TEMPORAL_CHOICES)}")

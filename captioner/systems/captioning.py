@@ -10,22 +10,23 @@ import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import SIGTERMException
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from captioner.checkpointing import carry_best_record, last_checkpoints, next_hpc_checkpoint, with_user_checkpoints
-from captioner.data.synthetic import direction_report
+from captioner.checkpointing import (CheckpointError, SaveOnSigterm, carry_best_record, collect_rng_states,
+                                     find_checkpoint, last_checkpoints, set_rng_states, with_user_checkpoints)
 from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
-from captioner.models.captioner import build_captioner
+from captioner.models.captioner import CONFIG_KEY, CaptionerConfig, VideoCaptioner, build_captioner
+from captioner.models.temporal import TemporalKind
 
 
 class CaptioningSystem(pl.LightningModule):
     """Mean-pooled CNN features -> LSTM decoder, trained with teacher forcing; validated by corpus BLEU.
 
     The vocabulary, the feature spec and the feature size come from the DataModule at `setup` and are stored
-    in the checkpoint's hyperparameters, so one checkpoint file is enough to caption videos later.
+    in the checkpoint's hyperparameters, so one checkpoint file is enough to caption videos later. Scores a dataset
+    adds to BLEU and CIDEr-D come from the DataModule's `extra_scores(hypotheses, references, extras)`, if it has one.
 
     Args:
         embed_dim: word embedding size.
@@ -63,12 +64,12 @@ class CaptioningSystem(pl.LightningModule):
 
     def __init__(
         self,
-        embed_dim: int = 256,
-        hidden_dim: int = 512,
-        num_layers: int = 1,
-        temporal: Literal["mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention"] = "mean",
-        temporal_hidden_dim: int = 512,
-        dropout: float = 0.3,
+        embed_dim: int = CaptionerConfig.embed_dim,
+        hidden_dim: int = CaptionerConfig.hidden_dim,
+        num_layers: int = CaptionerConfig.num_layers,
+        temporal: TemporalKind = CaptionerConfig.temporal,
+        temporal_hidden_dim: int = CaptionerConfig.temporal_hidden_dim,
+        dropout: float = CaptionerConfig.dropout,
         lr: float = 2e-3,
         weight_decay: float = 1e-2,
         warmup_fraction: float = 0.05,
@@ -106,7 +107,9 @@ class CaptioningSystem(pl.LightningModule):
                                 "references: set --data.train_items clips")
         self.hparams.update(vocab=list(dm.vocab.itos), feature_spec=dm.spec.to_dict(), feature_dim=dm.feature_dim)
         if self.hparams.get("init_from"):
-            self._init_from(self.hparams.init_from, dm)
+            self._init_from(self.hparams.init_from)
+            if list(dm.vocab.itos) != self.model.vocab.itos:  # train with the words the weights were trained on
+                dm.use_vocabulary(self.model.vocab)
         else:
             self.model = build_captioner(self.hparams)
 
@@ -114,35 +117,31 @@ class CaptioningSystem(pl.LightningModule):
     # `init_from` takes the checkpoint's
     ARCHITECTURE = ("embed_dim", "hidden_dim", "num_layers", "temporal", "temporal_hidden_dim")
 
-    def _init_from(self, path: str, dm) -> None:
+    def _init_from(self, path: str) -> None:
         """Weights, vocabulary and architecture of the checkpoint `path` (file or run folder), loaded safely."""
-        from captioner.models.captioner import CheckpointError, VideoCaptioner, find_checkpoint
-
         try:
             file = find_checkpoint(path)
             loaded = VideoCaptioner.from_checkpoint(file)
         except CheckpointError as err:
             raise SettingsError(f"--model.init_from {err}") from None
-        hp = torch.load(file, map_location="cpu", weights_only=True, mmap=True)["hyper_parameters"]
-        for key in ("feature_spec", "feature_dim"):
-            if hp.get(key) != self.hparams.get(key):
-                raise SettingsError(f"--model.init_from {file}: trained on other features ({key}: {hp.get(key)} in "
+        theirs = {"feature_spec": loaded.spec.to_dict(), "feature_dim": loaded.config.feature_dim}
+        for key, value in theirs.items():
+            if value != self.hparams.get(key):
+                raise SettingsError(f"--model.init_from {file}: trained on other features ({key}: {value} in "
                                     f"the checkpoint, {self.hparams.get(key)} from the data); use its data settings")
-        changed = [k for k in self.ARCHITECTURE if k in hp and hp[k] != self.hparams.get(k)]
+        arch = {k: getattr(loaded.config, k) for k in self.ARCHITECTURE}
+        changed = [k for k, v in arch.items() if v != self.hparams.get(k)]
         if changed:
-            rank_zero_info(f"--model.init_from {file}: its " + ", ".join(f"{k}={hp[k]}" for k in changed) + " replace "
-                           "the settings given")
-        self.hparams.update({k: hp[k] for k in (*self.ARCHITECTURE, "vocab") if k in hp})
+            rank_zero_info(f"--model.init_from {file}: its " + ", ".join(f"{k}={arch[k]}" for k in changed) +
+                           " replace the settings given")
+        self.hparams.update(arch, vocab=list(loaded.vocab.itos))
         self.model = build_captioner(self.hparams)
         self.model.load_state_dict(loaded.state_dict())
-        if list(dm.vocab.itos) != self.model.vocab.itos:  # train with the words the weights were trained on
-            dm.vocab = self.model.vocab
         rank_zero_info(f"Initialised from {file}")
 
     def loss(self, batch: dict) -> torch.Tensor:
         """Teacher-forced cross-entropy of a training batch `{"feats": (B, T, D), "captions": (B, S)}`."""
-        video, memory = self.model.pool.encode(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
-        return self.model.decoder.loss(video, batch["captions"], memory)
+        return self.model.loss(batch["feats"], batch["captions"])
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
         if self.hparams.get("scst"):
@@ -165,18 +164,13 @@ class CaptioningSystem(pl.LightningModule):
             raise SettingsError("--model.scst true samples captions per clip and scores them against all its "
                                 "references: set --data.train_items clips")
         k, repeats = hp.scst_samples, hp.get("no_repeat_ngram", 3)
-        video, memory = self.model.pool.encode(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
-        ids, logp = self.model.decoder.sample(video, k, hp.max_len, memory, no_repeat_ngram=repeats)  # (B*K, L) x 2
+        encoded = self.model.encode_video(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
+        ids, logp = self.model.sample(encoded, k, hp.max_len, no_repeat_ngram=repeats)  # (B*K, L) x 2
         rewards = self.rewards(ids, batch["index"].repeat_interleave(k)).view(-1, k)  # (B*K,) -> (B, K)
         if hp.scst_baseline == "mean":
             baseline = (rewards.sum(1, keepdim=True) - rewards) / (k - 1)  # the other samples' mean
         else:
-            decoder = self.model.decoder
-            decoder.eval()  # the caption the model would give: no dropout
-            try:
-                greedy = decoder.greedy(video, hp.max_len, memory, no_repeat_ngram=repeats)
-            finally:
-                decoder.train()
+            greedy = self.model.greedy(encoded, hp.max_len, no_repeat_ngram=repeats)  # the caption the model gives
             baseline = self.rewards(greedy, batch["index"]).unsqueeze(1)  # (B, 1)
         advantage = (rewards - baseline).view(-1, 1)  # (B*K, 1)
         words = (ids != self.model.vocab.pad_id).sum().clamp_min(1)
@@ -221,8 +215,9 @@ class CaptioningSystem(pl.LightningModule):
         hyps, refs = [o[1] for o in outputs], [o[2] for o in outputs]
         scores = bleu_scores(hyps, refs)
         scores["cider"] = cider_d(hyps, refs)  # document frequencies from this split's references, as coco-caption
-        if outputs and all("motion" in o[3] for o in outputs):  # the synthetic set: report order-dependent clips
-            scores.update(direction_report(hyps, refs, [o[3]["motion"] for o in outputs]))
+        dm = getattr(self.trainer, "datamodule", None)
+        if outputs and hasattr(dm, "extra_scores"):  # the dataset's own (the synthetic set's: order-dependent clips)
+            scores.update(dm.extra_scores(hyps, refs, [o[3] for o in outputs]))
         # every process holds the same gathered scores: no further reduction needed, and Lightning's advice to
         # reduce them (sync_dist=True, one warning per metric under DDP, given when it reads them later) does not
         # apply to these metrics
@@ -284,10 +279,13 @@ class CaptioningSystem(pl.LightningModule):
         return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
     # Resuming: Lightning restores weights, optimizer, scheduler and loop counters; the data module restores the
-    # position in the epoch. The random state (dropout) and the vocabulary are the system's to restore.
+    # position in the epoch and its vocabulary. The random state (dropout) and the model's vocabulary are the
+    # system's to restore.
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["rng_states"] = collect_rng_states()
+        if self.model is not None and self.model.config is not None:
+            checkpoint[CONFIG_KEY] = self.model.config.to_dict()  # the architecture, typed (`CaptionerConfig`)
         summary = self._domain_summary()
         if summary is not None:
             checkpoint["domain_summary"] = summary
@@ -307,26 +305,20 @@ class CaptioningSystem(pl.LightningModule):
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         if self.model is None or dm is None or not getattr(dm, "splits", None) or not self.trainer.is_global_zero:
             return None
-        pool = self.model.pool
-        key = "fixed" if pool.rnn is None else self.global_step  # mean and attention kinds: the vector is the mean
+        key = "fixed" if self.model.video_is_frame_mean else self.global_step  # then no weight changes the vector
         cached = getattr(self, "_summary_cache", None)
         if cached is not None and cached[0] == key:
             return cached[1]
-        was_training = pool.training
-        pool.eval()
 
         def vectors(split: str) -> Optional[torch.Tensor]:
             clips = dm.splits.get(split) or []
             out = []
             for start in range(0, len(clips), 256):
                 feats = torch.stack([dm.cache.load(c.id) for c in clips[start : start + 256]]).to(self.device)
-                out.append(pool.encode(feats.float())[0].float().cpu())  # (B, T, D) -> (B, Dv)
+                out.append(self.model.video_vectors(feats).float().cpu())  # (B, T, D) -> (B, Dv)
             return torch.cat(out) if out else None
 
-        try:
-            train, val = vectors("train"), vectors("val")
-        finally:
-            pool.train(was_training)
+        train, val = vectors("train"), vectors("val")
         if train is None:
             return None
         summary = DomainSummary.fit(train, val).to_dict()
@@ -353,9 +345,12 @@ class CaptioningSystem(pl.LightningModule):
                        f"({len(saved)} words): resuming with the checkpoint's; unknown words become <unk>")
         self.hparams.update(vocab=list(saved))
         self.model = build_captioner(self.hparams)
+        # the data module restores its own vocabulary (its state, which Lightning loads next); one saved before
+        # 2026-12-01 has none and takes the model's here
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
-        if dm is not None and hasattr(dm, "vocab"):
-            dm.vocab = self.model.vocab
+        dm_state = checkpoint.get(type(dm).__qualname__) if dm is not None else None
+        if hasattr(dm, "use_vocabulary") and not (isinstance(dm_state, dict) and dm_state.get("vocab")):
+            dm.use_vocabulary(self.model.vocab)
 
     def on_train_start(self) -> None:
         # after Lightning restored the checkpoint's optimizer, scheduler and loops, before the first training step
@@ -368,40 +363,3 @@ class CaptioningSystem(pl.LightningModule):
             set_rng_states(self._rng_states_to_restore)
             self._rng_states_to_restore = None
 
-
-class SaveOnSigterm(Callback):
-    """On SIGTERM (SLURM preemption, `scancel`), save `hpc_ckpt_<n>.ckpt` in the run folder before stopping.
-
-    Lightning stops at the end of the current training step when it receives SIGTERM but saves nothing; its
-    SIGUSR1 handler (SLURM's `--signal`) saves the same file and requeues the job. Lightning resumes from the
-    newest `hpc_ckpt_<n>.ckpt` of the run folder on its own when a job starts under SLURM.
-    """
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            path = next_hpc_checkpoint(trainer.default_root_dir)
-            trainer.save_checkpoint(path)
-            rank_zero_info(f"SIGTERM: saved {path}")
-
-
-def collect_rng_states() -> dict:
-    """The global random states (Python, NumPy, torch CPU and CUDA) as plain values and tensors (weights-only safe)."""
-    import numpy as np
-
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    states = {"python": random.getstate(), "torch": torch.get_rng_state(),
-              "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss]}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        states["cuda"] = torch.cuda.get_rng_state_all()
-    return states
-
-
-def set_rng_states(states: dict) -> None:
-    import numpy as np
-
-    random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
-    torch.set_rng_state(states["torch"])
-    kind, keys, pos, has_gauss, gauss = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    if "cuda" in states and torch.cuda.is_available() and len(states["cuda"]) == torch.cuda.device_count():
-        torch.cuda.set_rng_state_all(states["cuda"])
