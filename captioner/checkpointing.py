@@ -30,7 +30,8 @@ def atomic_path(path: str | os.PathLike, temp_name: Optional[str] = None) -> Ite
     """A temporary path next to `path` for the caller to write; renamed to `path` when the block ends cleanly.
 
     A rename within one folder is atomic: a kill at any moment leaves the old file or the new one, complete. On an
-    error the temporary file is deleted and `path` is left as it was.
+    error the temporary file is deleted and `path` is left as it was; a kill leaves the temporary file, for the
+    next write's sweep (`AtomicCheckpointIO`, `features.extract.remove_stale_temp_files`).
 
     Args:
         temp_name: the temporary file's name in `path`'s folder; default `.<name>.<pid>.tmp` (hidden, and never
@@ -41,8 +42,9 @@ def atomic_path(path: str | os.PathLike, temp_name: Optional[str] = None) -> Ite
     try:
         yield tmp
         os.replace(tmp, path)
-    finally:
+    except Exception:
         tmp.unlink(missing_ok=True)
+        raise
 
 
 @contextlib.contextmanager

@@ -81,3 +81,70 @@ def test_as_frames_hands_uint8_frames_over_without_a_copy(frames):
     assert as_frames(array).data_ptr() == array.ctypes.data
     with pytest.raises(ValueError, match=r"expected uint8 RGB frames \(B, T, H, W, 3\)$"):
         as_frames(frames[0], batched=True)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The typed architecture (CaptionerConfig), the model's own API, and checkpoints of either layout
+
+
+def test_clips_are_encoded_by_the_frame_encoders_one_core(model, frames):
+    """`caption_clips` = `encoder.encode_clips`, then `caption_features`: the features training cached."""
+    feats = model.encoder.encode_clips(list(frames))
+    assert feats.shape == (2, 4, 512)
+    assert model.caption_clips(list(frames), beam_size=2) == model.caption_features(feats, beam_size=2)
+
+
+def test_config_defaults_are_the_training_systems_and_fill_an_older_checkpoints_gaps():
+    import inspect
+
+    from captioner.models.captioner import CaptionerConfig
+    from captioner.systems.captioning import CaptioningSystem
+
+    params = inspect.signature(CaptioningSystem.__init__).parameters
+    defaults = CaptionerConfig(feature_dim=7)
+    for name, value in defaults.to_dict().items():
+        if name != "feature_dim":
+            assert params[name].default == value, name
+    # a checkpoint written before the temporal encoders existed: no temporal, no temporal_hidden_dim
+    old = CaptionerConfig.from_hparams({"feature_dim": "7", "embed_dim": 8, "hidden_dim": 16, "lr": 0.1})
+    assert old == CaptionerConfig(feature_dim=7, embed_dim=8, hidden_dim=16, temporal="mean")
+    with pytest.raises(TypeError):
+        CaptionerConfig(feature_dim=7, layers=2)
+
+
+def test_loss_sample_and_greedy_are_the_decoders_on_the_encoded_video():
+    from captioner.models.captioner import CaptionerConfig
+
+    vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right"])
+    config = CaptionerConfig(feature_dim=6, embed_dim=8, hidden_dim=16, temporal="lstm_attention",
+                             temporal_hidden_dim=12, dropout=0.0)
+    torch.manual_seed(0)
+    model = VideoCaptioner.from_config(config, vocab, FeatureSpec("resnet18", None, 3))
+    assert model.config == config and not model.video_is_frame_mean
+    feats, caps = torch.randn(2, 3, 6), torch.tensor([[1, 4, 5, 2], [1, 6, 7, 2]])
+    video, memory = model.encode_video(feats)
+    assert video.shape == (2, 12) and memory.shape == (2, 3, 12)
+    assert torch.equal(model.loss(feats, caps), model.decoder.loss(video, caps, memory))
+    torch.manual_seed(1)
+    ids, logp = model.sample((video, memory), 3, max_len=5)
+    assert ids.shape[0] == 6 and logp.requires_grad
+    model.train()
+    greedy = model.greedy((video, memory), max_len=5)
+    assert model.decoder.training  # back in its mode
+    assert torch.equal(greedy, model.eval().decoder.greedy(video, 5, memory))
+    assert torch.equal(model.video_vectors(feats), video)
+
+
+def test_an_old_layout_checkpoint_loads_and_captions_as_the_new_one(trained, tmp_path):
+    """Checkpoints written before the typed config hold the architecture only in their flat hyperparameters."""
+    from captioner.models.captioner import CONFIG_KEY, CaptionerConfig
+
+    best = trained[2]
+    ckpt = torch.load(best, weights_only=True)
+    assert ckpt[CONFIG_KEY] == CaptionerConfig.from_hparams(ckpt["hyper_parameters"]).to_dict()
+    old = tmp_path / "old.ckpt"
+    torch.save({k: v for k, v in ckpt.items() if k not in (CONFIG_KEY, "CaptioningDataModule")}, old)
+    new_model, old_model = VideoCaptioner.from_checkpoint(best), VideoCaptioner.from_checkpoint(old)
+    assert old_model.config == new_model.config
+    feats = torch.randn(3, new_model.spec.num_frames, new_model.config.feature_dim)
+    assert old_model.caption_features(feats, with_scores=True) == new_model.caption_features(feats, with_scores=True)

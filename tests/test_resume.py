@@ -181,24 +181,48 @@ def test_resumable_sampler_order_depends_on_seed_and_epoch_only():
 
 
 def test_resume_keeps_the_checkpoints_vocabulary(trained):
-    """Data changed since the checkpoint (a new word): the run goes on with the vocabulary the weights know."""
+    """Data changed since the checkpoint (a new word): the run goes on with the vocabulary the weights know. The
+    system rebuilds its model with it; the data module takes it back from its own saved state."""
     from types import SimpleNamespace
 
+    from captioner.data.datamodule import CaptioningDataModule
+    from captioner.data.vocab import Vocabulary
     from captioner.systems.captioning import CaptioningSystem
 
     ckpt = torch.load(trained[2], weights_only=True)
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # not the CLI's class path
     system = CaptioningSystem(**{**hp, "vocab": hp["vocab"] + ["zebra"]})  # as set up from the changed data
-    datamodule = SimpleNamespace(vocab=system.model.vocab)
+    datamodule = CaptioningDataModule()
+    datamodule.vocab = Vocabulary(hp["vocab"] + ["zebra"])  # as `setup` builds it from the changed data
     system._trainer = SimpleNamespace(datamodule=datamodule)
     with pytest.warns(UserWarning, match="differs from the checkpoint's .* resuming with the checkpoint's"):
         system.on_load_checkpoint(ckpt)
     assert system.model.vocab.itos == system.hparams.vocab == hp["vocab"]
+    assert datamodule.vocab.itos == hp["vocab"] + ["zebra"]  # the system leaves the data module alone
+    datamodule.load_state_dict(ckpt[type(datamodule).__qualname__])  # which Lightning calls next
     assert datamodule.vocab.itos == hp["vocab"]  # captions are encoded with the checkpoint's words
+    assert datamodule.state_dict()["vocab"] == hp["vocab"]  # and the next checkpoint keeps them
     system.load_state_dict(ckpt["state_dict"])  # and the weights fit
     other = CaptioningSystem(**{**hp, "vocab": hp["vocab"] + ["zebra"], "feature_dim": 7})
     with pytest.raises(ValueError, match="trained on other features"):
         other.on_load_checkpoint(ckpt)
+
+
+def test_resume_from_a_checkpoint_without_the_data_vocabulary_hands_it_over(trained):
+    """Checkpoints saved before the data module kept its vocabulary: the system gives it the checkpoint's."""
+    from types import SimpleNamespace
+
+    from captioner.systems.captioning import CaptioningSystem
+
+    ckpt = torch.load(trained[2], weights_only=True)
+    ckpt = {k: v for k, v in ckpt.items() if k != "CaptioningDataModule"}
+    hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}
+    system = CaptioningSystem(**{**hp, "vocab": hp["vocab"] + ["zebra"]})
+    taken = []
+    system._trainer = SimpleNamespace(datamodule=SimpleNamespace(use_vocabulary=taken.append))
+    with pytest.warns(UserWarning, match="differs from the checkpoint's"):
+        system.on_load_checkpoint(ckpt)
+    assert [v.itos for v in taken] == [hp["vocab"]]
 
 
 # ---------------------------------------------------------------------------------------------------------------
