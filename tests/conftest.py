@@ -72,13 +72,27 @@ def tiny_datamodule_args(tiny_dataset, tmp_path_factory) -> dict:
     from captioner.data.datamodule import CaptioningDataModule
 
     args = dict(data_dir=str(tiny_dataset), synthetic=False, features_dir=str(tmp_path_factory.mktemp("features")),
-                backbone="resnet18", weights=None, num_frames=4, image_size=None, batch_size=8, extract_batch_size=8)
+                features=dict(backbone="resnet18", weights=None, num_frames=4, image_size=None), batch_size=8,
+                extract_batch_size=8)
     CaptioningDataModule(**args).prepare_data()
     return args
 
 
+def data_flags(values: dict, prefix: str = "--data") -> list[str]:
+    """DataModule arguments as `--data.*` flags, a nested dict (`features`) as `--data.features.*`."""
+    flags = []
+    for k, v in values.items():
+        flags += data_flags(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}={'null' if v is None else v}"]
+    return flags
+
+
+def with_features(args: dict, **changes) -> dict:
+    """DataModule arguments with some `features` fields changed."""
+    return {**args, "features": {**args["features"], **changes}}
+
+
 def tiny_args(dm: dict, root: Path, *extra: str) -> list[str]:
-    args = [f"--data.{k}={'null' if v is None else v}" for k, v in dm.items()]
+    args = data_flags(dm)
     return args + [
         f"--trainer.default_root_dir={root}", "--trainer.max_epochs=3", "--trainer.enable_progress_bar=false",
         "--model.embed_dim=16", "--model.hidden_dim=32", "--model.beam_size=2", "--model.num_samples=2", *extra,

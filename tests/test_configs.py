@@ -37,4 +37,4 @@ def test_no_config_means_the_synthetic_default(tmp_path):
 
     cli = build_cli([f"--trainer.default_root_dir={tmp_path}"])
     assert isinstance(cli.model, CaptioningSystem) and isinstance(cli.datamodule, CaptioningDataModule)
-    assert cli.datamodule.hparams.image_size == 160
+    assert cli.datamodule.spec.image_size == 160 and cli.datamodule.hparams.features["image_size"] == 160

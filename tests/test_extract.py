@@ -1,4 +1,5 @@
-"""Feature extraction with Lightning's predict loop: the DataModule's cache layout, resuming, bad clips, 2-process DDP."""
+"""`captioner extract`: the training config's data section and flags, the DataModule's cache layout, resuming, bad
+clips, 2-process DDP."""
 
 import json
 import os
@@ -12,10 +13,11 @@ import pytest
 import pytorch_lightning as pl
 import torch
 
+from badinputs import NAMES, SPEC as BAD_SPEC
 from captioner.data.datamodule import CaptioningDataModule
 from captioner.features.cache import REPORT_NAME, FeatureCache, FeatureSpec
 from captioner.features.extract import run_extraction
-from captioner.cli.extract import data_args_from_configs, main
+from captioner.cli.extract import main, parse
 
 REPO = Path(__file__).resolve().parents[1]
 # a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds
@@ -35,14 +37,15 @@ def dataset(tiny_dataset, tmp_path_factory) -> Path:
 
 
 def _argv(dataset: Path, features: Path, *extra: str) -> list[str]:
-    return ["--data-dir", str(dataset), "--features-dir", str(features), "--backbone", SPEC["backbone"],
-            "--weights", "null", "--num-frames", str(SPEC["num_frames"]), "--image-size", str(SPEC["image_size"]),
+    return ["--data.data_dir", str(dataset), "--data.features_dir", str(features),
+            "--data.features.backbone", SPEC["backbone"], "--data.features.weights", "null",
+            "--data.features.num_frames", str(SPEC["num_frames"]), "--data.features.image_size", str(SPEC["image_size"]),
             "--accelerator", "cpu", "--batch-size", "4", "--num-workers", "0", "--no-progress", *extra]
 
 
 def _datamodule(dataset: Path, features: Path) -> CaptioningDataModule:
-    return CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(features), **SPEC,
-                                extract_batch_size=8)
+    return CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(features),
+                                features=FeatureSpec(**SPEC), extract_batch_size=8)
 
 
 def _cache(dataset: Path, features: Path) -> FeatureCache:
@@ -79,12 +82,13 @@ def test_cache_is_the_datamodules(dataset, extracted, tmp_path):
 
 
 def test_keyframe_sampling_is_a_datamodule_option_with_its_own_cache(dataset, tmp_path):
-    """`data.seek: keyframe` trains on the cache `captioner extract --fast-seek` writes, and the spec records it."""
+    """`data.features.seek: keyframe` trains on the cache `captioner extract --data.features.seek keyframe` writes,
+    and the spec records it."""
     from captioner.models.captioner import FeatureSpec as Spec
 
-    assert main(_argv(dataset, tmp_path, "--fast-seek")) == 0
-    dm = CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path), **SPEC,
-                              seek="keyframe")
+    assert main(_argv(dataset, tmp_path, "--data.features.seek", "keyframe")) == 0
+    dm = CaptioningDataModule(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path),
+                              features=FeatureSpec(**SPEC, seek="keyframe"))
     assert dm.cache.dir.name == FeatureSpec(**SPEC).key + "-keyframe"
     assert len(_files(dm.cache)) == 25 and not _cache(dataset, tmp_path).dir.exists()
     before = _files(dm.cache)
@@ -96,7 +100,7 @@ def test_keyframe_sampling_is_a_datamodule_option_with_its_own_cache(dataset, tm
     assert Spec(**dm.spec.to_dict()).seek == "keyframe"
     assert CaptioningDataModule(data_dir=str(dataset), synthetic=False).spec.to_dict() == FeatureSpec().to_dict()
     with pytest.raises(ValueError, match="seek"):
-        CaptioningDataModule(data_dir=str(dataset), synthetic=False, seek="nearest")
+        CaptioningDataModule(data_dir=str(dataset), synthetic=False, features=dict(seek="nearest"))
 
 
 def test_unreadable_clip_is_reported(dataset, extracted):
@@ -190,26 +194,40 @@ def test_two_ddp_processes_write_the_same_files_as_one(dataset, extracted, tmp_p
     assert not list(two.dir.glob(".failed.rank*"))
 
 
-def test_data_options_come_from_training_configs(tmp_path):
-    from captioner.cli import extract
-    from captioner.cli.extract import build_parser, resolve_data_args
+def test_data_options_come_from_training_configs():
+    """`--config` takes a training config (its model and trainer sections are read past); flags win, later files
+    change only what they set; the DataModule's own defaults fill the rest."""
+    msvd, run = parse(["--config", str(REPO / "configs" / "msvd.yaml")])
+    assert str(msvd.data_dir) == "data/msvd" and msvd.spec == FeatureSpec("resnet152", "IMAGENET1K_V1", 20)
+    assert (run.batch_size, run.num_workers, run.devices, run.split) == (16, 4, 1, None)
+    got, _ = parse(["--config", str(REPO / "configs" / "msvd.yaml"), "--data.features.num_frames", "8",
+                    "--data.features.weights", "null"])
+    assert got.spec == FeatureSpec("resnet152", None, 8, image_size=None)
+    synthetic, _ = parse(["--config", str(REPO / "configs" / "synthetic.yaml")])
+    assert synthetic.spec == FeatureSpec("efficientnet_lite0", "DEFAULT", 8, image_size=160)
+    grid, _ = parse(["--config", str(REPO / "configs" / "synthetic.yaml"),
+                     "--config", str(REPO / "configs" / "temporal" / "grid2.yaml")])
+    assert grid.spec == FeatureSpec("efficientnet_lite0", "DEFAULT", 8, image_size=160, spatial_grid=2)
+    default, _ = parse([])
+    assert default.spec == FeatureSpec() and default.cache.dir == CaptioningDataModule().cache.dir
+    _, run = parse(["--devices", "auto", "--split", "test", "--split", "val"])
+    assert run.devices == "auto" and run.split == ["test", "val"]
 
-    msvd = data_args_from_configs([str(REPO / "configs" / "msvd.yaml")])
-    assert msvd["data_dir"] == "data/msvd" and msvd["backbone"] == "resnet152" and msvd["num_frames"] == 20
-    parser = build_parser()
-    parser.set_defaults(weights=extract._UNSET, image_size=extract._UNSET)  # as main() does
 
-    def resolve(*argv):
-        return resolve_data_args(parser.parse_args(list(argv)))
-
-    got = resolve("--config", str(REPO / "configs" / "msvd.yaml"), "--num-frames", "8", "--weights", "null")
-    assert (got["backbone"], got["num_frames"], got["weights"], got["image_size"]) == ("resnet152", 8, None, None)
-    synthetic = resolve("--config", str(REPO / "configs" / "synthetic.yaml"))
-    assert synthetic["image_size"] == 160 and synthetic["weights"] == "DEFAULT" and synthetic["spatial_grid"] == 1
-    # layered configs: a later file changes only what it sets
-    grid = resolve("--config", str(REPO / "configs" / "synthetic.yaml"),
-                   "--config", str(REPO / "configs" / "temporal" / "grid2.yaml"))
-    assert grid["spatial_grid"] == 2 and grid["image_size"] == 160
+@pytest.mark.parametrize("argv, line", [
+    (["--num-frames", "16"], "--num-frames is now --data.features.num_frames"),
+    (["--data.num_frames", "16"], "--data.num_frames is now --data.features.num_frames"),
+    (["--fast-seek"], "--fast-seek is now --data.features.seek keyframe"),
+    (["--data-dir", "x"], "--data-dir is now --data.data_dir, as in training"),
+    (["--data.features.num_frames", "many"], 'Parser key "features.num_frames": Expected a <class \'int\'>'),
+    (["--data.features.seek", "nearest"], "seek must be one of exact, keyframe, got 'nearest'"),
+    (["--split", "tests"], "--split tests: a split is one of train, val, test"),
+    (["--config", str(REPO / "configs" / "sequence" / "parity.yaml")], "does not correspond to a subclass"),
+])
+def test_a_bad_setting_is_one_line_and_exit_2(argv, line, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and err.startswith("captioner extract: ") and line in err, err
 
 
 def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
@@ -222,7 +240,7 @@ def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
                      f"--trainer.default_root_dir={tmp_path}"])
     assert isinstance(cli.trainer.strategy, DDPStrategy)
     assert cli.trainer.gradient_clip_val == 1.0 and "bf16" in str(cli.trainer.precision)
-    assert cli.datamodule.hparams.backbone == "resnet152" and cli.datamodule.hparams.data_dir == "data/msvd"
+    assert cli.datamodule.spec.backbone == "resnet152" and cli.datamodule.hparams.data_dir == "data/msvd"
     assert cli.model.hparams.beam_size == 5 and cli.model.hparams.hidden_dim == 512
 
 
@@ -239,19 +257,16 @@ def test_datamodule_extraction_reports_an_unreadable_clip_once(dataset, tmp_path
 
 
 def test_every_cache_setting_of_a_config_reaches_extract(dataset, tmp_path):
-    """`data.seek: keyframe` in a training config (and every other FeatureSpec field) names the cache `extract`
-    writes: the one the DataModule of that config then reads, with nothing left to extract."""
-    import dataclasses
-
+    """`data.features.seek: keyframe` in a training config (and every other FeatureSpec field) names the cache
+    `extract` writes: the one the DataModule of that config then reads, with nothing left to extract."""
     import yaml
 
-    from captioner.cli.extract import DATA_KEYS
-
-    assert {f.name for f in dataclasses.fields(FeatureSpec)} <= set(DATA_KEYS)
-    data = dict(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path), **SPEC, spatial_grid=2,
-                seek="keyframe")
+    data = dict(data_dir=str(dataset), synthetic=False, features_dir=str(tmp_path),
+                features=dict(**SPEC, spatial_grid=2, seek="keyframe"))
     config = tmp_path / "keyframe.yaml"
-    config.write_text(yaml.safe_dump({"data": {"class_path": "captioner.data.datamodule.CaptioningDataModule",
+    config.write_text(yaml.safe_dump({"seed_everything": 0, "trainer": {"max_epochs": 1},
+                                      "model": {"class_path": "captioner.systems.captioning.CaptioningSystem"},
+                                      "data": {"class_path": "captioner.data.datamodule.CaptioningDataModule",
                                                "init_args": data}}))
     assert main(["--config", str(config), "--accelerator", "cpu", "--batch-size", "4", "--num-workers", "0",
                  "--no-progress"]) == 0
@@ -262,6 +277,104 @@ def test_every_cache_setting_of_a_config_reaches_extract(dataset, tmp_path):
     dm.prepare_data()  # nothing left to extract
     assert _files(dm.cache) == before
     # a flag still wins over the config
-    assert main(["--config", str(config), "--no-fast-seek", "--split", "test", "--accelerator", "cpu",
+    assert main(["--config", str(config), "--data.features.seek", "exact", "--split", "test", "--accelerator", "cpu",
                  "--num-workers", "0", "--no-progress"]) == 0
     assert len(list((tmp_path / dataset.name / (FeatureSpec(**SPEC).key + "-grid2")).glob("*.npy"))) == 4
+
+
+# The bad-input corpus (tests/badinputs.py) through both extraction engines; paths from hostile annotation
+# files never lead outside the cache
+
+
+def _files_under(root: Path) -> set[Path]:
+    return {p for p in root.rglob("*") if p.is_file()}
+
+
+def _check_extraction(bad_corpus, cache: FeatureCache, failures: list[tuple[str, str]]) -> None:
+    bad = {name for name, case in bad_corpus.items() if not case.readable}
+    assert {vid for vid, _ in failures} == bad
+    for vid, reason in failures:
+        case = bad_corpus[vid]
+        assert reason.startswith(f"{case.path}: ") and case.reason in reason, reason
+    cached = {p.stem for p in cache.dir.glob("*.npy")}
+    assert cached == set(NAMES) - bad  # every readable clip, however odd, is cached
+    for vid in cached:
+        feats = cache.load(vid)
+        assert feats.shape == (4, 512) and torch.isfinite(feats).all()
+    assert not list(cache.dir.glob(".*.tmp*"))
+
+
+def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
+    from captioner.features.cache import REPORT_NAME, extract_features
+    from captioner.features.extract import run_extraction
+
+    items = [(name, str(case.path)) for name, case in bad_corpus.items()]
+    cache = FeatureCache(tmp_path / "lightning", BAD_SPEC)
+    failures = run_extraction(BAD_SPEC, items, cache, accelerator="cpu", batch_size=8, num_workers=0, progress=False)
+    _check_extraction(bad_corpus, cache, failures)
+    report = [line.split("\t") for line in (cache.dir / REPORT_NAME).read_text(encoding="utf-8").splitlines()]
+    assert sorted(map(tuple, report)) == sorted(failures)  # one line per clip: id <TAB> path: reason
+
+    own = FeatureCache(tmp_path / "datamodule", BAD_SPEC)
+    failures = extract_features(BAD_SPEC.build_encoder(), items, own, batch_size=8, progress=False)
+    _check_extraction(bad_corpus, own, failures)
+
+
+def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypatch):
+    import captioner.features.cache as features
+
+    read = features.read_frames
+
+    def exploding(path, *args, **kwargs):
+        if "gray" in str(path):
+            raise RuntimeError("decoder exploded\nin a second line")
+        return read(path, *args, **kwargs)
+
+    monkeypatch.setattr(features, "read_frames", exploding)
+    clips = features.ClipFrames([(n, str(bad_corpus[n].path)) for n in ("gray", "yuv444p")], 2, 64)
+    vid, frames, error = clips[0]
+    assert frames is None and error == f"{bad_corpus['gray'].path}: could not be read (RuntimeError: decoder " \
+                                       "exploded in a second line)"
+    assert clips[1][2] is None and clips[1][1].shape == (2, 64, 64, 3)
+
+
+HOSTILE_IDS = ["../../escape", "/abs/olute", "..", ".", ".hidden", ".x.tmp", "a b", "a_b", "vidéo ü", "x/../y",
+               "C:\\windows\\x", "a~b", "-"]
+
+
+def test_cache_paths_stay_inside_and_never_collide(tmp_path):
+    cache = FeatureCache(tmp_path / "features", BAD_SPEC)
+    paths = [cache.path(vid) for vid in HOSTILE_IDS]
+    assert len(set(paths)) == len(paths)  # "a b" and "a_b" do not share a file
+    for vid, path in zip(HOSTILE_IDS, paths):
+        assert path.parent == cache.dir and not path.name.startswith(".")
+        cache.save(vid, torch.full((4, 8), float(len(vid))))
+    assert _files_under(tmp_path) == set(paths)
+    for vid in HOSTILE_IDS:
+        assert cache.load(vid)[0, 0] == len(vid)
+    assert cache.path("clip00001").name == "clip00001.npy"  # plain ids keep their plain names
+
+
+def test_extraction_from_hostile_annotations_writes_only_in_the_cache(bad_corpus, tmp_path, capsys):
+    from captioner.cli.extract import main
+
+    data = tmp_path / "work" / "data"
+    data.mkdir(parents=True)
+    good = bad_corpus["yuv444p"].path
+    videos = [{"id": vid, "path": str(good), "split": "train", "captions": ["a clip"]} for vid in HOSTILE_IDS]
+    videos.append({"id": "relative", "path": os.path.relpath(good, data), "split": "train", "captions": ["a"]})
+    videos.append({"id": "../../../../../../tmp/pwned", "path": "../../outside.mp4", "split": "val",
+                   "captions": ["a"]})  # a missing video with a climbing id: reported, nothing written for it
+    (data / "annotations.json").write_text(json.dumps({"videos": videos}))
+    before = _files_under(tmp_path)
+    features = tmp_path / "work" / "features"
+    assert main(["--data-dir", str(data), "--features-dir", str(features), "--backbone", "resnet18",
+                 "--weights", "null", "--num-frames", "4", "--image-size", "64", "--accelerator", "cpu",
+                 "--num-workers", "0", "--no-progress"]) == 0
+    assert f"{len(videos) - 1}/{len(videos)} clips cached" in capsys.readouterr().out
+    cache_dir = features / "data" / BAD_SPEC.key
+    new = _files_under(tmp_path) - before
+    assert all(p.parent == cache_dir for p in new), sorted(map(str, new))
+    assert len(new) == len(videos)  # one feature file per readable clip, and failed.txt
+    assert not Path("/tmp/pwned.npy").exists()
+

@@ -186,7 +186,7 @@ def test_a_tiny_scst_run_from_a_cross_entropy_checkpoint_raises_the_mean_reward(
 
 
 def test_scst_settings_that_cannot_work_stop_in_one_line(trained, tiny_datamodule_args, tmp_path, capsys):
-    from conftest import tiny_args
+    from conftest import tiny_args, with_features
 
     from captioner.cli.train import train_main
 
@@ -198,7 +198,7 @@ def test_scst_settings_that_cannot_work_stop_in_one_line(trained, tiny_datamodul
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and "--model.init_from" in err and "checkpoint not found" in err
     _, ce_root, _ = trained
-    other = {**tiny_datamodule_args, "num_frames": 2, "features_dir": str(tmp_path / "features")}
+    other = {**with_features(tiny_datamodule_args, num_frames=2), "features_dir": str(tmp_path / "features")}
     with pytest.raises(SystemExit) as exit_:
         train_main(tiny_args(other, tmp_path / "c", f"--model.init_from={ce_root}"))
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ from captioner.cli.train import exit_on_user_error, train_main
 from captioner.data.datamodule import CaptioningDataModule
 from captioner.features.cache import FeatureSpec
 from captioner.errors import SettingsError, UserError, WeightsUnavailableError
-from conftest import moving_square, tiny_args
+from conftest import moving_square, tiny_args, with_features
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
@@ -54,7 +54,7 @@ def test_bad_names_are_one_line_with_the_valid_ones(kwargs, message):
     assert isinstance(err.value, ValueError)  # callers catching ValueError still do
     # the DataModule makes its spec at once, so train, extract and evaluate all refuse before any work
     with pytest.raises(SettingsError):
-        CaptioningDataModule(**kwargs)
+        CaptioningDataModule(features=kwargs)
 
 
 def test_good_names_still_make_their_cache_folders():
@@ -67,18 +67,29 @@ def test_good_names_still_make_their_cache_folders():
 def test_train_with_a_bad_name_is_one_line_and_exit_2(tiny_datamodule_args, tmp_path, capsys):
     args = {**tiny_datamodule_args, "features_dir": str(tmp_path / "features")}
     with pytest.raises(SystemExit) as exit_info:
-        train_main(tiny_args(args, tmp_path / "run", "--data.backbone=resnet_152"))
+        train_main(tiny_args(args, tmp_path / "run", "--data.features.backbone=resnet_152"))
     assert exit_info.value.code == 2
     line = _one_line(capsys.readouterr().err)
     assert line.startswith("captioner train: error: unknown backbone 'resnet_152' (did you mean resnet152")
     assert not (tmp_path / "features").exists()
 
 
+@pytest.mark.parametrize("flag, new", [("--data.num_frames=16", "--data.features.num_frames"),
+                                       ("--data.backbone=resnet18", "--data.features.backbone")])
+def test_train_with_an_old_flat_feature_flag_names_the_new_one(flag, new, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        train_main([flag, f"--trainer.default_root_dir={tmp_path}"])
+    assert exit_info.value.code == 2
+    line = _one_line(capsys.readouterr().err)
+    assert line == (f"captioner train: error: {flag.split('=')[0]} is now {new} (the feature settings are one "
+                    f"data.features section)")
+
+
 def test_extract_with_a_bad_name_is_one_line_and_exit_2(tiny_dataset, tmp_path, capsys):
     from captioner.cli.extract import main
 
-    argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(tmp_path), "--backbone", "resnet18",
-            "--weights", "IMAGENET1K_V3", "--accelerator", "cpu", "--no-progress"]
+    argv = ["--data.data_dir", str(tiny_dataset), "--data.features_dir", str(tmp_path), "--data.features.backbone",
+            "resnet18", "--data.features.weights", "IMAGENET1K_V3", "--accelerator", "cpu", "--no-progress"]
     assert main(argv) == 2
     line = _one_line(capsys.readouterr().err)
     assert line == ("captioner extract: unknown weights 'IMAGENET1K_V3' for resnet18: its weights are "
@@ -228,9 +239,9 @@ def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_datase
     from captioner.cli.extract import main
 
     features = tmp_path / "features"
-    argv = ["--data-dir", str(tiny_dataset), "--features-dir", str(features), "--backbone", "resnet18",
-            "--weights", "IMAGENET1K_V1", "--num-frames", "4", "--accelerator", "cpu", "--num-workers", "0",
-            "--no-progress"]
+    argv = ["--data.data_dir", str(tiny_dataset), "--data.features_dir", str(features), "--data.features.backbone",
+            "resnet18", "--data.features.weights", "IMAGENET1K_V1", "--data.features.num_frames", "4",
+            "--accelerator", "cpu", "--num-workers", "0", "--no-progress"]
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert _one_line(err) == f"captioner extract: {_offline_message(offline.home)} (default ~/.cache/torch/hub/" \
@@ -251,7 +262,7 @@ def test_evaluate_without_the_weights_is_one_line_and_exit_2(offline, resnet_che
 
 
 def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodule_args, tmp_path, capsys):
-    args = {**tiny_datamodule_args, "features_dir": str(tmp_path / "features"), "weights": "IMAGENET1K_V1"}
+    args = {**with_features(tiny_datamodule_args, weights="IMAGENET1K_V1"), "features_dir": str(tmp_path / "features")}
     with pytest.raises(SystemExit) as exit_info:
         train_main(tiny_args(args, tmp_path / "run"))
     assert exit_info.value.code == 2
@@ -265,14 +276,14 @@ def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodu
 
 
 def test_training_says_which_cache_it_fills_and_how(tiny_datamodule_args, tmp_path, caplog):
-    from captioner.cli.extract import build_parser, resolve_data_args
-    from captioner.cli.extract import _UNSET
+    from captioner.cli.extract import parse
 
     features = tmp_path / "features"
     dataset = Path(tiny_datamodule_args["data_dir"]).name
     (features / dataset / "resnet152-IMAGENET1K_V1-20f").mkdir(parents=True)  # a cache of other settings
-    dm = CaptioningDataModule(**{**tiny_datamodule_args, "features_dir": str(features), "num_frames": 2,
-                                 "image_size": 32, "seek": "keyframe"})
+    args = {**with_features(tiny_datamodule_args, num_frames=2, image_size=32, seek="keyframe"),
+            "features_dir": str(features)}
+    dm = CaptioningDataModule(**args)
     with caplog.at_level(logging.WARNING, logger="captioner"):
         dm.prepare_data()
     text = caplog.text
@@ -281,16 +292,11 @@ def test_training_says_which_cache_it_fills_and_how(tiny_datamodule_args, tmp_pa
     assert f"to extract apart instead (1 CPU to N GPUs), stop and run: {dm.extract_command()}" in text
     assert len(list(dm.cache.dir.glob("*.npy"))) == 25  # then it extracts, as asked
     # the command it gives fills exactly this cache
-    parser = build_parser()
-    parser.set_defaults(weights=_UNSET, image_size=_UNSET)
-    data = resolve_data_args(parser.parse_args(shlex.split(dm.extract_command())[2:]))
-    assert FeatureSpec(**{k: data[k] for k in ("backbone", "weights", "num_frames", "image_size", "spatial_grid",
-                                               "seek")}) == dm.spec
-    assert (Path(data["features_dir"]), Path(data["data_dir"])) == (features, dm.data_dir)
+    data, _ = parse(shlex.split(dm.extract_command())[2:])
+    assert data.spec == dm.spec and data.cache.dir == dm.cache.dir
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="captioner"):
-        CaptioningDataModule(**{**tiny_datamodule_args, "features_dir": str(features), "num_frames": 2,
-                                "image_size": 32, "seek": "keyframe"}).prepare_data()
+        CaptioningDataModule(**args).prepare_data()
     assert "extracting" not in caplog.text  # nothing to do: nothing said
 
 
@@ -300,13 +306,13 @@ def test_training_says_which_cache_it_fills_and_how(tiny_datamodule_args, tmp_pa
 
 def test_resume_with_other_settings_is_one_line_before_any_work(trained, tiny_datamodule_args, tmp_path, capsys):
     _, _, ckpt = trained
-    args = {**tiny_datamodule_args, "num_frames": 8}
+    args = with_features(tiny_datamodule_args, num_frames=8)
     with pytest.raises(SystemExit) as exit_info:
         train_main(tiny_args(args, tmp_path / "run", f"--ckpt_path={ckpt}", "--model.hidden_dim=64",
                              "--model.temporal=lstm", "--model.lr=0.01", "--model.beam_size=3"))
     assert exit_info.value.code == 2
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"captioner train: error: --ckpt_path {ckpt} was trained with other settings: data.num_frames 4 "
+    assert line == (f"captioner train: error: --ckpt_path {ckpt} was trained with other settings: data.features.num_frames 4 "
                     f"(now 8), model.hidden_dim 32 (now 64), model.temporal mean (now lstm); resume with the "
                     f"checkpoint's settings, or start a new run without --ckpt_path")
     assert not FeatureSpec("resnet18", None, 8).key in os.listdir(Path(args["features_dir"]) /
@@ -324,10 +330,10 @@ def test_resume_check_lets_training_settings_change(trained, tiny_datamodule_arg
     check_resume_settings("last", cli.model, cli.datamodule)  # Lightning's own names are left to Lightning
     with pytest.raises(UserError, match="no such checkpoint file"):
         check_resume_settings(str(tmp_path / "nope.ckpt"), cli.model, cli.datamodule)
-    other = tiny_args({**tiny_datamodule_args, "min_word_count": 2, "seek": "keyframe"}, tmp_path,
+    other = tiny_args({**with_features(tiny_datamodule_args, seek="keyframe"), "min_word_count": 2}, tmp_path,
                       "--model.embed_dim=8", "--model.num_layers=2")
     cli = build_cli(other)
     with pytest.raises(SettingsError) as err:
         check_resume_settings(str(ckpt), cli.model, cli.datamodule)
-    assert ("data.seek exact (now keyframe), data.min_word_count 1 (now 2), model.embed_dim 16 (now 8), "
+    assert ("data.features.seek exact (now keyframe), data.min_word_count 1 (now 2), model.embed_dim 16 (now 8), "
             "model.num_layers 1 (now 2)") in str(err.value)

@@ -117,7 +117,7 @@ def _checkpoint_hparams(kind: str, num_frames: int) -> dict:
 
 @pytest.mark.parametrize("kind", TEMPORAL_CHOICES)
 def test_every_kind_trains_and_captions_96_frames(kind):
-    """`--data.num_frames 96`: the attention kind's positions stopped at 64 whatever the data sampled."""
+    """`--data.features.num_frames 96`: the attention kind's positions stopped at 64 whatever the data sampled."""
     from captioner.models.captioner import build_captioner
 
     torch.manual_seed(0)
@@ -158,7 +158,9 @@ def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_d
     from captioner.features.cache import FeatureCache, FeatureSpec
     from captioner.models.captioner import VideoCaptioner
 
-    data = {**tiny_datamodule_args, "num_frames": 96, "features_dir": str(tmp_path / "features")}
+    from conftest import with_features
+
+    data = {**with_features(tiny_datamodule_args, num_frames=96), "features_dir": str(tmp_path / "features")}
     # 96-frame features made from the 4-frame ones (extracting 96 frames a clip would take minutes on a CPU)
     four = FeatureCache(Path(tiny_datamodule_args["features_dir"]) / tiny_dataset.name, FeatureSpec("resnet18", None, 4))
     many = FeatureCache(tmp_path / "features" / tiny_dataset.name, FeatureSpec("resnet18", None, 96))

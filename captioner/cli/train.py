@@ -33,6 +33,12 @@ def build_cli(args: Optional[list[str]] = None):
     args = list(sys.argv[1:] if args is None else args)
     if not _has_config(args) and DEFAULT_CONFIG.exists():
         args = ["--config", str(DEFAULT_CONFIG)] + args
+    from captioner.data.datamodule import renamed_data_flag, spell_feature_nulls
+    from captioner.errors import SettingsError
+
+    if renamed_data_flag(args):  # LightningCLI's own message names the option, not the new one
+        raise SettingsError(renamed_data_flag(args))
+    args = spell_feature_nulls(args)
 
     class CaptionerCLI(LightningCLI):
         def add_arguments_to_parser(self, parser) -> None:
@@ -149,7 +155,7 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
             stored = None  # a spec this version cannot read: loading the checkpoint will say so
         if stored is not None:
             for field in dataclasses.fields(FeatureSpec):
-                compare(f"data.{field.name}", getattr(stored, field.name), getattr(spec, field.name))
+                compare(f"data.features.{field.name}", getattr(stored, field.name), getattr(spec, field.name))
     data_now = dict(getattr(data, "hparams", {}) or {})
     if data_hp.get("data_dir") and data_now.get("data_dir"):
         compare("data.data_dir", Path(data_hp["data_dir"]).name, Path(data_now["data_dir"]).name)  # moving is fine

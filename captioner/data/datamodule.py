@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import warnings
@@ -14,7 +15,7 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
 from captioner.data.datasets import CaptionPairs, Clip, ClipReferences, collate_clips, collate_pairs, load_annotations
-from captioner.features.cache import FeatureCache, FeatureSpec, extract_features
+from captioner.features.cache import FeatureCache, FeatureSpec
 from captioner.data.vocab import Vocabulary
 from captioner.errors import DataNotFoundError, SettingsError
 
@@ -49,6 +50,41 @@ class ResumableShuffleSampler(DistributedSampler):
         return iter(indices)
 
 
+def renamed_data_flag(args: list[str]) -> Optional[str]:
+    """One line naming the new flag when `args` spell a feature setting the old way: training's flat
+    `--data.num_frames` (now `--data.features.num_frames`), `captioner extract`'s `--num-frames`, `--fast-seek`,
+    `--data-dir`; `None` when they don't."""
+    for arg in args:
+        flag = arg.split("=", 1)[0]
+        for field in dataclasses.fields(FeatureSpec):
+            if flag in (f"--{field.name.replace('_', '-')}", f"--data.{field.name}"):
+                return f"{flag} is now --data.features.{field.name} (the feature settings are one data.features section)"
+        if flag in ("--fast-seek", "--no-fast-seek"):
+            return f"{flag} is now --data.features.seek {'exact' if flag.startswith('--no') else 'keyframe'}"
+        if flag in ("--data-dir", "--features-dir"):
+            return f"{flag} is now --data.{flag[2:].replace('-', '_')}, as in training"
+    return None
+
+
+def spell_feature_nulls(args: list[str]) -> list[str]:
+    """`args` with each `--data.features.<field> null` given as `--data.features {"<field>": null}` instead.
+
+    jsonargparse (4.53) hands a field of a dataclass inside a subclass's arguments on as text, so a null arrives as
+    "None" (refused as an int, taken as a weights name); the same setting as a JSON object merges with the others.
+    """
+    prefix, out, i = "--data.features.", [], 0
+    while i < len(args):
+        flag, eq, value = args[i].partition("=")
+        taken = 2 if flag.startswith(prefix) and not eq and i + 1 < len(args) else 1
+        value = args[i + 1] if taken == 2 else value
+        if flag.startswith(prefix) and taken + bool(eq) == 2 and value in ("null", "Null", "NULL", "~"):
+            out += ["--data.features", f'{{"{flag[len(prefix):]}": null}}']
+        else:
+            out += args[i:i + taken]
+        i += taken
+    return out
+
+
 class CaptioningDataModule(pl.LightningDataModule):
     """Clips listed in `<data_dir>/annotations.json`, encoded once by a frozen CNN and cached on disk.
 
@@ -56,15 +92,10 @@ class CaptioningDataModule(pl.LightningDataModule):
         data_dir: folder with `annotations.json` (see data/README.md) and the clips it lists.
         synthetic: when `data_dir` has no annotations yet, generate the embedded synthetic dataset there.
         num_train_clips, num_val_clips, num_test_clips, synthetic_seed: size and seed of the synthetic set.
-        features_dir: root of the feature cache (one sub-folder per backbone, weights and frame count).
-        backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
-        weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
-        num_frames: frames sampled uniformly from each clip.
-        image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
-        spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
-        seek: frame sampling: `exact` (decode the frame at each uniformly spaced position), or `keyframe` (snap each
-            position to the nearest keyframe: approximate, much faster on long videos; cached separately and
-            recorded in the checkpoint, so captioning samples the same way).
+        features_dir: root of the feature cache (one sub-folder per `features.key`).
+        features: what the cached features depend on (`FeatureSpec`: backbone, weights, num_frames, image_size,
+            spatial_grid, seek), e.g. `--data.features.num_frames 16`; recorded in the checkpoint, so captioning
+            encodes frames the same way. A dict of its fields is taken too (and is what the hyper-parameters hold).
         min_word_count: words seen fewer times in the training captions become `<unk>`.
         max_caption_len: training captions are cut to this many words.
         batch_size: training batch size (caption pairs); evaluation batches hold clips.
@@ -87,12 +118,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         num_test_clips: int = 100,
         synthetic_seed: int = 0,
         features_dir: str = "data/features",
-        backbone: str = "efficientnet_lite0",
-        weights: Optional[str] = "DEFAULT",
-        num_frames: int = 8,
-        image_size: Optional[int] = None,
-        spatial_grid: int = 1,
-        seek: Literal["exact", "keyframe"] = "exact",
+        features: FeatureSpec = FeatureSpec(),
         min_word_count: int = 1,
         max_caption_len: int = 20,
         batch_size: int = 64,
@@ -103,10 +129,11 @@ class CaptioningDataModule(pl.LightningDataModule):
         train_items: Literal["pairs", "clips"] = "pairs",
     ):
         super().__init__()
+        self.spec = features if isinstance(features, FeatureSpec) else FeatureSpec(**features)
+        # saved as a plain dict (save_hyperparameters reads this local): checkpoints stay loadable with weights_only
+        features = dataclasses.asdict(self.spec)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        self.spec = FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size,
-                                spatial_grid=spatial_grid, seek=seek)
         # one cache per dataset folder: clip ids of different datasets may collide
         self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
         self.vocab: Optional[Vocabulary] = None
@@ -155,14 +182,12 @@ class CaptioningDataModule(pl.LightningDataModule):
         if not todo:
             return
         self._announce_extraction(len(todo), len(clips))
-        import torch
+        from captioner.features.extract import extract_in_process
+        from captioner.inference import resolve_device
 
-        device = hp.extract_device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        encoder = self.spec.build_encoder()
-        failures = extract_features(encoder, [(c.id, c.path) for c in todo], self.cache,
-                                    batch_size=hp.extract_batch_size, num_workers=hp.num_workers, device=device)
+        failures = extract_in_process(self.spec, [(c.id, c.path) for c in todo], self.cache,
+                                      batch_size=hp.extract_batch_size, num_workers=hp.num_workers,
+                                      device=resolve_device(hp.extract_device))
         if failures:
             self.cache.write_failures(listed + failures)
             log.warning("%d clips could not be read and are left out (listed in %s)", len(failures),
@@ -183,15 +208,14 @@ class CaptioningDataModule(pl.LightningDataModule):
                                  f"check --data.data_dir)")
 
     def extract_command(self) -> str:
-        """The `captioner extract` command that fills this DataModule's feature cache."""
+        """The `captioner extract` command that fills this DataModule's feature cache (the same `--data.*` flags)."""
         import shlex
 
-        hp, spec = self.hparams, self.spec
         null = lambda v: "null" if v is None else str(v)  # noqa: E731
-        args = ["captioner", "extract", "--data-dir", str(self.data_dir), "--features-dir", str(hp.features_dir),
-                "--backbone", spec.backbone, "--weights", null(spec.weights), "--num-frames", str(spec.num_frames),
-                "--image-size", null(spec.image_size), "--spatial-grid", str(spec.spatial_grid),
-                "--fast-seek" if spec.seek == "keyframe" else "--no-fast-seek"]
+        args = ["captioner", "extract", "--data.data_dir", str(self.data_dir),
+                "--data.features_dir", str(self.hparams.features_dir)]
+        for field in dataclasses.fields(FeatureSpec):
+            args += [f"--data.features.{field.name}", null(getattr(self.spec, field.name))]
         return shlex.join(args)
 
     def _announce_extraction(self, todo: int, total: int) -> None:

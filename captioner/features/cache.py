@@ -1,4 +1,4 @@
-"""The on-disk feature cache: one `.npy` of per-frame CNN features per clip, written atomically."""
+"""The on-disk feature cache: what names it (`FeatureSpec`), one `.npy` of features per clip, the failure report."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from typing import Optional, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 
 from captioner.checkpointing import atomic_write, write_text_atomic
 from captioner.errors import SettingsError
-from captioner.data.video import SEEK_MODES, VideoReadError, read_frames
+from captioner.data.video import SEEK_MODES
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 REPORT_NAME = "failed.txt"  # in the cache folder: the clips that could not be read, `<id>\t<reason>` per line
@@ -32,14 +31,25 @@ def parse_failures(text: str) -> list[tuple[str, str]]:
 
 @dataclass(frozen=True)
 class FeatureSpec:
-    """Everything the cached features depend on; it names the cache folder and is stored in checkpoints."""
+    """Everything the cached features depend on; it names the cache folder and is stored in checkpoints.
+
+    Args:
+        backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
+        weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
+        num_frames: frames sampled uniformly from each clip.
+        image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
+        spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
+        seek: frame sampling (`read_frames`): `exact` (decode the frame at each uniformly spaced position), or
+            `keyframe` (snap each position to the nearest keyframe: approximate, much faster on long videos;
+            cached separately and recorded in the checkpoint, so captioning samples the same way).
+    """
 
     backbone: str = "efficientnet_lite0"
     weights: Optional[str] = "DEFAULT"
     num_frames: int = 8
-    image_size: Optional[int] = None  # None: the weights' own crop size
-    spatial_grid: int = 1  # g > 1: features of a g x g grid of regions, concatenated
-    seek: str = "exact"  # frame sampling, see `read_frames`: "keyframe" is approximate and much faster on long videos
+    image_size: Optional[int] = None
+    spatial_grid: int = 1
+    seek: str = "exact"
 
     def __post_init__(self):
         """Check every field now, so train, extract and evaluate all refuse a bad name before any work."""
@@ -124,71 +134,3 @@ class FeatureCache:
             write_text_atomic(self.report_path, format_failures(failures))
         else:
             self.report_path.unlink(missing_ok=True)
-
-
-class ClipFrames(Dataset):
-    """`(video id, path)` pairs -> `(id, frames (T, H, W, 3) uint8 or None, error message or None)`.
-
-    `seek` is `read_frames`'s: `"exact"` or the approximate, faster `"keyframe"`.
-    """
-
-    def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, short_side: int, seek: str = "exact"):
-        self.items, self.num_frames, self.short_side, self.seek = list(items), num_frames, short_side, seek
-
-    def __len__(self) -> int:
-        return len(self.items)
-
-    def __getitem__(self, i: int):
-        vid, path = self.items[i]
-        try:
-            return vid, read_frames(path, self.num_frames, self.short_side, seek=self.seek), None
-        except VideoReadError as err:
-            return vid, None, str(err)
-        except Exception as err:  # a decoder failing in a way nobody foresaw: still this clip's problem only
-            return vid, None, " ".join(f"{path}: could not be read ({type(err).__name__}: {err})".split())
-
-
-def _keep_list(batch):
-    return batch
-
-
-@torch.no_grad()
-def extract_features(
-    encoder,
-    items: Sequence[tuple[str, str]],
-    cache: FeatureCache,
-    batch_size: int = 16,
-    num_workers: int = 0,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> list[tuple[str, str]]:
-    """Encode every clip not yet in `cache` and save its features; clips already cached are skipped.
-
-    Args:
-        encoder: a `FrameEncoder`.
-        items: `(video id, path)` pairs.
-
-    Returns:
-        `(video id, error message)` for each clip that could not be read; the others are all cached.
-    """
-    from tqdm.auto import tqdm
-
-    todo = [(vid, p) for vid, p in items if not cache.has(vid)]
-    if not todo:
-        return []
-    encoder = encoder.to(device).eval()
-    frames = ClipFrames(todo, cache.spec.num_frames, encoder.preprocessing.resize_size, cache.spec.seek)
-    loader = DataLoader(frames, batch_size=batch_size, num_workers=num_workers, collate_fn=_keep_list)
-    failures = []
-    with tqdm(total=len(todo), desc=f"Extracting features ({cache.spec.key})", unit="clip", disable=not progress) as bar:
-        for batch in loader:
-            good = [(vid, frames) for vid, frames, err in batch if err is None]
-            failures += [(vid, err) for vid, _, err in batch if err is not None]
-            if good:
-                # clips differ in size until cropped: preprocess each, then batch
-                x = torch.stack([encoder.preprocess(f.to(device)) for _, f in good])  # (B, T, 3, S, S)
-                feats = encoder(x)  # (B, T, D)
-                for (vid, _), f in zip(good, feats):
-                    cache.save(vid, f)
-            bar.update(len(batch))
-    return failures

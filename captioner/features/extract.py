@@ -1,25 +1,21 @@
-"""Feature extraction at scale: Lightning's predict loop encodes clips on 1 CPU, N GPUs or N nodes; a writer caches them."""
+"""Frames to cached features, written once: a dataset of cropped clips, the encoder, the cache; two drivers over
+it, in this process (`extract_in_process`, what training's `prepare_data` runs) and Lightning's predict loop
+(`run_extraction`, `captioner extract`: 1 CPU to N GPUs or nodes)."""
 
 from __future__ import annotations
 
-import argparse
-import dataclasses
-import inspect
 import logging
-import sys
-from pathlib import Path
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
 import torch
-import torchvision.transforms.v2.functional as TF
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from captioner.checkpointing import write_text_atomic
-from captioner.features.cache import ClipFrames, FeatureCache, FeatureSpec, format_failures, parse_failures
-from captioner.errors import UserError
-from captioner.models.encoder import Preprocessing, ensure_weights
+from captioner.data.video import VideoReadError, read_frames
+from captioner.features.cache import FeatureCache, FeatureSpec, format_failures, parse_failures
+from captioner.models.encoder import FrameEncoder, Preprocessing
 
 log = logging.getLogger(__name__)
 
@@ -27,28 +23,28 @@ log = logging.getLogger(__name__)
 class CroppedClips(Dataset):
     """`(id, path)` -> `(id, frames (T, 3, S, S) uint8 resized and centre-cropped, or None, error or None)`.
 
-    Decoding, resizing and cropping run in the DataLoader workers; only normalisation is left for the
-    accelerator, so a batch crosses to the GPU as compact uint8.
+    Decoding and `FrameEncoder.crop` (its `Preprocessing.crop`) run in the DataLoader workers; only
+    normalisation is left for the encoder's device, so a batch crosses to a GPU as compact uint8. An unreadable
+    clip is that clip's problem only: its error is carried along for the report.
     """
 
     def __init__(self, items: Sequence[tuple[str, str]], num_frames: int, preprocessing: Preprocessing,
                  seek: str = "exact"):
-        self.frames = ClipFrames(items, num_frames, preprocessing.resize_size, seek)
-        self.preprocessing = preprocessing
+        self.items, self.num_frames, self.preprocessing, self.seek = list(items), num_frames, preprocessing, seek
 
     def __len__(self) -> int:
-        return len(self.frames)
+        return len(self.items)
 
     def __getitem__(self, i: int):
-        vid, frames, err = self.frames[i]
-        if frames is None:
-            return vid, None, err
-        p = self.preprocessing
-        x = frames.permute(0, 3, 1, 2)  # (T, H, W, 3) -> (T, 3, H, W)
-        # the same steps, in the same order, as FrameEncoder.preprocess (which also normalises)
-        if min(x.shape[-2:]) != p.resize_size:
-            x = TF.resize(x, p.resize_size, antialias=True)
-        return vid, TF.center_crop(x, p.crop_size).contiguous(), None
+        vid, path = self.items[i]
+        try:
+            frames = read_frames(path, self.num_frames, self.preprocessing.resize_size, seek=self.seek)
+        except VideoReadError as err:
+            return vid, None, str(err)
+        except Exception as err:  # a decoder failing in a way nobody foresaw: still this clip's problem only
+            return vid, None, " ".join(f"{path}: could not be read ({type(err).__name__}: {err})".split())
+        # contiguous: a worker sends the crop, not the whole decoded frames behind a view of them
+        return vid, self.preprocessing.crop(frames).contiguous(), None
 
 
 def collate_cropped(batch) -> dict:
@@ -59,6 +55,50 @@ def collate_cropped(batch) -> dict:
         "frames": torch.stack([x for _, x in ok]) if ok else None,  # (B, T, 3, S, S) uint8
         "failures": [(vid, err) for vid, _, err in batch if err is not None],
     }
+
+
+def clip_loader(items: Sequence[tuple[str, str]], spec: FeatureSpec, preprocessing: Preprocessing,
+                batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
+    """Batches of cropped clips, in the order of `items` (see `collate_cropped`), decoded in `num_workers`."""
+    return DataLoader(CroppedClips(items, spec.num_frames, preprocessing, spec.seek), batch_size=batch_size,
+                      num_workers=num_workers, collate_fn=collate_cropped, pin_memory=pin_memory, shuffle=False)
+
+
+def encode_batch(encoder: FrameEncoder, batch: dict) -> Optional[torch.Tensor]:
+    """A `collate_cropped` batch -> features `(B, T, D)` of its readable clips; `None` when it has none."""
+    return encoder.encode_cropped(batch["frames"]) if batch["frames"] is not None else None
+
+
+def extract_in_process(
+    spec: FeatureSpec,
+    items: Sequence[tuple[str, str]],
+    cache: FeatureCache,
+    batch_size: int = 16,
+    num_workers: int = 0,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> list[tuple[str, str]]:
+    """Encode every clip of `items` not yet in `cache`, in this process on `device`, saving each as its batch ends.
+
+    Returns:
+        `(video id, error message)` for each clip that could not be read; the others are all cached. Writing
+        the report is the caller's: training keeps the clips it listed before.
+    """
+    from tqdm.auto import tqdm
+
+    todo = [(vid, p) for vid, p in items if not cache.has(vid)]
+    if not todo:
+        return []
+    encoder = spec.build_encoder().to(device).eval()
+    failures: list[tuple[str, str]] = []
+    with tqdm(total=len(todo), desc=f"Extracting features ({spec.key})", unit="clip", disable=not progress) as bar:
+        for batch in clip_loader(todo, spec, encoder.preprocessing, batch_size, num_workers):
+            feats = encode_batch(encoder, batch)  # (B, T, D)
+            for vid, f in zip(batch["ids"], feats if feats is not None else ()):
+                cache.save(vid, f)
+            failures += batch["failures"]
+            bar.update(len(batch["ids"]) + len(batch["failures"]))
+    return failures
 
 
 class FeatureExtractor(pl.LightningModule):
@@ -75,22 +115,13 @@ class FeatureExtractor(pl.LightningModule):
         self.encoder = spec.build_encoder()
         if channels_last:
             self.encoder.to(memory_format=torch.channels_last)
-        p = self.encoder.preprocessing
-        self.register_buffer("mean", torch.tensor(p.mean).view(1, 1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(p.std).view(1, 1, 3, 1, 1), persistent=False)
 
     @property
     def preprocessing(self) -> Preprocessing:
         return self.encoder.preprocessing
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """Cropped uint8 frames `(B, T, 3, S, S)` -> per-frame features `(B, T, D)`."""
-        x = frames.float().div_(255.0).sub_(self.mean).div_(self.std)  # as torchvision's normalize
-        return self.encoder(x)
-
     def predict_step(self, batch: dict, batch_idx: int) -> dict:
-        feats = self(batch["frames"]) if batch["frames"] is not None else None
-        return {"ids": batch["ids"], "feats": feats, "failures": batch["failures"]}
+        return {"ids": batch["ids"], "feats": encode_batch(self.encoder, batch), "failures": batch["failures"]}
 
 
 class ExtractionData(pl.LightningDataModule):
@@ -115,9 +146,8 @@ class ExtractionData(pl.LightningDataModule):
         self.todo = self.trainer.strategy.broadcast(todo, src=0)
 
     def predict_dataloader(self) -> DataLoader:
-        return DataLoader(CroppedClips(self.todo, self.cache.spec.num_frames, self.preprocessing, self.cache.spec.seek),
-                          batch_size=self.batch_size, num_workers=self.num_workers, collate_fn=collate_cropped,
-                          pin_memory=self.pin_memory, shuffle=False)
+        return clip_loader(self.todo, self.cache.spec, self.preprocessing, self.batch_size, self.num_workers,
+                           self.pin_memory)
 
 
 class FeatureWriter(BasePredictionWriter):

@@ -31,6 +31,18 @@ class Preprocessing:
     mean: tuple[float, float, float] = (0.485, 0.456, 0.406)
     std: tuple[float, float, float] = (0.229, 0.224, 0.225)
 
+    def crop(self, frames: torch.Tensor) -> torch.Tensor:
+        """uint8 RGB frames `(..., H, W, 3)` -> resized (short side) and centre-cropped uint8 `(..., 3, S, S)`.
+
+        Here rather than only on `FrameEncoder`, so DataLoader workers can crop without a copy of the CNN.
+        """
+        lead = frames.shape[:-3]
+        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
+        if min(x.shape[-2:]) != self.resize_size:
+            x = TF.resize(x, self.resize_size, antialias=True)
+        x = TF.center_crop(x, self.crop_size)
+        return x.reshape(*lead, *x.shape[1:])
+
 
 LITE0_PREPROCESSING = Preprocessing(resize_size=256, crop_size=224, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
@@ -207,13 +219,7 @@ class FrameEncoder(nn.Module):
         The part of preprocessing that makes frames of any size alike; cheap to run in DataLoader workers, and
         a batch of it crosses to the GPU as compact uint8.
         """
-        p = self.preprocessing
-        lead = frames.shape[:-3]
-        x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2)  # (N, H, W, 3) -> (N, 3, H, W)
-        if min(x.shape[-2:]) != p.resize_size:
-            x = TF.resize(x, p.resize_size, antialias=True)
-        x = TF.center_crop(x, p.crop_size)
-        return x.reshape(*lead, *x.shape[1:])
+        return self.preprocessing.crop(frames)
 
     def normalize(self, cropped: torch.Tensor) -> torch.Tensor:
         """Cropped uint8 frames `(..., 3, S, S)` -> the float input the CNN's weights expect."""
