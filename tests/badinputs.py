@@ -8,6 +8,7 @@ captions the file); `readable=False` means a `VideoReadError` whose message name
 
 from __future__ import annotations
 
+import csv
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -15,6 +16,10 @@ from typing import Optional
 
 import numpy as np
 
+from captioner.features.cache import FeatureSpec
+
+
+SPEC = FeatureSpec(backbone="resnet18", weights=None, num_frames=4, image_size=64)  # cheap on a CPU
 
 NAMES = (
     "missing", "directory", "empty", "text_renamed", "audio_only", "truncated", "lying_frame_count", "one_frame",
@@ -152,3 +157,22 @@ def write_corpus(folder: Path) -> dict[str, Case]:
     good("non_ascii_and_spaces", write_video(nonascii, _gradient(6, 32, 32)), (32, 32))
     assert tuple(cases) == NAMES
     return cases
+
+
+def write_msvd_with_bad_clips(bad_corpus: dict[str, Case], folder: Path) -> Path:
+    """`folder/msvd`: an MSVD folder whose clips are files of the corpus: good, broken, a directory, a missing one."""
+    root = folder / "msvd"
+    clips = root / "YouTubeClips"
+    clips.mkdir(parents=True)
+    files = {"good": "mpeg4_avi", "odd": "rotated_90", "empty": "empty", "text": "text_renamed",
+             "cut": "truncated", "audio": "audio_only"}
+    for clip, name in files.items():
+        (clips / f"{clip}_0_1.avi").write_bytes(bad_corpus[name].path.read_bytes())
+    (clips / "folder_0_1.avi").mkdir()
+    rows = [["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]]
+    names = [*files, "folder", "gone"]
+    rows += [[clip, "0", "1", "1", "clean", "20", "English", f"a {clip} clip"] for clip in names]
+    with open(root / "MSR Video Description Corpus.csv", "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
+    (root / "youtube_mapping.txt").write_text("".join(f"{c}_0_1 vid{i}\n" for i, c in enumerate(names, 1)))
+    return root

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from badinputs import NAMES
 from captioner import VideoCaptioner
 from captioner.cli.caption import build_parser, main as caption_command
 from captioner.cli import main
@@ -262,3 +263,35 @@ def test_libav_lines_only_with_verbose(ckpt, tmp_path):
     verbose = run(damaged, "--checkpoint", ckpt, "--device", "cpu", "--verbose")
     assert verbose.returncode == 0 and verbose.stdout == quiet.stdout
     assert "[h264 @ 0x" in verbose.stderr
+
+
+# One process over the whole bad-input corpus (tests/badinputs.py)
+
+# what each layer says for a directory: sampling and extraction read it as a file, the CLI as a folder of videos
+CLI_REASON = {"directory": "directory contains no video files"}
+
+
+
+def test_caption_cli_over_the_corpus(bad_corpus, trained):
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONIOENCODING": "utf-8"}
+    paths = [str(case.path) for case in bad_corpus.values()]
+    proc = subprocess.run([sys.executable, "-m", "captioner", "caption", *paths, "--checkpoint", str(trained[2]),
+                           "--json", "--threads", "1"], capture_output=True, text=True, encoding="utf-8", cwd=REPO,
+                          env=env, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    records = json.loads(proc.stdout)
+    assert [r["video"] for r in records] == paths  # every input once, in order
+    errors = proc.stderr.splitlines()
+    assert "Traceback" not in proc.stderr
+    for name, record in zip(NAMES, records):
+        case = bad_corpus[name]
+        if case.readable:
+            assert set(record) == {"video", "caption", "score", "familiarity", "in_domain"}, record
+            assert isinstance(record["caption"], str) and record["score"] <= 0, record
+        else:
+            reason = CLI_REASON.get(name, case.reason)
+            assert set(record) == {"video", "error"} and reason in record["error"], record
+            [line] = [e for e in errors if e.startswith(f"captioner caption: {case.path}: ")]
+            assert reason in line
+    bad = sum(not c.readable for c in bad_corpus.values())
+    assert errors[-1] == f"captioner caption: {bad} of {len(NAMES)} videos could not be captioned"

@@ -1,6 +1,7 @@
 import pytest
 import torch
 
+from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
 
 V, D = 10, 6  # a 10-word vocabulary (ids 0-3 are <pad> <bos> <eos> <unk>)
@@ -147,3 +148,21 @@ def test_beam_wider_than_the_vocabulary():
     for i in range(3):
         single = dec.beam_search(video[i : i + 1], beam_size=12, max_len=5)
         assert torch.equal(batched[i, : single.shape[1]], single[0])
+
+
+def test_unknown_words_and_specials_at_inference():
+    from captioner.models.decoder import CaptionDecoder
+
+    vocab = Vocabulary.build(["a red ball"])
+    assert vocab.decode(vocab.encode("a purple ball")) == "a <unk> ball"  # unknown words map to <unk>
+    torch.manual_seed(0)
+    decoder = CaptionDecoder(len(vocab), 8, embed_dim=8, hidden_dim=8).eval()
+    with torch.no_grad():  # a decoder that would rather say <pad> and <bos> than anything else
+        decoder.out.bias[:] = 0
+        decoder.out.bias[[vocab.pad_id, vocab.bos_id]] = 50.0
+    video = torch.randn(3, 8)
+    for ids in (decoder.greedy(video, max_len=6), decoder.beam_search(video, beam_size=3, max_len=6)):
+        for row in ids.tolist():
+            words = row[: row.index(vocab.eos_id)] if vocab.eos_id in row else row
+            assert vocab.pad_id not in words and vocab.bos_id not in words
+

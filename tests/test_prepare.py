@@ -9,6 +9,7 @@ import pytest
 from captioner.data.datasets import load_annotations
 from captioner.data.prepare import is_safe_id, normalize_caption, prepare_msvd
 from captioner.cli.prepare import main
+from badinputs import write_msvd_with_bad_clips
 from captioner.data.vocab import tokenize
 
 MSVD_HEADER = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]
@@ -275,3 +276,56 @@ def test_msvd_mapping_with_no_valid_line_says_so(msvd_root, capsys):
     (msvd_root / "youtube_mapping.txt").write_text("\n")
     assert main(["msvd", "--root", str(msvd_root)]) == 1
     assert "youtube_mapping.txt: empty" in capsys.readouterr().err
+
+
+# Bad clips (tests/badinputs.py): reported, left out, and the report written
+
+
+@pytest.fixture
+def msvd_with_bad_clips(bad_corpus, tmp_path) -> Path:
+    """An MSVD folder whose clips are files of the corpus: good ones, broken ones, a directory, a missing one."""
+    return write_msvd_with_bad_clips(bad_corpus, tmp_path)
+
+
+def test_prepare_reports_missing_and_unreadable_videos(msvd_with_bad_clips, capsys):
+    from captioner.cli.prepare import main
+
+    root = msvd_with_bad_clips
+    # by default only existence is checked (fast for 10,000 clips): a folder is not a video file
+    assert main(["msvd", "--root", str(root), "--out", str(root / "plain")]) == 0
+    report = json.loads((root / "plain" / "prepare_report.json").read_text())
+    assert [p["clip"] for p in report["missing_videos"]] == ["folder_0_1", "gone_0_1"]
+    assert report["clips"]["train"] == 6 and report["unreadable_videos"] == []
+    # --check-videos opens each file: the broken ones are reported with the reason and left out
+    assert main(["msvd", "--root", str(root), "--out", str(root / "checked"), "--check-videos"]) == 0
+    out = capsys.readouterr().out
+    assert "4 videos that cannot be read" in out and "2 videos missing on disk" in out
+    report = json.loads((root / "checked" / "prepare_report.json").read_text())
+    unreadable = {p["clip"]: p["reason"] for p in report["unreadable_videos"]}
+    assert set(unreadable) == {"empty_0_1", "text_0_1", "cut_0_1", "audio_0_1"}
+    assert "empty file" in unreadable["empty_0_1"] and "no video stream" in unreadable["audio_0_1"]
+    assert all(r.startswith(str(root / "YouTubeClips")) for r in unreadable.values())  # names the file
+    kept = [v["id"] for v in json.loads((root / "checked" / "annotations.json").read_text())["videos"]]
+    assert kept == ["good_0_1", "odd_0_1"]
+
+
+def test_prepare_with_nothing_left_writes_the_report(msvd_with_bad_clips, tmp_path, capsys):
+    from captioner.cli.prepare import main
+
+    empty = tmp_path / "no_videos"
+    empty.mkdir()
+    out = tmp_path / "out"
+    assert main(["msvd", "--root", str(msvd_with_bad_clips), "--videos", str(empty), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "no clip left to write" in err and str(out / "prepare_report.json") in err
+    assert len(json.loads((out / "prepare_report.json").read_text())["missing_videos"]) == 8
+    assert not (out / "annotations.json").exists()
+
+
+def test_prepare_malformed_msrvtt_json(tmp_path, capsys):
+    from captioner.cli.prepare import main
+
+    (tmp_path / "train_val_videodatainfo.json").write_text('{"videos": [{"video_id": "video0",}]}')
+    assert main(["msrvtt", "--root", str(tmp_path)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "train_val_videodatainfo.json: not valid JSON" in line and "line 1 column" in line

@@ -1,9 +1,11 @@
+import numpy as np
 import pytest
 import torch
 
+from badinputs import NAMES
 from captioner.data.synthetic import write_mp4
-from captioner.data.video import (VideoReadError, decode_size, probe_video, read_frames, sample_frame_indices,
-                                  snap_to_keyframes)
+from captioner.data.video import (VideoReadError, _decode, _decode_with_pyav, decode_size, probe_video,
+                                  read_frames, sample_frame_indices, snap_to_keyframes)
 from conftest import moving_square
 
 
@@ -254,3 +256,61 @@ def test_ffmpeg_log_is_quiet_unless_asked_for(tmp_path, seek):
     assert quiet.stdout.strip() == verbose.stdout.strip() == "(8, 64, 64, 3)"
     assert quiet.stderr == ""
     assert "[h264 @ 0x" in verbose.stderr
+
+
+# The bad-input corpus (tests/badinputs.py): one clear error per unreadable file, the right pictures from odd ones
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_frame_sampling(bad_corpus, name):
+    case = bad_corpus[name]
+    if not case.readable:
+        with pytest.raises(VideoReadError) as err:
+            read_frames(case.path, num_frames=8, short_side=64)
+        message = str(err.value)
+        assert message.startswith(f"{case.path}: ") and case.reason in message and "\n" not in message
+        assert err.value.path == str(case.path)
+        return
+    frames = read_frames(case.path, num_frames=8, short_side=64)
+    height, width = case.size
+    assert frames.dtype == torch.uint8 and frames.shape[0] == 8 and frames.shape[3] == 3
+    assert min(frames.shape[1:3]) == 64  # the short side, as displayed
+    assert abs(frames.shape[2] / frames.shape[1] - width / height) < 0.1  # aspect kept: nothing squeezed
+    assert frames.float().std() > 5  # real pictures
+    native = read_frames(case.path, num_frames=8, short_side=None)
+    assert native.shape == (8, height, width, 3)
+
+
+def test_odd_inputs_decode_to_the_right_pictures(bad_corpus):
+    def bright(frame: torch.Tensor, axis: int) -> np.ndarray:  # rows (axis 1) or columns (axis 0) that are all white
+        return np.where(frame.numpy().min(axis=(axis, 2)) > 200)[0]
+
+    # stored: a vertical white bar moving right; displayed after the 90° rotation: a horizontal bar
+    [stored] = _decode(bad_corpus["yuv444p"].path, 1, -1, -1)  # the same content, not rotated
+    assert len(bright(stored, 0)) and not len(bright(stored, 1))
+    rotated = read_frames(bad_corpus["rotated_90"].path, num_frames=6, short_side=None)
+    assert len(bright(rotated[3], 1)) and not len(bright(rotated[3], 0))
+    # grayscale: three equal channels
+    gray = read_frames(bad_corpus["gray"].path, num_frames=2, short_side=None).int()
+    assert (gray[..., 0] - gray[..., 1]).abs().max() <= 2 and (gray[..., 1] - gray[..., 2]).abs().max() <= 2
+    # one frame: repeated; three frames for eight samples: each used, in order
+    one = read_frames(bad_corpus["one_frame"].path, num_frames=4, short_side=None)
+    assert all(torch.equal(one[0], f) for f in one)
+    three = read_frames(bad_corpus["three_frames"].path, num_frames=8, short_side=None)
+    distinct = [i for i in range(1, 8) if not torch.equal(three[i], three[i - 1])]
+    assert len(distinct) == 2
+    # the header promises 48 frames; the ones that decode are sampled, none blank
+    lying = read_frames(bad_corpus["lying_frame_count"].path, num_frames=8, short_side=None)
+    assert all(f.float().mean() > 20 for f in lying) and not torch.equal(lying[0], lying[-1])
+
+
+def test_pyav_fallback_matches_decord(bad_corpus):
+    """The fallback decoder (for files decord cannot read) samples and rotates as decord does."""
+    for name in ("yuv444p", "rotated_90", "variable_frame_rate"):
+        case = bad_corpus[name]
+        rotation = 90 if name == "rotated_90" else 0
+        ours = _decode_with_pyav(case.path, 5, rotation, VideoReadError(case.path, "unused"))
+        decord = _decode(case.path, 5, -1, -1)
+        assert ours.shape == decord.shape
+        assert (ours.float() - decord.float()).abs().mean() < 3  # colour conversion differs by a level or two
+
