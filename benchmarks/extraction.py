@@ -136,12 +136,9 @@ def end_to_end(paths: list[Path], spec, cache_root: Path, device: str, precision
 
 def decode_only(paths: list[Path], spec, preprocessing, batch_size: int, workers: int) -> float:
     """Steady clips/s of the extraction DataLoader alone: decode, resize, crop, collate in `workers` workers."""
-    from torch.utils.data import DataLoader
+    from captioner.features.extract import clip_loader
 
-    from captioner.features.extract import CroppedClips, collate_cropped
-
-    loader = DataLoader(CroppedClips([(p.stem, str(p)) for p in paths], spec.num_frames, preprocessing),
-                        batch_size=batch_size, num_workers=workers, collate_fn=collate_cropped)
+    loader = clip_loader([(p.stem, str(p)) for p in paths], spec, preprocessing, batch_size, workers)
     marks = []
     for batch in loader:
         marks.append((time.perf_counter(), len(batch["ids"])))
@@ -160,7 +157,7 @@ def cnn_alone(paths: list[Path], model, device: str, precision: str, batch_size:
     clips = CroppedClips([(p.stem, str(p)) for p in paths[:batch_size]], spec.num_frames, model.preprocessing)
     frames = torch.stack([clips[i][1] for i in range(len(clips))])  # (B, T, 3, S, S) uint8
     frames = frames.repeat(-(-batch_size // len(frames)), 1, 1, 1, 1)[:batch_size].to(device)
-    x = frames.float().div_(255.0).sub_(model.mean).div_(model.std)  # FeatureExtractor.forward's normalisation
+    x = model.encoder.normalize(frames)  # as FeatureExtractor's encode_cropped
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16
     autocast = torch.autocast(torch.device(device).type, dtype=dtype, enabled="mixed" in precision)
     with torch.inference_mode(), autocast:

@@ -219,8 +219,8 @@ def measure_batch_size(data_dir: Path, features_dir: Path, num_frames: int, batc
                        model_args: dict, baseline: bool = True, profile: bool = False) -> dict:
     """Seconds per step in the Trainer (features in memory, and with `baseline` also read per item), and for
     the model alone on batches in memory; caption pairs and target tokens per batch."""
-    data_args = dict(data_dir=str(data_dir), synthetic=False, features_dir=str(features_dir), num_frames=num_frames,
-                     batch_size=batch_size)
+    data_args = dict(data_dir=str(data_dir), synthetic=False, features_dir=str(features_dir),
+                     features=dict(num_frames=num_frames), batch_size=batch_size)
     if num_workers is not None:
         data_args["num_workers"] = num_workers
     result = {}
