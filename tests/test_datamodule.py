@@ -1,0 +1,81 @@
+"""CaptioningDataModule: one typed `features` argument (flags, YAML, a plain dict in checkpoints), the extract
+command it gives, old flat flags, prepare and setup on tiny data."""
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.data.datamodule import CaptioningDataModule, renamed_data_flag, spell_feature_nulls
+from captioner.features.cache import FeatureSpec
+
+
+def test_features_is_one_typed_argument_kept_as_a_plain_dict(tmp_path):
+    spec = FeatureSpec(backbone="resnet18", weights=None, num_frames=16, image_size=64, seek="keyframe")
+    typed = CaptioningDataModule(data_dir=str(tmp_path / "tiny"), features_dir=str(tmp_path), features=spec)
+    plain = CaptioningDataModule(data_dir=str(tmp_path / "tiny"), features_dir=str(tmp_path),
+                                 features=dict(backbone="resnet18", weights=None, num_frames=16, image_size=64,
+                                               seek="keyframe"))
+    assert typed.spec == plain.spec == spec and typed.cache.dir == tmp_path / "tiny" / spec.key
+    assert type(typed.hparams["features"]) is dict and FeatureSpec(**typed.hparams["features"]) == spec
+    assert CaptioningDataModule().spec == FeatureSpec()
+
+
+def test_training_flags_and_yaml_reach_the_spec(tmp_path):
+    from captioner.cli.train import build_cli
+
+    cli = build_cli(["--data.features.num_frames=16", "--data.features.image_size=null",
+                     "--data.features.weights", "null", "--data.features.seek=keyframe",
+                     f"--trainer.default_root_dir={tmp_path}"])
+    assert cli.datamodule.spec == FeatureSpec(weights=None, num_frames=16, image_size=None, seek="keyframe")
+    assert cli.datamodule.hparams.features["num_frames"] == 16
+
+
+def test_nulls_are_given_as_json_and_other_flags_untouched():
+    assert spell_feature_nulls(["--data.features.image_size=null", "--data.features.weights", "null",
+                                "--data.features.num_frames", "4", "--model.x", "null"]) == [
+        "--data.features", '{"image_size": null}', "--data.features", '{"weights": null}',
+        "--data.features.num_frames", "4", "--model.x", "null"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["--data.num_frames=16"], "--data.num_frames is now --data.features.num_frames"),
+    (["--data.seek", "keyframe"], "--data.seek is now --data.features.seek"),
+    (["--num-frames", "16"], "--num-frames is now --data.features.num_frames"),
+    (["--no-fast-seek"], "--no-fast-seek is now --data.features.seek exact"),
+    (["--features-dir", "x"], "--features-dir is now --data.features_dir"),
+])
+def test_old_flat_flags_name_the_new_one(args, line):
+    assert renamed_data_flag(args).startswith(line)
+    assert renamed_data_flag(["--data.features.num_frames=16", "--data.batch_size", "8"]) is None
+
+
+def test_extract_command_fills_this_cache(tmp_path):
+    from captioner.cli.extract import parse
+
+    dm = CaptioningDataModule(data_dir=str(tmp_path / "tiny"), features_dir=str(tmp_path),
+                              features=FeatureSpec("resnet18", None, 6, image_size=None, spatial_grid=2))
+    command = dm.extract_command()
+    assert command.startswith(f"captioner extract --data.data_dir {tmp_path / 'tiny'} --data.features_dir {tmp_path}")
+    data, _ = parse(command.split()[2:])
+    assert data.spec == dm.spec and data.cache.dir == dm.cache.dir
+
+
+def test_prepare_and_setup_on_tiny_data(tiny_datamodule_args):
+    dm = CaptioningDataModule(**tiny_datamodule_args)
+    state = torch.random.get_rng_state()
+    dm.prepare_data()  # cached already: nothing to do, and the random state is untouched either way
+    assert torch.equal(torch.random.get_rng_state(), state)
+    dm.setup("fit")
+    assert {k: len(v) for k, v in dm.splits.items()} == {"train": 16, "val": 5, "test": 4}
+    assert dm.feature_dim == 512 and len(dm.vocab) > 4
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["feats"].shape[1:] == (4, 512)
+
+
+def test_a_trained_checkpoint_loads_with_weights_only(trained):
+    _, _, ckpt = trained
+    loaded = torch.load(ckpt, map_location="cpu", weights_only=True)
+    features = loaded["datamodule_hyper_parameters"]["features"]
+    assert type(features) is dict and FeatureSpec(**features) == FeatureSpec("resnet18", None, 4)
+    assert Path(loaded["datamodule_hyper_parameters"]["data_dir"]).name.startswith("synthetic")
