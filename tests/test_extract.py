@@ -305,8 +305,8 @@ def _check_extraction(bad_corpus, cache: FeatureCache, failures: list[tuple[str,
 
 
 def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
-    from captioner.features.cache import REPORT_NAME, extract_features
-    from captioner.features.extract import run_extraction
+    from captioner.features.cache import REPORT_NAME
+    from captioner.features.extract import extract_in_process, run_extraction
 
     items = [(name, str(case.path)) for name, case in bad_corpus.items()]
     cache = FeatureCache(tmp_path / "lightning", BAD_SPEC)
@@ -316,12 +316,13 @@ def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
     assert sorted(map(tuple, report)) == sorted(failures)  # one line per clip: id <TAB> path: reason
 
     own = FeatureCache(tmp_path / "datamodule", BAD_SPEC)
-    failures = extract_features(BAD_SPEC.build_encoder(), items, own, batch_size=8, progress=False)
+    failures = extract_in_process(BAD_SPEC, items, own, batch_size=8, progress=False)
     _check_extraction(bad_corpus, own, failures)
 
 
 def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypatch):
-    import captioner.features.cache as features
+    import captioner.features.extract as features
+    from captioner.models.encoder import Preprocessing
 
     read = features.read_frames
 
@@ -331,11 +332,11 @@ def test_an_unforeseen_decoder_failure_is_one_clips_problem(bad_corpus, monkeypa
         return read(path, *args, **kwargs)
 
     monkeypatch.setattr(features, "read_frames", exploding)
-    clips = features.ClipFrames([(n, str(bad_corpus[n].path)) for n in ("gray", "yuv444p")], 2, 64)
+    clips = features.CroppedClips([(n, str(bad_corpus[n].path)) for n in ("gray", "yuv444p")], 2, Preprocessing(64, 64))
     vid, frames, error = clips[0]
     assert frames is None and error == f"{bad_corpus['gray'].path}: could not be read (RuntimeError: decoder " \
                                        "exploded in a second line)"
-    assert clips[1][2] is None and clips[1][1].shape == (2, 64, 64, 3)
+    assert clips[1][2] is None and clips[1][1].shape == (2, 3, 64, 64)
 
 
 HOSTILE_IDS = ["../../escape", "/abs/olute", "..", ".", ".hidden", ".x.tmp", "a b", "a_b", "vidéo ü", "x/../y",
@@ -368,9 +369,9 @@ def test_extraction_from_hostile_annotations_writes_only_in_the_cache(bad_corpus
     (data / "annotations.json").write_text(json.dumps({"videos": videos}))
     before = _files_under(tmp_path)
     features = tmp_path / "work" / "features"
-    assert main(["--data-dir", str(data), "--features-dir", str(features), "--backbone", "resnet18",
-                 "--weights", "null", "--num-frames", "4", "--image-size", "64", "--accelerator", "cpu",
-                 "--num-workers", "0", "--no-progress"]) == 0
+    assert main(["--data.data_dir", str(data), "--data.features_dir", str(features), "--data.features.backbone",
+                 "resnet18", "--data.features.weights", "null", "--data.features.num_frames", "4",
+                 "--data.features.image_size", "64", "--accelerator", "cpu", "--num-workers", "0", "--no-progress"]) == 0
     assert f"{len(videos) - 1}/{len(videos)} clips cached" in capsys.readouterr().out
     cache_dir = features / "data" / BAD_SPEC.key
     new = _files_under(tmp_path) - before

@@ -242,9 +242,10 @@ def dataset(tiny_dataset, tmp_path_factory) -> Path:
 
 def _extract_argv(dataset: Path, features: Path) -> list[str]:
     # the features of tiny_datamodule_args (224 px): one clip a batch is slow enough for the kill to land mid-run
-    return ["--data-dir", str(dataset), "--features-dir", str(features), "--backbone", "resnet18", "--weights", "null",
-            "--num-frames", "4", "--image-size", "null", "--accelerator", "cpu", "--batch-size", "1",
-            "--num-workers", "0", "--no-progress"]
+    return ["--data.data_dir", str(dataset), "--data.features_dir", str(features), "--data.features.backbone",
+            "resnet18", "--data.features.weights", "null", "--data.features.num_frames", "4",
+            "--data.features.image_size", "null", "--accelerator", "cpu", "--batch-size", "1", "--num-workers", "0",
+            "--no-progress"]
 
 
 def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
