@@ -82,7 +82,10 @@ def data_flags(values: dict, prefix: str = "--data") -> list[str]:
     """DataModule arguments as `--data.*` flags, a nested dict (`features`) as `--data.features.*`."""
     flags = []
     for k, v in values.items():
-        flags += data_flags(v, f"{prefix}.{k}") if isinstance(v, dict) else [f"{prefix}.{k}={'null' if v is None else v}"]
+        if isinstance(v, dict):
+            flags += data_flags(v, f"{prefix}.{k}")
+        else:
+            flags.append(f"{prefix}.{k}={'null' if v is None else v}")
     return flags
 
 

@@ -39,7 +39,8 @@ def dataset(tiny_dataset, tmp_path_factory) -> Path:
 def _argv(dataset: Path, features: Path, *extra: str) -> list[str]:
     return ["--data.data_dir", str(dataset), "--data.features_dir", str(features),
             "--data.features.backbone", SPEC["backbone"], "--data.features.weights", "null",
-            "--data.features.num_frames", str(SPEC["num_frames"]), "--data.features.image_size", str(SPEC["image_size"]),
+            "--data.features.num_frames", str(SPEC["num_frames"]),
+            "--data.features.image_size", str(SPEC["image_size"]),
             "--accelerator", "cpu", "--batch-size", "4", "--num-workers", "0", "--no-progress", *extra]
 
 
@@ -371,7 +372,8 @@ def test_extraction_from_hostile_annotations_writes_only_in_the_cache(bad_corpus
     features = tmp_path / "work" / "features"
     assert main(["--data.data_dir", str(data), "--data.features_dir", str(features), "--data.features.backbone",
                  "resnet18", "--data.features.weights", "null", "--data.features.num_frames", "4",
-                 "--data.features.image_size", "64", "--accelerator", "cpu", "--num-workers", "0", "--no-progress"]) == 0
+                 "--data.features.image_size", "64", "--accelerator", "cpu", "--num-workers", "0",
+                 "--no-progress"]) == 0
     assert f"{len(videos) - 1}/{len(videos)} clips cached" in capsys.readouterr().out
     cache_dir = features / "data" / BAD_SPEC.key
     new = _files_under(tmp_path) - before

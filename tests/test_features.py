@@ -1,5 +1,5 @@
 """The feature cache (`features/cache.py`) and the one frames-to-features core with its two drivers
-(`features/extract.py`): in this process and Lightning's predict loop write the same files and list the same failures."""
+(`features/extract.py`): in this process and Lightning's predict loop write the same files and failures."""
 
 import json
 import shutil

@@ -312,8 +312,8 @@ def test_resume_with_other_settings_is_one_line_before_any_work(trained, tiny_da
                              "--model.temporal=lstm", "--model.lr=0.01", "--model.beam_size=3"))
     assert exit_info.value.code == 2
     line = _one_line(capsys.readouterr().err)
-    assert line == (f"captioner train: error: --ckpt_path {ckpt} was trained with other settings: data.features.num_frames 4 "
-                    f"(now 8), model.hidden_dim 32 (now 64), model.temporal mean (now lstm); resume with the "
+    assert line == (f"captioner train: error: --ckpt_path {ckpt} was trained with other settings: "
+                    f"data.features.num_frames 4 (now 8), model.hidden_dim 32 (now 64), model.temporal mean (now lstm); resume with the "
                     f"checkpoint's settings, or start a new run without --ckpt_path")
     assert not FeatureSpec("resnet18", None, 8).key in os.listdir(Path(args["features_dir"]) /
                                                                   Path(args["data_dir"]).name)  # nothing extracted

@@ -41,7 +41,8 @@ def build_parser():
                         help=f"only clips of this split ({', '.join(SPLITS)}); repeatable (default: every clip)")
     h = parser.add_argument_group("how to run it")
     h.add_argument("--accelerator", default="auto", help="cpu, gpu or auto")
-    h.add_argument("--devices", type=Union[int, str], default=1, help="processes (GPUs) per node, or auto for all visible GPUs")
+    h.add_argument("--devices", type=Union[int, str], default=1,
+                   help="processes (GPUs) per node, or auto for all visible GPUs")
     h.add_argument("--num-nodes", type=int, default=1, help="nodes; on SLURM start with srun")
     h.add_argument("--strategy", default="auto", help="Lightning strategy; auto = ddp when more than one process")
     h.add_argument("--precision", default="auto",

@@ -58,7 +58,8 @@ def renamed_data_flag(args: list[str]) -> Optional[str]:
         flag = arg.split("=", 1)[0]
         for field in dataclasses.fields(FeatureSpec):
             if flag in (f"--{field.name.replace('_', '-')}", f"--data.{field.name}"):
-                return f"{flag} is now --data.features.{field.name} (the feature settings are one data.features section)"
+                return (f"{flag} is now --data.features.{field.name} (the feature settings are one data.features "
+                        f"section)")
         if flag in ("--fast-seek", "--no-fast-seek"):
             return f"{flag} is now --data.features.seek {'exact' if flag.startswith('--no') else 'keyframe'}"
         if flag in ("--data-dir", "--features-dir"):

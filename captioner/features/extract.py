@@ -1,6 +1,8 @@
-"""Frames to cached features, written once: a dataset of cropped clips, the encoder, the cache; two drivers over
-it, in this process (`extract_in_process`, what training's `prepare_data` runs) and Lightning's predict loop
-(`run_extraction`, `captioner extract`: 1 CPU to N GPUs or nodes)."""
+"""Clips to cached features, written once: crop in workers, encode, save; run in-process or by Lightning's predict loop.
+
+`extract_in_process` is what training's `prepare_data` runs; `run_extraction` is `captioner extract` (1 CPU to N GPUs
+or nodes). Both read `clip_loader`'s batches and encode them with `encode_batch`.
+"""
 
 from __future__ import annotations
 
