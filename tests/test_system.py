@@ -160,3 +160,34 @@ def test_resuming_with_more_epochs_follows_the_longer_schedule(tiny_datamodule_a
     for step in more:
         assert more[step] == pytest.approx(long[step], rel=1e-12), step
     assert short[3] < more[4]  # the 2-epoch schedule had annealed; the 4-epoch one is half-way down
+
+
+def test_init_from_hands_the_checkpoints_vocabulary_to_the_data_module(trained):
+    """`--model.init_from` on data with another vocabulary: the weights' words, given to the data module through
+    its own `use_vocabulary`."""
+    from types import SimpleNamespace
+
+    from captioner.data.vocab import Vocabulary
+    from captioner.systems.captioning import CaptioningSystem
+
+    _, root, best = trained
+    ckpt = torch.load(best, weights_only=True)
+    hp = ckpt["hyper_parameters"]
+    taken = []
+    data = SimpleNamespace(vocab=Vocabulary(hp["vocab"] + ["zebra"]), spec=VideoCaptioner.from_checkpoint(best).spec,
+                           feature_dim=hp["feature_dim"], hparams={}, use_vocabulary=taken.append)
+    system = CaptioningSystem(init_from=str(root), hidden_dim=hp["hidden_dim"] + 1)
+    system._trainer = SimpleNamespace(datamodule=data)
+    system.setup("fit")
+    assert [v.itos for v in taken] == [hp["vocab"]] == [system.model.vocab.itos]
+    assert system.hparams.hidden_dim == hp["hidden_dim"]  # the checkpoint's architecture replaces the one given
+
+
+def test_dataset_scores_come_from_the_data_side():
+    from captioner.data.synthetic import motion_scores
+
+    hyps, refs = ["a red circle moves left", "a red circle moves up"], [["a red circle moves left"]] * 2
+    scores = motion_scores(hyps, refs, [{"motion": "left"}, {"motion": "left"}])
+    assert scores["direction_acc"] == 0.5 and "dir_bleu4" in scores
+    assert motion_scores(hyps, refs, [{"motion": "left"}, {}]) == {}  # not the synthetic set: nothing added
+    assert motion_scores([], [], []) == {}
