@@ -1,0 +1,1 @@
+"""The plain nn.Modules: frame encoder, temporal encoders, caption decoder and the composed VideoCaptioner."""

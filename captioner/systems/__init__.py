@@ -1,0 +1,1 @@
+"""The captioning LightningModule (the sequence module's lives in captioner.sequence)."""
