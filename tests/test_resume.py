@@ -58,7 +58,8 @@ def test_sigkill_mid_epoch_then_resume_matches_an_uninterrupted_run(tiny_datamod
     last = killed / "logs" / "version_0" / "checkpoints" / "last.ckpt"
     saved = torch.load(last, weights_only=True)
     assert saved["global_step"] == 12 and saved["epoch"] == 1  # mid-epoch: 2 of the 2nd epoch's 10 batches done
-    assert saved["CaptioningDataModule"] == {"train_sampler": {"epoch": 1, "samples_seen": 16}}
+    assert saved["CaptioningDataModule"] == {"train_sampler": {"epoch": 1, "samples_seen": 16},
+                                             "vocab": saved["hyper_parameters"]["vocab"]}
     resumed = _train(tiny_datamodule_args, killed, f"--ckpt_path={last}")
     log = resumed.communicate(timeout=400)[0]
     assert resumed.returncode == 0, log[-3000:]
