@@ -21,11 +21,8 @@ Published MSVD/MSR-VTT numbers come from coco-caption: compare them with `coco_b
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import shutil
-import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
@@ -138,7 +135,9 @@ def coco_scores(
 
 def _checkpoint_data_args(path: Path) -> dict:
     """The DataModule settings a training checkpoint stored (`data_dir`, `features_dir`), if any."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    from captioner.checkpointing import load_safely
+
+    ckpt = load_safely(path, mmap=True)  # only the settings are read here: the weights were loaded by the model
     hp = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
     return dict(hp) if isinstance(hp, dict) else {}
 

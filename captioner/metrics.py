@@ -5,11 +5,14 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import Optional, Sequence
+from typing import TYPE_CHECKING, Optional, Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 
 from captioner.data.vocab import tokenize
+
+if TYPE_CHECKING:
+    import numpy as np
 
 BLEU_WEIGHTS = {
     "bleu1": (1.0, 0, 0, 0),
