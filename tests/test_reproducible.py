@@ -26,6 +26,7 @@ def test_preparing_the_data_leaves_the_random_state_as_it_was(tiny_dataset, tmp_
     from pytorch_lightning import seed_everything
 
     from captioner.data.datamodule import CaptioningDataModule
+    from captioner.features.cache import FeatureSpec
 
     def draws():
         return torch.rand(4).tolist(), random.random(), np.random.rand()
@@ -33,8 +34,8 @@ def test_preparing_the_data_leaves_the_random_state_as_it_was(tiny_dataset, tmp_
     seed_everything(7)
     expected = draws()
     dm = CaptioningDataModule(data_dir=str(tiny_dataset), synthetic=False, features_dir=str(tmp_path / "features"),
-                              backbone="resnet18", weights=None, num_frames=4, image_size=None, batch_size=8,
-                              extract_batch_size=8, num_workers=1)
+                              features=FeatureSpec(backbone="resnet18", weights=None, num_frames=4, image_size=None),
+                              batch_size=8, extract_batch_size=8, num_workers=1)
     seed_everything(7)
     dm.prepare_data()  # extracts every clip's features: a DataLoader with a worker, drawing a seed
     assert len(list((tmp_path / "features").rglob("*.npy"))) == 25

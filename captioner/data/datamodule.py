@@ -322,7 +322,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         return {**state, "train_sampler": {"epoch": epoch, "samples_seen": batches * self.hparams.batch_size}}
 
     def load_state_dict(self, state_dict: dict) -> None:
-        if state_dict.get("vocab"):  # absent from checkpoints saved before 2026-12-01
+        if state_dict.get("vocab"):  # absent from checkpoints saved before issue 16
             self.use_vocabulary(Vocabulary(state_dict["vocab"]))
         self._resume_state = state_dict.get("train_sampler")
         if self._resume_state and self.train_sampler is not None:

@@ -47,7 +47,7 @@ class CaptionerConfig:
     modules, and the one place their defaults are stated (the training system's signature takes them from here).
 
     A checkpoint stores it as a plain dict under `CONFIG_KEY` (safe to load with `weights_only`); checkpoints
-    written before 2026-12-01 hold it only in their flat `hyper_parameters` (`from_hparams` reads those).
+    written before issue 16 hold it only in their flat `hyper_parameters` (`from_hparams` reads those).
 
     Attributes:
         feature_dim: size D of the per-frame features.
@@ -329,7 +329,7 @@ class VideoCaptioner(nn.Module):
         ckpt = read_checkpoint(path, map_location)
         hp = ckpt["hyper_parameters"]
         try:
-            stored = ckpt.get(CONFIG_KEY)  # absent from checkpoints written before 2026-12-01: their hyperparameters
+            stored = ckpt.get(CONFIG_KEY)  # absent from checkpoints written before issue 16: their hyperparameters
             model = build_captioner(hp, CaptionerConfig(**stored) if isinstance(stored, dict) else None)
         except (ValueError, TypeError, KeyError) as err:  # e.g. an edited vocabulary or feature spec
             raise CheckpointError(f"{path}: inconsistent captioner checkpoint ({type(err).__name__}: {err})") from None

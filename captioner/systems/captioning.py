@@ -346,7 +346,7 @@ class CaptioningSystem(pl.LightningModule):
         self.hparams.update(vocab=list(saved))
         self.model = build_captioner(self.hparams)
         # the data module restores its own vocabulary (its state, which Lightning loads next); one saved before
-        # 2026-12-01 has none and takes the model's here
+        # issue 16 has none and takes the model's here
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None
         dm_state = checkpoint.get(type(dm).__qualname__) if dm is not None else None
         if hasattr(dm, "use_vocabulary") and not (isinstance(dm_state, dict) and dm_state.get("vocab")):
