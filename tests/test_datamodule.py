@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.data.datamodule import CaptioningDataModule, renamed_data_flag, spell_feature_nulls
+from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
+from captioner.data.datamodule import CaptioningDataModule
 from captioner.features.cache import FeatureSpec
 
 
@@ -79,3 +80,23 @@ def test_a_trained_checkpoint_loads_with_weights_only(trained):
     features = loaded["datamodule_hyper_parameters"]["features"]
     assert type(features) is dict and FeatureSpec(**features) == FeatureSpec("resnet18", None, 4)
     assert Path(loaded["datamodule_hyper_parameters"]["data_dir"]).name.startswith("synthetic")
+
+
+def test_an_old_flat_feature_key_in_a_config_file_names_the_new_one(tmp_path, capsys):
+    from captioner.cli.extract import main as extract_main
+    from captioner.cli.train import train_main
+
+    old = tmp_path / "old.yaml"
+    old.write_text("data:\n  data_dir: data/synthetic\n  num_frames: 16\n")
+    line = f"{old}: data.num_frames is now data.features.num_frames"
+    assert renamed_config_key(["--config", str(old)]).startswith(line)
+    assert renamed_config_key([f"--config={old}", "--data.batch_size", "8"]).startswith(line)
+    new = tmp_path / "new.yaml"
+    new.write_text("data:\n  init_args:\n    features:\n      num_frames: 16\n")
+    assert renamed_config_key(["-c", str(new), "-c", str(tmp_path / "missing.yaml")]) is None
+    with pytest.raises(SystemExit) as exit_:
+        train_main(["--config", str(old)])
+    message = renamed_config_key(["-c", str(old)])
+    assert exit_.value.code == 2 and capsys.readouterr().err.strip() == f"captioner train: error: {message}"
+    assert extract_main(["--config", str(old)]) == 2
+    assert line in capsys.readouterr().err

@@ -66,8 +66,8 @@ def parse(argv: list[str]):
     """
     from jsonargparse import ArgumentError
 
+    from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
     from captioner.cli.train import user_error_in
-    from captioner.data.datamodule import renamed_data_flag, spell_feature_nulls
     from captioner.errors import SettingsError
 
     parser = build_parser()
@@ -78,7 +78,7 @@ def parse(argv: list[str]):
         user = user_error_in(err)
         if user is not None:
             raise user from None
-        raise SettingsError(renamed_data_flag(argv) or _one_line(err)) from None
+        raise SettingsError(renamed_data_flag(argv) or renamed_config_key(argv) or _one_line(err)) from None
     for split in cfg.split or ():
         if split not in SPLITS:
             raise SettingsError(f"--split {split}: a split is one of {', '.join(SPLITS)}")

@@ -33,11 +33,12 @@ def build_cli(args: Optional[list[str]] = None):
     args = list(sys.argv[1:] if args is None else args)
     if not _has_config(args) and DEFAULT_CONFIG.exists():
         args = ["--config", str(DEFAULT_CONFIG)] + args
-    from captioner.data.datamodule import renamed_data_flag, spell_feature_nulls
+    from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
     from captioner.errors import SettingsError
 
-    if renamed_data_flag(args):  # LightningCLI's own message names the option, not the new one
-        raise SettingsError(renamed_data_flag(args))
+    renamed = renamed_data_flag(args) or renamed_config_key(args)
+    if renamed:  # LightningCLI's own message names the option, not the new one
+        raise SettingsError(renamed)
     args = spell_feature_nulls(args)
 
     class CaptionerCLI(LightningCLI):

@@ -50,42 +50,6 @@ class ResumableShuffleSampler(DistributedSampler):
         return iter(indices)
 
 
-def renamed_data_flag(args: list[str]) -> Optional[str]:
-    """One line naming the new flag when `args` spell a feature setting the old way: training's flat
-    `--data.num_frames` (now `--data.features.num_frames`), `captioner extract`'s `--num-frames`, `--fast-seek`,
-    `--data-dir`; `None` when they don't."""
-    for arg in args:
-        flag = arg.split("=", 1)[0]
-        for field in dataclasses.fields(FeatureSpec):
-            if flag in (f"--{field.name.replace('_', '-')}", f"--data.{field.name}"):
-                return (f"{flag} is now --data.features.{field.name} (the feature settings are one data.features "
-                        f"section)")
-        if flag in ("--fast-seek", "--no-fast-seek"):
-            return f"{flag} is now --data.features.seek {'exact' if flag.startswith('--no') else 'keyframe'}"
-        if flag in ("--data-dir", "--features-dir"):
-            return f"{flag} is now --data.{flag[2:].replace('-', '_')}, as in training"
-    return None
-
-
-def spell_feature_nulls(args: list[str]) -> list[str]:
-    """`args` with each `--data.features.<field> null` given as `--data.features {"<field>": null}` instead.
-
-    jsonargparse (4.53) hands a field of a dataclass inside a subclass's arguments on as text, so a null arrives as
-    "None" (refused as an int, taken as a weights name); the same setting as a JSON object merges with the others.
-    """
-    prefix, out, i = "--data.features.", [], 0
-    while i < len(args):
-        flag, eq, value = args[i].partition("=")
-        taken = 2 if flag.startswith(prefix) and not eq and i + 1 < len(args) else 1
-        value = args[i + 1] if taken == 2 else value
-        if flag.startswith(prefix) and taken + bool(eq) == 2 and value in ("null", "Null", "NULL", "~"):
-            out += ["--data.features", f'{{"{flag[len(prefix):]}": null}}']
-        else:
-            out += args[i:i + taken]
-        i += taken
-    return out
-
-
 class CaptioningDataModule(pl.LightningDataModule):
     """Clips listed in `<data_dir>/annotations.json`, encoded once by a frozen CNN and cached on disk.
 
