@@ -230,7 +230,11 @@ def remove_stale_temp_files(cache: FeatureCache) -> int:
 
 
 def _on_gpu(accelerator: str) -> bool:
-    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available())
+    """Whether Lightning's `accelerator` setting runs on a GPU: `auto` follows the one device rule
+    (`captioner.inference.resolve_device`)."""
+    from captioner.inference import resolve_device
+
+    return accelerator in ("gpu", "cuda") or (accelerator == "auto" and resolve_device("auto").type == "cuda")
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
