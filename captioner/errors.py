@@ -20,3 +20,15 @@ class DataNotFoundError(UserError, FileNotFoundError):
 
 class WeightsUnavailableError(UserError, OSError):
     """A backbone's pretrained weights are not on this machine and cannot be downloaded."""
+
+
+def user_error_in(err: BaseException):
+    """The project's `UserError` behind `err`, if any: LightningCLI (jsonargparse) wraps the errors the model's or
+    data's `__init__` raises in its own."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, UserError):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None

@@ -133,15 +133,6 @@ def coco_scores(
     return scores, unavailable
 
 
-def _checkpoint_data_args(path: Path) -> dict:
-    """The DataModule settings a training checkpoint stored (`data_dir`, `features_dir`), if any."""
-    from captioner.checkpointing import load_safely
-
-    ckpt = load_safely(path, mmap=True)  # only the settings are read here: the weights were loaded by the model
-    hp = ckpt.get("datamodule_hyper_parameters") if isinstance(ckpt, dict) else None
-    return dict(hp) if isinstance(hp, dict) else {}
-
-
 def evaluate(
     checkpoint: str | os.PathLike,
     split: str = "test",
@@ -185,7 +176,7 @@ def evaluate(
     from captioner.features.cache import FeatureCache
     from captioner.data.video import VideoReadError
     from captioner.inference import resolve_device
-    from captioner.checkpointing import find_checkpoint
+    from captioner.checkpointing import find_checkpoint, read_checkpoint
     from captioner.models.captioner import VideoCaptioner
 
     checkpoint = find_checkpoint(checkpoint)
@@ -194,8 +185,10 @@ def evaluate(
         from captioner.report import check_report_path
 
         check_report_path(html)  # before the work, not after
-    model = VideoCaptioner.from_checkpoint(checkpoint, map_location=dev)
-    stored = _checkpoint_data_args(checkpoint)
+    ckpt = read_checkpoint(checkpoint, dev)  # once: the model and the data settings it was trained with
+    model = VideoCaptioner.from_loaded(ckpt, checkpoint, map_location=dev)
+    stored = ckpt.get("datamodule_hyper_parameters")
+    stored = stored if isinstance(stored, dict) else {}
     data_dir = data_dir or stored.get("data_dir")
     features_dir = features_dir or stored.get("features_dir") or "data/features"
     if not data_dir:
@@ -203,7 +196,7 @@ def evaluate(
     clips = [c for c in load_annotations(Path(data_dir) / "annotations.json") if c.split == split]
     if not clips:
         raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
-    cache = FeatureCache(Path(features_dir) / Path(data_dir).name, model.spec)
+    cache = FeatureCache.of_dataset(features_dir, data_dir, model.spec)
     generation = {**model.generate_defaults,
                   **{k: v for k, v in dict(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
                                             no_repeat_ngram=no_repeat_ngram).items()

@@ -48,14 +48,21 @@ def spell_feature_nulls(args: list[str]) -> list[str]:
     return out
 
 
+def config_paths(args: Sequence[str], given: bool = False) -> list[str]:
+    """The config files `args` name (`--config F`, `-c F`, `--config=F`); with `given`, also a flag missing its file
+    (as an empty name), so that the caller leaves the parser to say so."""
+    paths = [args[i + 1] if i + 1 < len(args) else "" for i, a in enumerate(args) if a in CONFIG_FLAGS]
+    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    return paths if given else [p for p in paths if p]
+
+
 def renamed_config_key(args: Sequence[str]) -> Optional[str]:
     """One line naming the new key when a `--config` file in `args` sets a feature setting the old, flat way
     (`data: {num_frames: 16}`, now `data: {features: {num_frames: 16}}`); `None` when none does (or a file cannot be
     read: the parser says so then)."""
     import yaml
 
-    paths = [args[i + 1] for i, a in enumerate(args[:-1]) if a in CONFIG_FLAGS]
-    paths += [a.split("=", 1)[1] for a in args if a.startswith("--config=")]
+    paths = config_paths(args)
     fields = [f.name for f in dataclasses.fields(FeatureSpec)]
     for path in paths:
         try:

@@ -67,8 +67,7 @@ def parse(argv: list[str]):
     from jsonargparse import ArgumentError
 
     from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
-    from captioner.cli.train import user_error_in
-    from captioner.errors import SettingsError
+    from captioner.errors import SettingsError, user_error_in
 
     parser = build_parser()
     try:

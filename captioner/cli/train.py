@@ -17,10 +17,6 @@ DEFAULT_MODEL = "captioner.systems.captioning.CaptioningSystem"
 DEFAULT_DATA = "captioner.data.datamodule.CaptioningDataModule"
 
 
-def _has_config(args: list[str]) -> bool:
-    return any(a in ("--config", "-c") or a.startswith("--config=") for a in args)
-
-
 def build_cli(args: Optional[list[str]] = None):
     """Parse `args` (default: sys.argv) into a LightningCLI with model, data and trainer instantiated.
 
@@ -30,11 +26,12 @@ def build_cli(args: Optional[list[str]] = None):
     from pytorch_lightning import LightningDataModule, LightningModule
     from pytorch_lightning.cli import LightningCLI
 
-    args = list(sys.argv[1:] if args is None else args)
-    if not _has_config(args) and DEFAULT_CONFIG.exists():
-        args = ["--config", str(DEFAULT_CONFIG)] + args
-    from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
+    from captioner.cli.data_flags import config_paths, renamed_config_key, renamed_data_flag, spell_feature_nulls
     from captioner.errors import SettingsError
+
+    args = list(sys.argv[1:] if args is None else args)
+    if not config_paths(args, given=True) and DEFAULT_CONFIG.exists():
+        args = ["--config", str(DEFAULT_CONFIG)] + args
 
     renamed = renamed_data_flag(args) or renamed_config_key(args)
     if renamed:  # LightningCLI's own message names the option, not the new one
@@ -80,23 +77,11 @@ def default_loggers(root: str) -> list:
     return [csv, TensorBoardLogger(root, name="logs", version=csv.version, sub_dir="tensorboard")]
 
 
-def user_error_in(err: BaseException):
-    """The project's `UserError` behind `err`, if any: LightningCLI (jsonargparse) wraps the errors the model's or
-    data's `__init__` raises in its own."""
-    from captioner.errors import UserError
-
-    seen = set()
-    while err is not None and id(err) not in seen:
-        if isinstance(err, UserError):
-            return err
-        seen.add(id(err))
-        err = err.__cause__ or err.__context__
-    return None
-
-
 def exit_on_user_error(func):
     """Run `func`; on the project's own `UserError` (a setting, a missing file or download), print its one line on
     stderr and exit with status 2 instead of a traceback. Any other error keeps its traceback."""
+
+    from captioner.errors import user_error_in
 
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -185,6 +170,8 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     """
     from pytorch_lightning.utilities.exceptions import SIGTERMException
 
+    from captioner.checkpointing import write_text_atomic
+
     cli = build_cli(args)
     trainer, model, data = cli.trainer, cli.model, cli.datamodule
     if hasattr(data, "check_ready"):
@@ -211,7 +198,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path = out_dir / "test_metrics.json"
         clean = {k.split("/", 1)[-1] if k.startswith("test/") else k: v for k, v in metrics.items()}
-        metrics_path.write_text(json.dumps(clean, indent=2) + "\n")
+        write_text_atomic(metrics_path, json.dumps(clean, indent=2) + "\n")
         print(f"\nBest checkpoint: {best or '(none saved)'}")
         print(f"Test metrics:    {metrics_path}")
         print(json.dumps(clean, indent=2))

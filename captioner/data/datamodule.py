@@ -99,8 +99,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         features = dataclasses.asdict(self.spec)
         self.save_hyperparameters()
         self.data_dir = Path(data_dir)
-        # one cache per dataset folder: clip ids of different datasets may collide
-        self.cache = FeatureCache(Path(features_dir) / self.data_dir.name, self.spec)
+        self.cache = FeatureCache.of_dataset(features_dir, self.data_dir, self.spec)
         self.vocab: Optional[Vocabulary] = None
         self.splits: dict[str, list[Clip]] = {}
         self.train_sampler: Optional[ResumableShuffleSampler] = None

@@ -96,6 +96,13 @@ class FeatureCache:
         self.spec = spec
         self.dir = Path(root) / spec.key
 
+    @classmethod
+    def of_dataset(cls, features_dir: str | os.PathLike, data_dir: str | os.PathLike, spec: FeatureSpec
+                   ) -> "FeatureCache":
+        """The cache of the dataset in `data_dir`: `<features_dir>/<data_dir name>/<spec.key>/` (one folder per
+        dataset: clip ids of different datasets may collide). Training, extraction and evaluation all use it."""
+        return cls(Path(features_dir) / Path(data_dir).name, spec)
+
     def path(self, video_id: str) -> Path:
         """`<dir>/<id>.npy`; an id that is not a plain file name (`../x`, `a b`, `vidéo`, `.hidden`) is made one,
         with a hash of the id added so that two such ids never share a file. No id can point outside `dir`."""

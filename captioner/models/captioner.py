@@ -326,7 +326,18 @@ class VideoCaptioner(nn.Module):
             CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
         """
         path = find_checkpoint(path)
-        ckpt = read_checkpoint(path, map_location)
+        return cls.from_loaded(read_checkpoint(path, map_location), path, map_location)
+
+    @classmethod
+    def from_loaded(cls, ckpt: dict, path: str | os.PathLike,
+                    map_location: str | torch.device = "cpu") -> "VideoCaptioner":
+        """The captioner in a checkpoint already read by `captioner.checkpointing.read_checkpoint` from `path`
+        (for a caller that also reads the checkpoint's other entries: the file is read once).
+
+        Raises:
+            CheckpointError: the checkpoint is inconsistent, or its weights do not match the model it describes.
+        """
+        path = Path(path)
         hp = ckpt["hyper_parameters"]
         try:
             stored = ckpt.get(CONFIG_KEY)  # absent from checkpoints written before issue 16: their hyperparameters

@@ -214,11 +214,7 @@ class FrameEncoder(nn.Module):
         return self
 
     def crop(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 RGB frames `(..., H, W, 3)` -> resized (short side) and centre-cropped uint8 `(..., 3, S, S)`.
-
-        The part of preprocessing that makes frames of any size alike; cheap to run in DataLoader workers, and
-        a batch of it crosses to the GPU as compact uint8.
-        """
+        """uint8 RGB frames `(..., H, W, 3)` -> uint8 `(..., 3, S, S)`: this encoder's `Preprocessing.crop`."""
         return self.preprocessing.crop(frames)
 
     def normalize(self, cropped: torch.Tensor) -> torch.Tensor:
