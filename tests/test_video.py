@@ -195,7 +195,7 @@ def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path, monkeypatch
     assert video._decode_keyframes(path, 4, -1, -1, 0) is None  # no index: the fast path declines
     # ... and keyframe mode hands the file to the exact reader with the exact reader's arguments. (Which reader
     # ran is checked, not two decodes compared bit for bit: decord reading one MPEG-TS file twice once gave
-    # different frames in CI, a decoder matter that this fallback does not cause.)
+    # different frames in CI, a known decord 0.6 matter, dmlc/decord#195, that this fallback does not cause.)
     calls = []
     monkeypatch.setattr(video, "_decode", lambda *args: calls.append(args) or _decode(*args))
     fast = read_frames(path, 4, None, seek="keyframe")
