@@ -3,7 +3,6 @@ settings, a missing dataset; and training says which feature cache it fills."""
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -118,9 +117,46 @@ def test_train_script_with_a_missing_dataset_prints_the_line_alone(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == (
+    # alone: Lightning's start-up lines ("Seed set to 0", "GPU available ...") are held back until the checks pass
+    assert proc.stderr.strip() == (
         "captioner train: error: data/msvdd/annotations.json not found (see data/README.md to prepare a dataset, "
         "or check --data.data_dir)")
+
+
+def test_startup_logs_are_held_until_released_and_kept_for_a_bug(monkeypatch):
+    import pytorch_lightning  # noqa: F401  # sets up the "pytorch_lightning" logger
+
+    from captioner.cli.train import startup_logs_held
+
+    seen = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    top = logging.getLogger("pytorch_lightning")
+    monkeypatch.setattr(top, "handlers", [Collect()])
+    log = logging.getLogger("pytorch_lightning.test_startup")
+    log.setLevel(logging.INFO)
+    with pytest.raises(SettingsError):
+        with startup_logs_held():
+            log.info("Seed set to 0")
+            raise SettingsError("bad")  # the user's error: its one line (printed by exit_on_user_error) stands alone
+    assert seen == []
+    with startup_logs_held() as release:
+        log.info("Seed set to 0")
+        log.info("\N{ELECTRIC LIGHT BULB} Tip: install something")
+        assert seen == []
+        release()
+        log.info("GPU available: False")
+    assert seen == ["Seed set to 0", "GPU available: False"]
+    seen.clear()
+    with pytest.raises(RuntimeError):
+        with startup_logs_held():
+            log.info("Seed set to 0")
+            raise RuntimeError("a bug")  # not the user's: what Lightning said comes before the traceback
+    log.info("after")  # the handlers are back
+    assert seen == ["Seed set to 0", "after"]
 
 
 def test_only_the_projects_own_errors_lose_their_traceback(capsys):

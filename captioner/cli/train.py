@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import contextlib
 import functools
 import json
+import logging
 import os
 import sys
 import warnings
@@ -97,6 +99,50 @@ def exit_on_user_error(func):
     return wrapper
 
 
+@contextlib.contextmanager
+def startup_logs_held(names=("pytorch_lightning", "lightning_fabric", "lightning")):
+    """Hold Lightning's start-up lines ("Seed set to 0", "GPU available ...") until `release()` is called.
+
+    A bad setting found before training (a missing dataset, a checkpoint trained with other settings) is then the
+    only line the user sees; once the checks pass, the held lines are printed as Lightning would have, in order.
+    Lightning's advertising tips are dropped: this project chooses its own loggers and checkpoints. Any error that
+    is not the user's prints the held lines before its traceback.
+    """
+    from captioner.errors import user_error_in
+
+    held: list[logging.LogRecord] = []
+
+    class Hold(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            held.append(record)
+
+    loggers = [logging.getLogger(name) for name in names]
+    saved = [(lg, lg.handlers[:], lg.propagate) for lg in loggers]
+    hold = Hold()
+    for lg in loggers:
+        lg.handlers, lg.propagate = [hold], False
+
+    def restore() -> None:
+        for lg, handlers, propagate in saved:
+            lg.handlers, lg.propagate = handlers, propagate
+
+    def release() -> None:
+        restore()
+        for record in held:
+            if not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip"):
+                logging.getLogger(record.name).handle(record)
+        held.clear()
+
+    try:
+        yield release
+    except Exception as err:
+        if user_error_in(err) is None:
+            release()
+        raise
+    finally:
+        restore()
+
+
 DATA_HPARAMS = ("min_word_count",)  # besides the feature spec: the vocabulary depends on it
 _LIGHTNING_CKPT_NAMES = ("last", "best", "hpc", "registry")
 
@@ -172,11 +218,13 @@ def train_main(args: Optional[list[str]] = None) -> dict:
 
     from captioner.checkpointing import write_text_atomic
 
-    cli = build_cli(args)
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    if hasattr(data, "check_ready"):
-        data.check_ready()  # before DDP starts its processes: a missing dataset is one line, not one per process
-    check_resume_settings(cli.config.get("ckpt_path"), model, data)
+    with startup_logs_held() as release:
+        cli = build_cli(args)
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        if hasattr(data, "check_ready"):
+            data.check_ready()  # before DDP starts its processes: a missing dataset is one line, not one per process
+        check_resume_settings(cli.config.get("ckpt_path"), model, data)
+        release()
     try:
         # weights_only: resuming from a checkpoint never runs code from it, whatever torch's default
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
