@@ -99,17 +99,27 @@ def exit_on_user_error(func):
     return wrapper
 
 
+class _NoTips(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
+
+
 @contextlib.contextmanager
 def startup_logs_held(names=("pytorch_lightning", "lightning_fabric", "lightning")):
     """Hold Lightning's start-up lines ("Seed set to 0", "GPU available ...") until `release()` is called.
 
     A bad setting found before training (a missing dataset, a checkpoint trained with other settings) is then the
     only line the user sees; once the checks pass, the held lines are printed as Lightning would have, in order.
-    Lightning's advertising tips are dropped: this project chooses its own loggers and checkpoints. Any error that
-    is not the user's prints the held lines before its traceback.
+    Any error that is not the user's prints the held lines before its traceback. Lightning's advertising tips
+    ("Tip: ... try installing litlogger") are dropped for the rest of the process: this project chooses its own
+    loggers and checkpoints.
     """
     from captioner.errors import user_error_in
 
+    for name in names:
+        tips = logging.getLogger(f"{name}.utilities.rank_zero")  # where Lightning's rank_zero_info lines come from
+        if not any(isinstance(f, _NoTips) for f in tips.filters):
+            tips.addFilter(_NoTips())
     held: list[logging.LogRecord] = []
 
     class Hold(logging.Handler):
@@ -129,8 +139,7 @@ def startup_logs_held(names=("pytorch_lightning", "lightning_fabric", "lightning
     def release() -> None:
         restore()
         for record in held:
-            if not record.getMessage().startswith("\N{ELECTRIC LIGHT BULB} Tip"):
-                logging.getLogger(record.name).handle(record)
+            logging.getLogger(record.name).handle(record)
         held.clear()
 
     try:
