@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import dataclasses
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -105,7 +105,7 @@ class _NoTips(logging.Filter):
 
 
 @contextlib.contextmanager
-def startup_logs_held(names=("pytorch_lightning", "lightning_fabric", "lightning")):
+def startup_logs_held(names=("pytorch_lightning", "lightning_fabric")):
     """Hold Lightning's start-up lines ("Seed set to 0", "GPU available ...") until `release()` is called.
 
     A bad setting found before training (a missing dataset, a checkpoint trained with other settings) is then the
