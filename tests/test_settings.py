@@ -126,7 +126,7 @@ def test_train_script_with_a_missing_dataset_prints_the_line_alone(tmp_path):
 def test_startup_logs_are_held_until_released_and_kept_for_a_bug(monkeypatch):
     from pytorch_lightning.utilities.rank_zero import rank_zero_info
 
-    from captioner.cli.train import startup_logs_held
+    from captioner.cli.train import drop_lightning_tips, startup_logs_held
 
     seen = []
 
@@ -138,6 +138,7 @@ def test_startup_logs_are_held_until_released_and_kept_for_a_bug(monkeypatch):
     monkeypatch.setattr(top, "handlers", [Collect()])
     log = logging.getLogger("pytorch_lightning.test_startup")
     log.setLevel(logging.INFO)
+    drop_lightning_tips()  # as train_main does
     with pytest.raises(SettingsError):
         with startup_logs_held():
             log.info("Seed set to 0")

@@ -99,27 +99,33 @@ def exit_on_user_error(func):
     return wrapper
 
 
+LIGHTNING_LOGGERS = ("pytorch_lightning", "lightning_fabric")
+
+
 class _NoTips(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         return not str(record.msg).startswith("\N{ELECTRIC LIGHT BULB} Tip")
 
 
+def drop_lightning_tips() -> None:
+    """Leave out Lightning's advertising lines ("Tip: ... try installing litlogger") for the rest of the process:
+    this project chooses its own loggers and checkpoints."""
+    for name in LIGHTNING_LOGGERS:
+        tips = logging.getLogger(f"{name}.utilities.rank_zero")  # where Lightning's rank_zero_info lines come from
+        if not any(isinstance(f, _NoTips) for f in tips.filters):
+            tips.addFilter(_NoTips())
+
+
 @contextlib.contextmanager
-def startup_logs_held(names=("pytorch_lightning", "lightning_fabric")):
+def startup_logs_held(names=LIGHTNING_LOGGERS):
     """Hold Lightning's start-up lines ("Seed set to 0", "GPU available ...") until `release()` is called.
 
     A bad setting found before training (a missing dataset, a checkpoint trained with other settings) is then the
     only line the user sees; once the checks pass, the held lines are printed as Lightning would have, in order.
-    Any error that is not the user's prints the held lines before its traceback. Lightning's advertising tips
-    ("Tip: ... try installing litlogger") are dropped for the rest of the process: this project chooses its own
-    loggers and checkpoints.
+    Any error that is not the user's prints the held lines before its traceback.
     """
     from captioner.errors import user_error_in
 
-    for name in names:
-        tips = logging.getLogger(f"{name}.utilities.rank_zero")  # where Lightning's rank_zero_info lines come from
-        if not any(isinstance(f, _NoTips) for f in tips.filters):
-            tips.addFilter(_NoTips())
     held: list[logging.LogRecord] = []
 
     class Hold(logging.Handler):
@@ -227,6 +233,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
 
     from captioner.checkpointing import write_text_atomic
 
+    drop_lightning_tips()
     with startup_logs_held() as release:
         cli = build_cli(args)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
