@@ -43,3 +43,15 @@ def test_a_caption_equal_to_its_references_scores_highest():
     same = scorer.scores([refs[0]], [1])[0]
     assert same > scorer.scores(["a blue square moves"], [1])[0] > scorer.scores(["a red circle grows"], [1])[0] >= 0
     assert scorer.scores(["the square slides left"] * 2, [1, 0]).tolist()[0] > 0 == scorer.scores(["xyz"], [0])[0]
+
+
+def test_metrics_read_typographic_quotes_as_the_ascii_ones():
+    """A model trained on `doesn't` (does n't) is not marked down against a reference that writes `doesn’t`."""
+    from captioner.metrics import bleu_scores
+
+    hyps, curly, straight = ["a man doesn't like the dog"], [["a man doesn’t like the dog"]], [
+        ["a man doesn't like the dog"]]
+    assert bleu_scores(hyps, curly) == bleu_scores(hyps, straight) and bleu_scores(hyps, curly)["bleu4"] == 1.0
+    assert cider_d(hyps * 2, curly + straight) == pytest.approx(cider_d(hyps * 2, straight * 2))
+    assert CiderD.of_captions(curly).caption_scores(["a “man” doesn’t like the dog—"])[0] == pytest.approx(
+        CiderD.of_captions(straight).caption_scores(hyps)[0])

@@ -62,3 +62,25 @@ def test_tokenize_reads_its_own_output_back_the_same(caption):
     """Prepared annotations store `" ".join(tokenize(caption))`, which the vocabulary tokenises again."""
     words = tokenize(caption)
     assert tokenize(" ".join(words)) == words
+
+
+@pytest.mark.parametrize("typographic, ascii_", [
+    ("He doesn’t know", "He doesn't know"),
+    ("it´s a dog’s ball", "it's a dog's ball"),
+    ("the ‘quoted’ and “double” and „low“ and «angled» words", "the 'quoted' and \"double\" and \"low\" and "
+                                                             "\"angled\" words"),
+    ("a man—a woman ― and a child", "a man -- a woman -- and a child"),
+    ("a half‐time show – 1–2 − 3", "a half-time show - 1-2 - 3"),
+    ("ﬁsh in a ＂box＂\u00a0now\u200b", "fish in a \"box\" now"),
+])
+def test_typographic_quotes_and_dashes_are_the_ascii_words(typographic, ascii_):
+    """Curly apostrophes split the vocabulary: `doesn’t` stayed one word while `doesn't` is `does n't`."""
+    assert tokenize(typographic) == tokenize(ascii_)
+    assert not any(ch in word for word in tokenize(typographic) for ch in "’‘“”—–")
+
+
+def test_the_vocabulary_has_one_entry_for_both_apostrophes():
+    vocab = Vocabulary.build(["a man doesn’t run", "a man doesn't run"])
+    assert vocab.itos[4:] == ["a", "does", "man", "n't", "run"]
+    assert vocab.encode("A man doesn’t run") == vocab.encode("a man doesn't run")
+    assert vocab.unk_id not in vocab.encode("a man doesn´t run")

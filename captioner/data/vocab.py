@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import re
 import sys
+import unicodedata
 from collections import Counter
 from typing import Iterable, Sequence
 
@@ -23,6 +24,16 @@ _CLITICS = frozenset(("'s", "'re", "'ve", "'ll", "'d", "'m", "'em"))
 _ABBREVIATIONS = frozenset(
     "mr mrs ms dr prof st mt ft ave jr sr co inc ltd corp vs etc jan feb mar apr jun jul aug sep sept oct nov "
     "dec gen col lt sgt capt gov sen rep rev".split())
+# Typographic quotes, apostrophes and dashes as the ASCII ones the Treebank rules know: `doesn’t` is `doesn't`
+# (does n't), `“a”` is `"a"`. Applied before NFKC too, which would turn an acute accent used as an apostrophe
+# into a space and a combining mark, and after it, which makes primes of a double prime.
+_TYPOGRAPHIC = str.maketrans({
+    **dict.fromkeys("\u2019\u2018\u201b\u201a\u2032\u2035\u02bc\u02b9\u00b4\u2039\u203a", "'"),
+    **dict.fromkeys("\u201c\u201d\u201e\u201f\u2033\u2036\u00ab\u00bb\u301d\u301e", '"'),
+    **dict.fromkeys("\u2010\u2011\u2012\u2013\u2212\ufe63", "-"),  # hyphens, en dash, minus: as `-`
+    **dict.fromkeys("\u2014\u2015\u2e3a\u2e3b", " -- "),  # em dashes: a break between words, as ASCII `--`
+    **dict.fromkeys("\u00ad\u200b\u2060\ufeff", ""),  # soft hyphen, zero-width space and joiner, BOM
+})
 
 
 @functools.cache
@@ -37,10 +48,22 @@ def _tokenizer():
     return TreebankWordTokenizer()
 
 
+def normalize_text(caption: str) -> str:
+    """Unicode NFKC, with typographic quotes, apostrophes and dashes as their ASCII forms; the first step of
+    `tokenize`, so training, the vocabulary and the metrics see `doesn’t` and `doesn't` as the same words.
+
+    >>> print(normalize_text("He doesn’t say “hi”—ever"))
+    He doesn't say "hi" -- ever
+    """
+    if caption.isascii():
+        return caption
+    return unicodedata.normalize("NFKC", caption.translate(_TYPOGRAPHIC)).translate(_TYPOGRAPHIC)
+
+
 def tokenize(caption: str) -> list[str]:
-    """Lowercase and tokenise a caption as coco-caption does: Treebank words, without the punctuation tokens
-    (`. , ? ! : ; - -- ... '' `` ( )`, quotes, brackets) and without periods a word keeps only where the Treebank
-    rules split none (`runs. It` and `it..`), unless it is an abbreviation (`mr.`, `u.s.`, `e.g.`).
+    """Normalise (`normalize_text`), lowercase and tokenise a caption as coco-caption does: Treebank words, without
+    the punctuation tokens (`. , ? ! : ; - -- ... '' `` ( )`, quotes, brackets) and without periods a word keeps
+    only where the Treebank rules split none (`runs. It` and `it..`), unless it is an abbreviation (`mr.`, `u.s.`).
 
     >>> tokenize("A man is riding a horse.")
     ['a', 'man', 'is', 'riding', 'a', 'horse']
@@ -54,7 +77,7 @@ def _tokens(caption: str) -> tuple[str, ...]:
     again at every validation. The Treebank rules cost about 85 us a caption (17 s for MSR-VTT's 200,000, in
     every process). Tokens are interned, so the remembered captions share one copy of each word."""
     words: list[str] = []
-    for tok in _tokenizer().tokenize(caption.lower()):
+    for tok in _tokenizer().tokenize(normalize_text(caption).lower()):
         if "." in tok:
             if tok == "." and words and _is_abbreviation(words[-1]):  # the rules split the final period off "mr."
                 words[-1] += "."
