@@ -112,6 +112,39 @@ def test_summary_flags_far_videos_and_keeps_held_out_ones():
     assert ((fam >= 0) & (fam <= 1)).all()
 
 
+def test_threshold_rests_on_held_out_training_clips_not_a_few_validation_ones():
+    """4 validation clips alone put the threshold near their minimum: a fifth of new clips from the training
+    distribution fell below it. Cross-validation on the training clips calibrates it on all 404."""
+    gen = torch.Generator().manual_seed(0)
+    centres = torch.randn(20, 64, generator=gen).abs()
+    draw = lambda n: (centres[torch.randint(20, (n,), generator=gen)]  # noqa: E731
+                      + 0.15 * torch.randn(n, 64, generator=gen)).clamp_min(0)
+    train, val = draw(400), draw(4)
+    state = torch.get_rng_state()
+    summary = DomainSummary.fit(train, val)
+    assert torch.equal(state, torch.get_rng_state())  # a save in the middle of training draws nothing
+    assert (summary.num_held_out, summary.num_val, summary.num_calibration) == (400, 4, 404)
+    assert (summary.familiarity(draw(2000)) >= summary.threshold).float().mean() >= 0.98
+    assert (summary.familiarity(torch.randn(50, 64, generator=gen)) < summary.threshold).all()
+    again = DomainSummary.fit(train, val)  # seeded: a resumed or repeated run gets the same summary
+    assert again.threshold == summary.threshold and torch.equal(again.prototypes, summary.prototypes)
+    # stored and read back, counts included; older checkpoints (no counts) read as 0
+    back = DomainSummary.from_dict(summary.to_dict())
+    assert (back.num_held_out, back.num_val, back.threshold) == (400, 4, summary.threshold)
+    old = {k: v for k, v in summary.to_dict().items() if k not in ("num_held_out", "num_val")}
+    assert DomainSummary.from_dict(old).num_calibration == 0
+    # many training clips: folds are held out until enough are scored, not all of them (a fit each)
+    big = DomainSummary.fit(draw(1500), None)
+    assert 500 <= big.num_held_out < 1500 and big.num_val == 0
+
+
+def test_summary_repr_is_one_short_line():
+    summary = DomainSummary.fit(torch.rand(60, 1280), torch.rand(10, 1280), max_prototypes=20)
+    text = repr(summary)
+    assert text == f"DomainSummary(20 prototypes of 1280, threshold {summary.threshold:.3f} from 70 clips)"
+    assert "\n" not in text and len(text) < 100
+
+
 def test_summary_fits_the_size_cap_and_loads_safely():
     train = torch.rand(6513, 2048)  # MSR-VTT's training clips, ResNet-152 features
     summary = DomainSummary.fit(train[:3000], torch.rand(100, 2048))
@@ -152,6 +185,10 @@ def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_pat
     assert record["in_domain"] is False and set(record) == {"video", "caption", "score", "familiarity", "in_domain"}
     assert "unlike this checkpoint's training videos (familiarity" in captured.err
     assert "the caption is unreliable" in captured.err
+    # --verbose says how many clips the threshold rests on: every training clip held out once, and validation
+    assert ckpt["domain_summary"]["num_held_out"] == 16 and ckpt["domain_summary"]["num_val"] == 5
+    assert caption_command([str(own[0]), "--checkpoint", str(best), "--verbose"]) == 0
+    assert "calibrated on 21 clips: 16 held-out training, 5 validation;" in capsys.readouterr().err
 
 
 def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):

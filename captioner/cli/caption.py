@@ -167,7 +167,9 @@ def _run(args: argparse.Namespace) -> int:
               "videos): captions carry no in-domain flag", file=sys.stderr, flush=True)
     elif args.verbose:
         d = model.domain
-        print(f"{PROG}: in domain: familiarity >= {d.threshold:.2f} (validation percentiles 1/5/50: "
+        basis = (f"calibrated on {d.num_calibration} clips: {d.num_held_out} held-out training, {d.num_val} "
+                 "validation" if d.num_calibration else "calibration clips not recorded (an older checkpoint)")
+        print(f"{PROG}: in domain: familiarity >= {d.threshold:.2f} ({basis}; percentiles 1/5/50: "
               f"{', '.join(f'{q:.2f}' for q in d.val_quantiles or [])}; {len(d.prototypes)} prototypes of "
               f"{d.num_train} training videos)", file=sys.stderr, flush=True)
     if args.beam_size is not None:

@@ -1,5 +1,5 @@
 """How familiar a video is to a checkpoint: cosine similarity of its pooled video vector to prototypes of the
-training videos, with an in-domain threshold calibrated on the validation split."""
+training videos, with an in-domain threshold calibrated on held-out training videos and the validation split."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import torch.nn.functional as F
 
 MAX_SUMMARY_BYTES = 2_000_000  # the prototypes' share of a checkpoint, even for MSR-VTT's 6,513 training clips
 MAX_PROTOTYPES = 512
+CALIBRATION_FOLDS = 5  # training videos are held out a fifth at a time from the prototypes they are scored against
+MIN_HELD_OUT = 500  # held-out training videos enough for a 1st percentile (5 below it); more folds cost a fit each
 
 
 def nearest_similarity(vectors: torch.Tensor, prototypes: torch.Tensor, chunk: int = 4096) -> torch.Tensor:
@@ -62,13 +64,16 @@ class DomainSummary:
     Attributes:
         prototypes: unit-norm prototypes `(K, D)` (float16 in a checkpoint).
         threshold: a video whose familiarity is at or above it is in domain: the `quantile` (1st percentile) of
-            the validation split's familiarities, lowered by its distance to their 5th percentile. A 1st percentile
-            estimated from a few dozen validation clips is itself noisy (50 synthetic clips: the test split's came out
-            0.011 lower), and a held-out clip of the training distribution wrongly flagged costs more trust than an
-            odd one let through; out-of-domain videos lie far below (see README).
-        quantile: which quantile of the validation familiarities `threshold` is.
-        val_quantiles: the validation familiarities' 1st, 5th, 50th percentiles (for the record).
+            the calibration familiarities, lowered by its distance to their 5th percentile. A 1st percentile
+            estimated from a few dozen clips is itself noisy (50 synthetic clips: the test split's came out 0.011
+            lower), and a held-out clip of the training distribution wrongly flagged costs more trust than an odd
+            one let through; out-of-domain videos lie far below (see README).
+        quantile: which quantile of the calibration familiarities `threshold` is.
+        val_quantiles: the calibration familiarities' 1st, 5th, 50th percentiles (for the record; the name is
+            the one older checkpoints store).
         num_train: training videos summarised.
+        num_held_out: training videos scored against prototypes fitted without them (cross-validation).
+        num_val: validation videos scored against the final prototypes.
     """
 
     prototypes: torch.Tensor
@@ -76,32 +81,67 @@ class DomainSummary:
     quantile: float = 0.01
     val_quantiles: Optional[list] = None
     num_train: int = 0
+    num_held_out: int = 0
+    num_val: int = 0
+
+    @property
+    def num_calibration(self) -> int:
+        """How many videos the threshold rests on (0: a checkpoint from before it was recorded)."""
+        return self.num_held_out + self.num_val
 
     @classmethod
     def fit(cls, train: torch.Tensor, val: Optional[torch.Tensor] = None, quantile: float = 0.01,
-            max_bytes: int = MAX_SUMMARY_BYTES, max_prototypes: int = MAX_PROTOTYPES) -> "DomainSummary":
-        """Summarise training video vectors `(N, D)`; calibrate the threshold on validation vectors `(M, D)`.
+            max_bytes: int = MAX_SUMMARY_BYTES, max_prototypes: int = MAX_PROTOTYPES,
+            folds: int = CALIBRATION_FOLDS, min_held_out: int = MIN_HELD_OUT, seed: int = 0) -> "DomainSummary":
+        """Summarise training video vectors `(N, D)`; calibrate the threshold on held-out training vectors and
+        validation vectors `(M, D)`.
 
-        Without validation vectors the threshold is the training vectors' own quantile (an optimistic one: with
-        `K >= N` each is its own prototype), so prefer giving them.
+        A validation split of a few clips alone gives a threshold as noisy as its few scores (4 clips: a training
+        source video's clips fell below it), so training vectors are held out too: split into `folds` (a seeded
+        permutation), each fold is scored against prototypes fitted on the other folds, fold after fold until
+        `min_held_out` vectors are scored (or all are); the final prototypes are fitted on every training vector.
+        A held-out vector meets prototypes of a fifth fewer videos than a new video will: if anything the
+        threshold comes out a little low, the side that flags fewer of the training distribution's videos.
+        Draws from generators of its own (the global random state is untouched).
         """
         k = max(1, min(max_prototypes, max_bytes // (2 * train.shape[1])))
-        prototypes = spherical_kmeans(train, k).half()  # as stored: the threshold fits what users get
-        ref = nearest_similarity(val if val is not None and len(val) else train, prototypes)
+        prototypes = spherical_kmeans(train, k, seed=seed).half()  # as stored: the threshold fits what users get
+        scores = []
+        n = len(train)
+        if n >= 2 and folds >= 2:
+            order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+            for held in order.tensor_split(min(folds, n)):
+                kept = torch.ones(n, dtype=torch.bool)
+                kept[held] = False
+                scores.append(nearest_similarity(train[held], spherical_kmeans(train[kept], k, seed=seed).half()))
+                if sum(len(s) for s in scores) >= min_held_out:
+                    break
+        num_held_out = sum(len(s) for s in scores)
+        num_val = len(val) if val is not None else 0
+        if num_val:
+            scores.append(nearest_similarity(val, prototypes))
+        ref = torch.cat(scores) if scores else nearest_similarity(train, prototypes)  # one video: its own score
         qs = torch.quantile(ref, torch.tensor([quantile, 0.05, 0.5], dtype=ref.dtype)).tolist()
         threshold = max(0.0, qs[0] - max(0.0, qs[1] - qs[0]))
-        return cls(prototypes, round(threshold, 4), quantile, [round(q, 4) for q in qs], len(train))
+        return cls(prototypes, round(threshold, 4), quantile, [round(q, 4) for q in qs], n, num_held_out, num_val)
 
     def familiarity(self, vectors: torch.Tensor) -> torch.Tensor:
         """Video vectors `(N, D)` -> familiarity `(N,)` in [0, 1]: cosine similarity to the nearest prototype."""
         return nearest_similarity(vectors, self.prototypes).clamp(0.0, 1.0)
 
+    def __repr__(self) -> str:
+        # the prototypes are a (K, D) tensor of hundreds of thousands of numbers: say their shape
+        k, d = self.prototypes.shape
+        basis = f" from {self.num_calibration} clips" if self.num_calibration else ""
+        return f"DomainSummary({k} prototypes of {d}, threshold {self.threshold:.3f}{basis})"
+
     def to_dict(self) -> dict:
         """Plain values and one tensor: loads under `torch.load(weights_only=True)`."""
         return {"prototypes": self.prototypes.detach().cpu().half(), "threshold": self.threshold,
-                "quantile": self.quantile, "val_quantiles": self.val_quantiles, "num_train": self.num_train}
+                "quantile": self.quantile, "val_quantiles": self.val_quantiles, "num_train": self.num_train,
+                "num_held_out": self.num_held_out, "num_val": self.num_val}
 
     @classmethod
     def from_dict(cls, d: dict) -> "DomainSummary":
         return cls(d["prototypes"], float(d["threshold"]), float(d.get("quantile", 0.01)), d.get("val_quantiles"),
-                   int(d.get("num_train", 0)))
+                   int(d.get("num_train", 0)), int(d.get("num_held_out", 0)), int(d.get("num_val", 0)))

@@ -293,8 +293,8 @@ class CaptioningSystem(pl.LightningModule):
     @torch.no_grad()
     def _domain_summary(self) -> Optional[dict]:
         """The training videos as prototypes of the vectors the decoder reads, with the in-domain threshold
-        calibrated on the validation split (see `captioner.models.familiarity`), for `VideoCaptioner` to tell a
-        user when a video is unlike anything the checkpoint was trained on.
+        calibrated on held-out training videos and the validation split (see `captioner.models.familiarity`),
+        for `VideoCaptioner` to tell a user when a video is unlike anything the checkpoint was trained on.
 
         Computed once per training step that saves (the best and the last checkpoint of an epoch share it), and
         once for good when the video vector is the mean of the frames (it depends on no weight then). Draws no
