@@ -38,11 +38,14 @@ def test_generation_respects_max_len_and_stops_at_eos():
     video = torch.randn(3, D)
     out = dec.greedy(video, max_len=5)
     assert out.shape[0] == 3 and out.shape[1] <= 5
-    with torch.no_grad():  # force <eos> first: every caption is empty, generation stops after one step
+    with torch.no_grad():  # force <eos> whenever it is allowed: one word (the minimum), then <eos>
         dec.out.bias.fill_(-1e4)
         dec.out.bias[dec.eos_id] = 1e4
-    assert dec.greedy(video, max_len=5).tolist() == [[2], [2], [2]]
-    assert dec.beam_search(video, beam_size=3, max_len=5).tolist() == [[2], [2], [2]]
+    for ids in (dec.greedy(video, max_len=5), dec.beam_search(video, beam_size=3, max_len=5)):
+        assert ids.shape == (3, 2) and (ids[:, 1] == dec.eos_id).all()
+    # min_len=0 allows the empty caption: generation stops after one step
+    assert dec.greedy(video, max_len=5, min_len=0).tolist() == [[2], [2], [2]]
+    assert dec.beam_search(video, beam_size=3, max_len=5, min_len=0).tolist() == [[2], [2], [2]]
 
 
 @pytest.mark.parametrize("num_layers", [1, 2])
@@ -55,7 +58,7 @@ def test_generation_steps_give_the_teacher_forced_log_probabilities(num_layers, 
     tokens = torch.tensor([[1, 5, 6, 7], [1, 4, 9, 2], [1, 8, 3, 3]])
     with torch.no_grad():
         logits = dec(video, tokens, memory)
-        logits[..., [dec.pad_id, dec.bos_id]] = float("-inf")
+        logits[..., dec.never_generated] = float("-inf")
         expected = logits.log_softmax(-1)
         ctx, state = dec.start(video, memory)
         rows = 3 if tabulated else 1  # the word table is built when V <= rows * steps (here V = 10)
@@ -166,3 +169,61 @@ def test_unknown_words_and_specials_at_inference():
             words = row[: row.index(vocab.eos_id)] if vocab.eos_id in row else row
             assert vocab.pad_id not in words and vocab.bos_id not in words
 
+
+
+def _words(ids: torch.Tensor, eos_id: int) -> list[list[int]]:
+    """Each row's ids before its first `<eos>` (and without the `<pad>` after it)."""
+    rows = [row[: row.index(eos_id)] if eos_id in row else row for row in ids.tolist()]
+    return [[i for i in row if i != 0] for row in rows]
+
+
+def _every_mode(dec: CaptionDecoder, video: torch.Tensor, **kw) -> dict[str, torch.Tensor]:
+    torch.manual_seed(2)
+    return {"greedy": dec.greedy(video, max_len=6, **kw),
+            "beam 1": dec.beam_search(video, beam_size=1, max_len=6, **kw),
+            "beam 5": dec.beam_search(video, beam_size=5, max_len=6, **kw),
+            "sample": dec.sample(video, num_samples=4, max_len=6, **kw)[0]}
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_no_empty_caption_when_eos_is_the_likeliest_first_word(attention):
+    """A decoder that would rather end at once than say anything still says a word, in every decoding mode."""
+    dec = make_decoder(**({"memory_dim": 5} if attention else {})).eval()
+    with torch.no_grad():
+        dec.out.bias[dec.eos_id] = 30.0
+    video, memory = torch.randn(4, D), (torch.randn(4, 3, 5) if attention else None)
+    assert (dec.greedy(video, max_len=6, memory=memory, min_len=0)[:, 0] == dec.eos_id).all()  # what it would say
+    for mode, ids in _every_mode(dec, video, memory=memory).items():
+        words = _words(ids, dec.eos_id)
+        assert all(len(w) >= 1 for w in words), (mode, ids.tolist())
+        assert (ids[:, 1] == dec.eos_id).all(), mode  # one word, then the <eos> it wanted all along
+
+
+def test_min_len_is_the_fewest_words_in_every_mode():
+    dec = make_decoder().eval()
+    with torch.no_grad():
+        dec.out.bias[dec.eos_id] = 30.0
+    for mode, ids in _every_mode(dec, torch.randn(3, D), min_len=3).items():
+        assert {len(w) for w in _words(ids, dec.eos_id)} == {3}, mode
+
+
+@pytest.mark.parametrize("attention", [False, True])
+def test_never_generates_unk_pad_or_bos_even_when_likeliest(attention):
+    """`<unk>` (then `<pad>`, `<bos>`) the argmax at every step: no caption holds one, in every decoding mode."""
+    dec = make_decoder(**({"memory_dim": 5} if attention else {})).eval()
+    video, memory = torch.randn(4, D), (torch.randn(4, 3, 5) if attention else None)
+    for special in (dec.unk_id, dec.pad_id, dec.bos_id):
+        with torch.no_grad():
+            dec.out.bias.zero_()
+            dec.out.bias[special] = 30.0
+        for mode, ids in _every_mode(dec, video, memory=memory).items():
+            words = _words(ids, dec.eos_id)
+            assert all(len(w) >= 1 for w in words), (mode, ids.tolist())
+            assert not any(i in (dec.unk_id, dec.pad_id, dec.bos_id) for w in words for i in w), (mode, ids.tolist())
+
+
+def test_unk_id_follows_the_vocabulary():
+    vocab = Vocabulary.build(["a red ball"])
+    dec = CaptionDecoder(len(vocab), D, embed_dim=8, hidden_dim=8)
+    assert (dec.pad_id, dec.bos_id, dec.eos_id, dec.unk_id) == (vocab.pad_id, vocab.bos_id, vocab.eos_id,
+                                                                vocab.unk_id)

@@ -43,7 +43,8 @@ def test_sample_gives_k_captions_per_video_with_the_log_probs_teacher_forcing_gi
     ids, logp = dec.sample(video, 5, 6, memory)
     inputs = torch.cat([torch.full((15, 1), dec.bos_id), ids[:, :-1]], dim=1)
     logits = dec(video.repeat_interleave(5, 0), inputs, None if memory is None else memory.repeat_interleave(5, 0))
-    logits[..., [dec.pad_id, dec.bos_id]] = float("-inf")
+    logits[..., dec.never_generated] = float("-inf")
+    logits[:, 0, dec.eos_id] = float("-inf")  # a caption has at least one word (min_len=1)
     expected = logits.log_softmax(-1).gather(2, ids.unsqueeze(2)).squeeze(2).masked_fill(ids == dec.pad_id, 0.0)
     assert torch.allclose(logp, expected, atol=1e-5)
 

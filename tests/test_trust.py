@@ -78,7 +78,7 @@ def _teacher_forced_mean_logp(dec: CaptionDecoder, video: torch.Tensor, ids: tor
     """Mean log-probability per word (<eos> included) of generated ids, recomputed with the teacher-forced LSTM."""
     bos = torch.full((len(ids), 1), dec.bos_id, dtype=torch.long)
     logits = dec(video, torch.cat([bos, ids], 1)[:, :-1].clamp_min(0))
-    logits[..., [dec.pad_id, dec.bos_id]] = float("-inf")  # as generation masks them
+    logits[..., dec.never_generated] = float("-inf")  # as generation masks them
     logp = F.log_softmax(logits, -1).gather(2, ids.unsqueeze(2)).squeeze(2)
     words = ids != dec.pad_id
     return logp.masked_fill(~words, 0.0).sum(1) / words.sum(1)

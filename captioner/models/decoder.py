@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+MIN_LEN = 1  # the fewest words a generated caption holds: `<eos>` is forbidden before it (an empty caption says nothing)
+
 
 @dataclass
 class _Memory:
@@ -66,7 +68,8 @@ class CaptionDecoder(nn.Module):
         dropout: dropout on the video vector, the embeddings and the LSTM output.
         memory_dim: size M of the attention memory; `None` for a decoder without attention.
         attention_dim: size of the attention's hidden layer.
-        pad_id, bos_id, eos_id: special token ids of the vocabulary.
+        pad_id, bos_id, eos_id, unk_id: special token ids of the vocabulary. Generation never emits `<pad>`,
+            `<bos>` or `<unk>` (a caption that says "<unk>" says nothing; the next likeliest word is a guess).
     """
 
     def __init__(
@@ -82,10 +85,11 @@ class CaptionDecoder(nn.Module):
         pad_id: int = 0,
         bos_id: int = 1,
         eos_id: int = 2,
+        unk_id: int = 3,
     ):
         super().__init__()
         self.vocab_size, self.num_layers, self.hidden_dim = vocab_size, num_layers, hidden_dim
-        self.pad_id, self.bos_id, self.eos_id = pad_id, bos_id, eos_id
+        self.pad_id, self.bos_id, self.eos_id, self.unk_id = pad_id, bos_id, eos_id, unk_id
         self.video_norm = nn.LayerNorm(feature_dim)
         self.init_state = nn.Linear(feature_dim, 2 * num_layers * hidden_dim)
         if memory_dim is None:
@@ -198,17 +202,38 @@ class CaptionDecoder(nn.Module):
             cell = torch.mul(f, c[layer], out=c_new[layer]).addcmul_(i, g.tanh_())  # f c + i tanh(g)
             torch.mul(o, torch.tanh(cell), out=h_new[layer])
         logits = self.out(h_new[-1])  # (N, V)
-        logits[:, [self.pad_id, self.bos_id]] = float("-inf")  # never generated as words
+        logits[:, self.never_generated] = float("-inf")
         return F.log_softmax(logits, dim=-1), (h_new, c_new)
+
+    @property
+    def never_generated(self) -> list[int]:
+        """The ids generation never emits as words: `<pad>`, `<bos>`, `<unk>`."""
+        return [self.pad_id, self.bos_id, self.unk_id]
+
+    def forbid_eos(self, logp: torch.Tensor) -> torch.Tensor:
+        """In place: `<eos>` gets `-inf` in `logp (N, V)`, so a caption shorter than `min_len` goes on.
+
+        Applied after the softmax, as `block_repeats`: the scores stay the model's log-probabilities. A row with
+        nothing else left (a vocabulary so small that `block_repeats` forbade every word) keeps `<eos>`: a caption
+        always has a way to end.
+        """
+        eos = logp[:, self.eos_id].clone()
+        logp[:, self.eos_id] = float("-inf")
+        stuck = ~logp.isfinite().any(1)
+        if stuck.any():
+            logp[stuck, self.eos_id] = eos[stuck]
+        return logp
 
     @torch.no_grad()
     @_outside_autocast
     def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
-               memory_mask: Optional[torch.Tensor] = None, no_repeat_ngram: int = 3, return_scores: bool = False):
+               memory_mask: Optional[torch.Tensor] = None, no_repeat_ngram: int = 3, return_scores: bool = False,
+               min_len: int = MIN_LEN):
         """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`.
 
-        `no_repeat_ngram` blocks repeats (see `block_repeats`; 0 = off). With `return_scores`, also each caption's
-        mean log-probability per word, `<eos>` included `(B,)`.
+        `no_repeat_ngram` blocks repeats (see `block_repeats`; 0 = off); `<eos>` is forbidden before `min_len`
+        words (see `forbid_eos`). With `return_scores`, also each caption's mean log-probability per word, `<eos>`
+        included `(B,)`.
         """
         ctx, state = self.start(video, memory, memory_mask)
         b = video.shape[0]
@@ -217,10 +242,12 @@ class CaptionDecoder(nn.Module):
         done = torch.zeros(b, dtype=torch.bool, device=video.device)
         total, length = torch.zeros(b, device=video.device), torch.zeros(b, device=video.device)
         out = []
-        for _ in range(max_len):
+        for step in range(max_len):
             logp, state = self._step(ctx, table, tokens, state)
             if no_repeat_ngram > 0 and out:
                 block_repeats(logp, torch.stack(out, dim=1), no_repeat_ngram, self.pad_id)
+            if step < min_len:
+                self.forbid_eos(logp)
             best, tokens = logp.max(-1)
             tokens = tokens.masked_fill(done, self.pad_id)
             total += best.masked_fill(done, 0.0)
@@ -236,7 +263,7 @@ class CaptionDecoder(nn.Module):
     @_outside_autocast
     def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
                     memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
-                    no_repeat_ngram: int = 3, return_scores: bool = False):
+                    no_repeat_ngram: int = 3, return_scores: bool = False, min_len: int = MIN_LEN):
         """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
 
         A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
@@ -244,7 +271,9 @@ class CaptionDecoder(nn.Module):
         search is over leaves the batch at once, so the others' steps get cheaper: the result for each video is
         the one a search over that video alone gives.
 
-        `no_repeat_ngram` blocks repeats in every hypothesis (see `block_repeats`; 0 = off).
+        `no_repeat_ngram` blocks repeats in every hypothesis (see `block_repeats`; 0 = off). `<eos>` is forbidden
+        before `min_len` words (see `forbid_eos`): without it a search whose first step puts `<eos>` in the beam
+        returns the empty caption, which outscores every longer one when nothing divides by the length.
 
         Returns:
             token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`; with `return_scores`, also
@@ -271,6 +300,8 @@ class CaptionDecoder(nn.Module):
             logp, (h, c) = self._step(ctx, table, tokens, (h, c))
             if no_repeat_ngram > 0 and step > 0:
                 block_repeats(logp, history, no_repeat_ngram, self.pad_id)
+            if step < min_len:
+                self.forbid_eos(logp)
             logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
             cand = (scores.view(-1, 1) + logp).view(n, width * self.vocab_size)
             few = cand.shape[1] < k  # a vocabulary smaller than the beam, at the first step: pad with dead hypotheses
@@ -313,7 +344,7 @@ class CaptionDecoder(nn.Module):
 
     def sample(self, video: torch.Tensor, num_samples: int = 5, max_len: int = 20,
                memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
-               no_repeat_ngram: int = 0, generator: Optional[torch.Generator] = None):
+               no_repeat_ngram: int = 0, generator: Optional[torch.Generator] = None, min_len: int = MIN_LEN):
         """Draw `num_samples` captions per video from the model's distribution (multinomial), with gradients.
 
         For self-critical training: the log-probability of each drawn word is differentiable, so a reward times
@@ -323,7 +354,8 @@ class CaptionDecoder(nn.Module):
         rare words, and the sampling from them, keep their precision.
 
         `no_repeat_ngram` draws from the distribution renormalised without the repeats `block_repeats` forbids
-        (0 = off); the log-probabilities returned are those of the distribution drawn from.
+        (0 = off), and before `min_len` words without `<eos>`; the log-probabilities returned are those of the
+        distribution drawn from.
 
         Returns:
             token ids `(B * K, <=max_len)` with the K samples of a video in consecutive rows, `<pad>` after `<eos>`;
@@ -336,17 +368,21 @@ class CaptionDecoder(nn.Module):
         n = video.shape[0] * k
         tokens = torch.full((n,), self.bos_id, dtype=torch.long, device=dev)
         done = torch.zeros(n, dtype=torch.bool, device=dev)
-        never = torch.tensor([self.pad_id, self.bos_id], device=dev)
+        never = torch.tensor(self.never_generated, device=dev)
         out, logps = [], []
-        for _ in range(max_len):
+        for step in range(max_len):
             emb = self.drop(self.embed(tokens))  # (N,) -> (N, E)
             x = torch.cat([emb, self._context(ctx, state[0][-1]).to(emb.dtype)], dim=-1).unsqueeze(1)
             o, state = self.lstm(x, state)  # (N, 1, 2E) -> (N, 1, H)
             logits = self.out(self.drop(o.squeeze(1))).float().index_fill(1, never, float("-inf"))  # (N, V)
             logp = F.log_softmax(logits, dim=-1)
-            if no_repeat_ngram > 0 and out:
-                banned = block_repeats(torch.zeros_like(logp), torch.stack(out, dim=1), no_repeat_ngram,
-                                       self.pad_id)
+            if (no_repeat_ngram > 0 and out) or step < min_len:
+                banned = torch.zeros_like(logp)
+                if no_repeat_ngram > 0 and out:
+                    block_repeats(banned, torch.stack(out, dim=1), no_repeat_ngram, self.pad_id)
+                if step < min_len:
+                    kept = self.forbid_eos(logp.detach() + banned)[:, self.eos_id].isfinite()  # rows left no word
+                    banned[:, self.eos_id] = banned[:, self.eos_id].masked_fill(~kept, float("-inf"))
                 logp = F.log_softmax(logp + banned, dim=-1)  # out of place: autograd keeps log_softmax's output
             word = torch.multinomial(logp.detach().exp(), 1, generator=generator).squeeze(1)  # (N,)
             word = word.masked_fill(done, self.pad_id)
