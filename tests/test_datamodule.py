@@ -100,3 +100,73 @@ def test_an_old_flat_feature_key_in_a_config_file_names_the_new_one(tmp_path, ca
     assert exit_.value.code == 2 and capsys.readouterr().err.strip() == f"captioner train: error: {message}"
     assert extract_main(["--config", str(old)]) == 2
     assert line in capsys.readouterr().err
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch) -> list:
+    """An empty torch hub cache, and every download failing as it does offline; the URLs tried."""
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return attempts
+
+
+def test_check_ready_wants_the_weights_only_when_clips_are_left_to_encode(tiny_datamodule_args, tmp_path,
+                                                                           no_network):
+    """Issue 23 item 12: training checks the weights before it starts (not in the middle of its first extraction),
+    and only when it has clips to encode: on a full cache it trains offline."""
+    import numpy as np
+
+    from captioner.data.datasets import load_annotations
+    from captioner.errors import WeightsUnavailableError
+
+    spec = dict(backbone="resnet18", weights="IMAGENET1K_V1", num_frames=4)
+    dm = CaptioningDataModule(**{**tiny_datamodule_args, "features": spec, "features_dir": str(tmp_path / "f")})
+    with pytest.raises(WeightsUnavailableError, match="resnet18-f37072fd.pth.*--data.features.backbone "
+                                                      "efficientnet_lite0 --data.features.weights DEFAULT$"):
+        dm.check_ready()
+    assert len(no_network) == 1 and not (tmp_path / "f").exists()
+    clips = load_annotations(dm.annotations_path)
+    for clip in clips[1:]:
+        dm.cache.save(clip.id, torch.zeros(4, 512))
+    with pytest.raises(WeightsUnavailableError):
+        dm.check_ready()  # one clip left
+    dm.cache.write_failures([(clips[0].id, "not a video")])
+    dm.check_ready()  # nothing left to encode (the unreadable clip is left out): no weights needed
+    np.save(dm.cache.path(clips[0].id), np.zeros((4, 512), np.float16))
+    dm.cache.write_failures([])
+    dm.check_ready()
+    assert len(no_network) == 2
+    # a synthetic set still to generate is encoded next: refused before a single clip is made
+    synthetic = CaptioningDataModule(data_dir=str(tmp_path / "synthetic"), features=spec,
+                                     features_dir=str(tmp_path / "f"))
+    with pytest.raises(WeightsUnavailableError):
+        synthetic.check_ready()
+    assert not (tmp_path / "synthetic").exists()
+    random = CaptioningDataModule(data_dir=str(tmp_path / "synthetic"), features={**spec, "weights": None})
+    random.check_ready()  # random weights need no file
+    assert len(no_network) == 3
+
+
+def test_workers_are_capped_at_the_cpus_there_are(tiny_datamodule_args, monkeypatch):
+    """Issue 23 item 14: `num_workers: 8` on a 2-CPU machine made torch warn at every loader it started."""
+    import os
+
+    from captioner.features.extract import usable_workers
+
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert [usable_workers(n) for n in (0, 1, 2, 8)] == [0, 1, 2, 2]
+    dm = CaptioningDataModule(**{**tiny_datamodule_args, "num_workers": 8, "features_in_memory": False})
+    dm.setup("fit")
+    loaders = [dm.train_dataloader(), dm.val_dataloader(), dm.test_dataloader()]
+    assert [loader.num_workers for loader in loaders] == [2, 2, 2]
+    assert dm.hparams.num_workers == 8  # the setting itself is kept: a bigger machine uses its 8
+    dm.hparams.train_items = "clips"
+    assert dm.train_dataloader().num_workers == 2

@@ -24,6 +24,8 @@ from conftest import moving_square, tiny_args, with_features
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
+OFFLINE_ALTERNATIVE = ("or use the backbone whose weights come with the package, no download needed: "
+                       "--data.features.backbone efficientnet_lite0 --data.features.weights DEFAULT")
 
 
 def _one_line(text: str) -> str:
@@ -283,7 +285,8 @@ def test_extract_without_the_weights_is_one_line_and_exit_2(offline, tiny_datase
     assert main(argv) == 2
     out, err = capsys.readouterr()
     assert _one_line(err) == f"captioner extract: {_offline_message(offline.home)} (default ~/.cache/torch/hub/" \
-                             f"checkpoints), or copy https://download.pytorch.org/models/{WEIGHTS_FILE} there"
+                             f"checkpoints), or copy https://download.pytorch.org/models/{WEIGHTS_FILE} there; " \
+                             f"{OFFLINE_ALTERNATIVE}"
     assert not list(features.rglob("*.npy"))
 
 
@@ -307,6 +310,45 @@ def test_train_without_the_weights_is_one_line_and_exit_2(offline, tiny_datamodu
     err = capsys.readouterr().err
     assert "Traceback" not in err and f"captioner train: error: {_offline_message(offline.home)}" in err
     assert not list((tmp_path / "features").rglob("*.npy"))
+
+
+OFFLINE_TRAIN = """\
+import sys
+import urllib.error
+
+import torch.hub
+
+
+def no_network(url, *args, **kwargs):  # as a download fails without network
+    raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
+
+
+torch.hub.download_url_to_file = no_network
+from captioner.cli.train import main
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+def test_train_without_the_weights_says_so_before_lightning_starts(tiny_dataset, tmp_path):
+    """Issue 23 item 12: the line came after Lightning's start-up lines and 3 "extracting them now" lines."""
+    script = tmp_path / "offline_train.py"
+    script.write_text(OFFLINE_TRAIN)
+    home = tmp_path / "torch_home"  # empty: no weights cached
+    env = {**os.environ, "TORCH_HOME": str(home), "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), f"--data.data_dir={tiny_dataset}", "--data.synthetic=false",
+                           f"--data.features_dir={tmp_path / 'features'}", "--data.features.backbone=resnet18",
+                           "--data.features.weights=IMAGENET1K_V1", "--data.features.num_frames=4",
+                           f"--trainer.default_root_dir={tmp_path / 'run'}"],
+                          capture_output=True, text=True, cwd=tmp_path, env=env, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    # alone: no "Seed set to 0", "GPU available", "extracting them now", no process started, no video read
+    line = _one_line(proc.stderr)
+    assert line.startswith(f"captioner train: error: {_offline_message(home)}")
+    assert line.endswith(OFFLINE_ALTERNATIVE)
+    assert not (tmp_path / "features").exists() and not (tmp_path / "run").exists()
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -89,10 +89,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     bad setting (one line on stderr)."""
     from pytorch_lightning.utilities import rank_zero_only
 
+    from captioner.cli.train import drop_lightning_tips
     from captioner.data.datasets import load_annotations
     from captioner.features.extract import run_extraction
-    from captioner.models.encoder import ensure_weights
 
+    drop_lightning_tips()
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         data, args = parse(argv)
@@ -114,7 +115,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     if not todo:
         return 0
     try:
-        ensure_weights(spec.backbone, spec.weights)  # before any video is read: no download, no work
+        data.ensure_weights()  # before Lightning starts and any video is read: no download, no work
     except UserError as err:
         print(f"captioner extract: {err}", file=sys.stderr)
         return 2

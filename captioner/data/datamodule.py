@@ -158,14 +158,40 @@ class CaptioningDataModule(pl.LightningDataModule):
                         self.cache.report_path)
 
     def check_ready(self) -> None:
-        """What can be checked without any work, before training starts its processes: the dataset is there
-        (or will be generated). Bad names were refused when the spec was made.
+        """What can be checked without any work, before training starts its processes: the dataset is there (or
+        will be generated) and, when clips are left to encode, the backbone's weights are (`ensure_weights`).
+        Bad names were refused when the spec was made.
 
         Raises:
             DataNotFoundError: `data_dir` has no `annotations.json` and `synthetic` is off.
+            WeightsUnavailableError: clips are left to encode, and the weights are neither in torch hub's cache nor
+                downloadable.
         """
-        if not self.hparams.synthetic and not self.annotations_path.exists():
-            raise self._not_found()
+        if not self.annotations_path.exists():
+            if not self.hparams.synthetic:
+                raise self._not_found()
+        else:
+            try:
+                clips = load_annotations(self.annotations_path)
+            except (OSError, ValueError):
+                return  # prepare_data reports a broken file, among its other checks
+            known_bad = {vid for vid, _ in self.cache.failures()}
+            if all(self.cache.has(c.id) or c.id in known_bad for c in clips):
+                return  # training reads the cache alone: no weights needed
+        self.ensure_weights()
+
+    def ensure_weights(self) -> None:
+        """Have the backbone's weights in torch hub's cache, downloading them if need be: one line, naming the
+        offline backbone, when they cannot be had, instead of an error in the middle of the first extraction.
+
+        Raises:
+            WeightsUnavailableError: not in torch hub's cache, and the download failed.
+        """
+        from captioner.models.encoder import OFFLINE_BACKBONE, ensure_weights
+
+        ensure_weights(self.spec.backbone, self.spec.weights,
+                       alternative=f"or use the backbone whose weights come with the package, no download needed: "
+                                   f"--data.features.backbone {OFFLINE_BACKBONE} --data.features.weights DEFAULT")
 
     def _not_found(self) -> DataNotFoundError:
         return DataNotFoundError(f"{self.annotations_path} not found (see data/README.md to prepare a dataset, or "
@@ -232,7 +258,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         if self._resume_state:
             self.train_sampler.resume(**self._resume_state)
         # in memory, a batch is one gather: workers would only add a copy of it through shared memory
-        workers = 0 if in_memory else self.hparams.num_workers
+        workers = 0 if in_memory else self.num_workers
         if in_memory:
             warnings.filterwarnings("ignore", message=r"The 'train_dataloader' does not have many workers")
         # a generator of its own: each new iterator draws its workers' base seed from it, not from the global
@@ -251,9 +277,16 @@ class CaptioningDataModule(pl.LightningDataModule):
         if self._resume_state:
             self.train_sampler.resume(**self._resume_state)
         return DataLoader(ds, batch_size=self.hparams.batch_size, sampler=self.train_sampler,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_clips,
-                          drop_last=len(ds) > self.hparams.batch_size, persistent_workers=self.hparams.num_workers > 0,
+                          num_workers=self.num_workers, collate_fn=collate_clips,
+                          drop_last=len(ds) > self.hparams.batch_size, persistent_workers=self.num_workers > 0,
                           pin_memory=self._on_gpu(), generator=torch.Generator().manual_seed(self.train_sampler.seed))
+
+    @property
+    def num_workers(self) -> int:
+        """`num_workers`, at most one per CPU there is (`usable_workers`): configs are written for big machines."""
+        from captioner.features.extract import usable_workers
+
+        return usable_workers(self.hparams.num_workers)
 
     def _on_gpu(self) -> bool:
         """Page-locked batches copy to a GPU asynchronously (Lightning moves them with `non_blocking`)."""
@@ -296,7 +329,7 @@ class CaptioningDataModule(pl.LightningDataModule):
 
     def _eval_loader(self, split: str) -> DataLoader:
         return DataLoader(ClipReferences(self.splits[split], self.cache), batch_size=self.hparams.batch_size,
-                          num_workers=self.hparams.num_workers, collate_fn=collate_clips,
+                          num_workers=self.num_workers, collate_fn=collate_clips,
                           generator=torch.Generator().manual_seed(0))  # as in train_dataloader
 
     def val_dataloader(self) -> DataLoader:

@@ -95,11 +95,15 @@ def weights_file(backbone: str, weights: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
 
 
-def ensure_weights(backbone: str, weights: Optional[str]) -> Optional[Path]:
+def ensure_weights(backbone: str, weights: Optional[str], alternative: str = "") -> Optional[Path]:
     """Download a torchvision backbone's weights into torch hub's cache unless they are there; their file.
 
     Cheap when they are there: a pre-flight check before any video is read. `None` for the offline backbone and
     for random weights, which need no file.
+
+    Args:
+        alternative: another way out, added to the error's line (training and extraction, which choose the
+            backbone, name the offline one; a checkpoint's backbone cannot be changed).
 
     Raises:
         WeightsUnavailableError: the file is not there and the download failed (no network, no write access).
@@ -120,7 +124,8 @@ def ensure_weights(backbone: str, weights: Optional[str]) -> Optional[Path]:
         raise WeightsUnavailableError(
             f"backbone {backbone} with weights {weights} needs {path.name}, which is not in {path.parent} and "
             f"could not be downloaded ({reason}): download once where there is network; they go to "
-            f"$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), or copy {url} there") from None
+            f"$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), or copy {url} there"
+            f"{'; ' + alternative if alternative else ''}") from None
     return path
 
 
