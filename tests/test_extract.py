@@ -381,3 +381,33 @@ def test_extraction_from_hostile_annotations_writes_only_in_the_cache(bad_corpus
     assert len(new) == len(videos)  # one feature file per readable clip, and failed.txt
     assert not Path("/tmp/pwned.npy").exists()
 
+
+
+ONE_CPU_EXTRACT = """\
+import os
+import sys
+
+os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})  # a one-CPU machine, as torch and the cap count CPUs
+from captioner.cli.extract import main
+
+sys.exit(main())
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs os.sched_setaffinity (Linux)")
+def test_extract_on_a_small_machine_prints_no_tip_and_no_worker_warnings(tiny_dataset, tmp_path):
+    """Issue 23 item 14: Lightning's "Tip" line, and torch's warning per loader when `--num-workers` (4 by default,
+    8 in configs/msrvtt.yaml) is more than the CPUs there are: the workers are capped at the CPUs, quietly."""
+    script = tmp_path / "one_cpu_extract.py"
+    script.write_text(ONE_CPU_EXTRACT)
+    env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, str(script), "--data.data_dir", str(tiny_dataset), "--data.features_dir",
+                           str(tmp_path / "features"), "--data.features.backbone", "resnet18",
+                           "--data.features.weights", "null", "--data.features.num_frames", "2",
+                           "--data.features.image_size", "64", "--accelerator", "cpu", "--num-workers", "4",
+                           "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "25/25 clips cached" in proc.stdout
+    assert "Tip" not in proc.stdout + proc.stderr
+    assert "worker processes in total" not in proc.stderr

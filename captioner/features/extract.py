@@ -7,6 +7,7 @@ or nodes). Both read `clip_loader`'s batches and encode them with `encode_batch`
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any, Optional, Sequence
 
 import pytorch_lightning as pl
@@ -59,11 +60,26 @@ def collate_cropped(batch) -> dict:
     }
 
 
+def usable_workers(requested: int) -> int:
+    """`requested` DataLoader workers, at most one per CPU this process may run on (as torch counts them).
+
+    A config written for a big machine (`num_workers: 8`) then runs on a small one quietly, instead of with torch's
+    "will create 8 worker processes ... suggested max number of worker" warning at every loader it starts.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))  # a job's share of the machine (SLURM, taskset, containers)
+    except AttributeError:  # macOS, Windows
+        cpus = os.cpu_count() or 1
+    return max(0, min(requested, cpus))
+
+
 def clip_loader(items: Sequence[tuple[str, str]], spec: FeatureSpec, preprocessing: Preprocessing,
                 batch_size: int = 16, num_workers: int = 0, pin_memory: bool = False) -> DataLoader:
-    """Batches of cropped clips, in the order of `items` (see `collate_cropped`), decoded in `num_workers`."""
+    """Batches of cropped clips, in the order of `items` (see `collate_cropped`), decoded in `num_workers`
+    (at most one per CPU, `usable_workers`)."""
     return DataLoader(CroppedClips(items, spec.num_frames, preprocessing, spec.seek), batch_size=batch_size,
-                      num_workers=num_workers, collate_fn=collate_cropped, pin_memory=pin_memory, shuffle=False)
+                      num_workers=usable_workers(num_workers), collate_fn=collate_cropped, pin_memory=pin_memory,
+                      shuffle=False)
 
 
 def encode_batch(encoder: FrameEncoder, batch: dict) -> Optional[torch.Tensor]:
