@@ -233,6 +233,7 @@ def set_rng_states(states: dict) -> None:
 # ----------------------------------------------------------------------------------------------- finding and reading
 
 _SCORE = re.compile(r"(?:bleu4_|cider_|acc)(\d+\.\d+)(?:-v\d+)?\.ckpt$")  # the score in a best checkpoint's name
+_EPOCH = re.compile(r"epoch(\d+)-")  # the epoch in a best checkpoint's name
 _VERSION = re.compile(r"version_\d+")
 
 
@@ -248,12 +249,17 @@ def run_folder(checkpoint: str | os.PathLike) -> Path:
 
 
 def best_checkpoint(files: Sequence[str | os.PathLike]) -> Path:
-    """The best of `files`: the highest score in the name (`epoch18-bleu4_0.5616.ckpt`), the newest on a tie or
-    when no name has a score."""
+    """The best of `files`: the highest score in the name (`epoch18-bleu4_0.5616.ckpt`); on a tie the later epoch
+    (`epoch03-bleu4_0.0000.ckpt` over `epoch00-bleu4_0.0000.ckpt`: a short run scores BLEU-4 0 at every epoch
+    while it learns), then the newest file; the newest when no name has a score.
+
+    The epoch in the name, not the file's age, decides a tie: copying a run folder (`cp`, `scp`) changes the ages.
+    """
 
     def rank(f: Path) -> tuple:
-        score = _SCORE.search(f.name)
-        return float(score.group(1)) if score else float("-inf"), f.stat().st_mtime, str(f)
+        score, epoch = _SCORE.search(f.name), _EPOCH.match(f.name)
+        return (float(score.group(1)) if score else float("-inf"), int(epoch.group(1)) if epoch else -1,
+                f.stat().st_mtime, str(f))
 
     return max(map(Path, files), key=rank)
 
@@ -276,9 +282,9 @@ def find_checkpoint(path: str | os.PathLike) -> Path:
     """`path` itself when it is a file. For a folder (a run root such as `runs/synthetic`, a version folder, a
     `checkpoints/` folder), the best checkpoint beneath it: among the `epoch*.ckpt` files training keeps (one per
     run version, the best on the validation metric, whose score the name carries: `epoch18-bleu4_0.5616.ckpt`),
-    the highest score, the newest on a tie or when no name has a score; else the newest `last.ckpt`. A run resumed
-    into a new version folder keeps a best checkpoint in each, so the highest score, not the newest file, is the
-    run's best. Scores are compared within one run only: a folder above several runs (`runs/`, holding
+    the best by `best_checkpoint`'s rule (the highest score, then the later epoch); else the newest `last.ckpt`.
+    A run resumed into a new version folder keeps a best checkpoint in each, so the highest score, not the newest
+    file, is the run's best. Scores are compared within one run only: a folder above several runs (`runs/`, holding
     `runs/synthetic` and `runs/msvd`: other datasets, other test sets) is refused (see `run_folder`).
 
     Raises:

@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from captioner.checkpointing import (CheckpointError, SaveOnSigterm, atomic_write, best_checkpoint, best_of_run,
-                                     collect_rng_states, load_safely, next_hpc_checkpoint, read_checkpoint,
-                                     set_rng_states, write_json_atomic, write_text_atomic)
+                                     collect_rng_states, find_checkpoint, load_safely, next_hpc_checkpoint,
+                                     read_checkpoint, set_rng_states, write_json_atomic, write_text_atomic)
 from captioner import VideoCaptioner
 from captioner.features.cache import FeatureCache
 from badinputs import SPEC
@@ -105,6 +105,23 @@ def test_best_checkpoint_ranks_by_score_then_age_and_best_of_run_stays_in_its_ru
     tie = resumed / "epoch08-bleu4_0.4000-v1.ckpt"
     tie.write_bytes(b"x")
     assert best_checkpoint([best_now, tie]) == tie  # the newest on a tie
+
+
+def test_a_score_tie_goes_to_the_later_epoch_whatever_the_files_ages(tmp_path):
+    """BLEU-4 0.0000 at every epoch of a short run: the later epoch, although a copy made its file the older."""
+    run = tmp_path / "run"
+    first, resumed = run / "logs" / "version_0" / "checkpoints", run / "logs" / "version_1" / "checkpoints"
+    early, late = first / "epoch00-bleu4_0.0000.ckpt", resumed / "epoch03-bleu4_0.0000.ckpt"
+    for f in (early, late):
+        f.parent.mkdir(parents=True)
+        f.write_bytes(b"x")
+    os.utime(late, (1, 1))  # older than epoch 0's file (copied without its times)
+    assert best_checkpoint([early, late]) == late
+    assert best_of_run(run, early) == late
+    assert find_checkpoint(run) == late
+    (resumed / "epoch04-bleu4_0.0001.ckpt").write_bytes(b"x")  # the score still comes first
+    os.utime(resumed / "epoch04-bleu4_0.0001.ckpt", (0, 0))
+    assert find_checkpoint(run) == resumed / "epoch04-bleu4_0.0001.ckpt"
 
 
 def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):

@@ -191,3 +191,72 @@ def test_dataset_scores_come_from_the_data_side():
     assert scores["direction_acc"] == 0.5 and "dir_bleu4" in scores
     assert motion_scores(hyps, refs, [{"motion": "left"}, {}]) == {}  # not the synthetic set: nothing added
     assert motion_scores([], [], []) == {}
+
+
+def _scores_by_epoch(monkeypatch, cider_by_epoch: list[float]) -> None:
+    """Validation scores BLEU-4 0 at every epoch (a short run on real data) and the given CIDEr-D."""
+    from captioner.systems import captioning
+
+    epoch = {"now": 0}
+    original = captioning.CaptioningSystem.on_validation_epoch_end
+
+    def on_validation_epoch_end(self):
+        epoch["now"] = self.current_epoch
+        original(self)
+
+    monkeypatch.setattr(captioning.CaptioningSystem, "on_validation_epoch_end", on_validation_epoch_end)
+    monkeypatch.setattr(captioning, "bleu_scores", lambda hyps, refs: {f"bleu{n}": 0.0 for n in range(1, 5)})
+    monkeypatch.setattr(captioning, "cider_d", lambda hyps, refs: cider_by_epoch[epoch["now"]])
+
+
+@pytest.mark.slow
+def test_a_bleu4_tie_keeps_the_higher_cider_then_the_later_epoch_and_resumes_so(tiny_datamodule_args, tmp_path,
+                                                                                 monkeypatch):
+    """BLEU-4 0 at every epoch: the kept checkpoint is the one of the highest CIDEr-D (epoch 1 over 0 and 2), the
+    later on a CIDEr-D tie too (3 over 1), not the first (Lightning keeps only a strictly better score). A run
+    resumed after epoch 1 into a new version folder keeps the same, and a run folder resolves to it."""
+    from conftest import tiny_args
+
+    from captioner.checkpointing import find_checkpoint
+    from captioner.cli.train import train_main
+
+    _scores_by_epoch(monkeypatch, [0.011, 0.133, 0.05, 0.133])
+
+    def run(root: Path, epochs: int, *extra: str) -> None:
+        train_main(tiny_args(tiny_datamodule_args, root, f"--trainer.max_epochs={epochs}", "--model.num_samples=0",
+                             "--trainer.limit_train_batches=1", "--model.beam_size=1", *extra))
+
+    run(tmp_path / "whole", 4)
+    [kept] = (tmp_path / "whole").rglob("epoch*.ckpt")
+    assert kept.name == "epoch03-bleu4_0.0000.ckpt"
+    state = next(v for k, v in torch.load(kept, weights_only=True)["callbacks"].items() if "val/bleu4" in k)
+    assert state["best_tie_breaker"] == pytest.approx(0.133)
+
+    run(tmp_path / "resumed", 2)
+    first = tmp_path / "resumed" / "logs" / "version_0" / "checkpoints"
+    assert [p.name for p in first.glob("epoch*.ckpt")] == ["epoch01-bleu4_0.0000.ckpt"]  # CIDEr-D 0.133 > 0.011
+    run(tmp_path / "resumed", 4, f"--ckpt_path={first / 'last.ckpt'}")
+    again = tmp_path / "resumed" / "logs" / "version_1" / "checkpoints"
+    assert [p.name for p in again.glob("epoch*.ckpt")] == ["epoch03-bleu4_0.0000.ckpt"]  # epoch 2 (0.05) was not
+    assert find_checkpoint(tmp_path / "resumed") == again / "epoch03-bleu4_0.0000.ckpt"
+
+
+def test_the_best_checkpoint_callback_keeps_its_state_key_and_tie_breaker():
+    """The tie-breaking callback restores from checkpoints a plain ModelCheckpoint wrote (runs saved before), and
+    its tie-breaker round-trips through its state."""
+    from pytorch_lightning.callbacks import ModelCheckpoint
+
+    from captioner.systems.captioning import BestCheckpoint, CaptioningSystem
+
+    [best, *_] = CaptioningSystem().configure_callbacks()
+    assert isinstance(best, BestCheckpoint) and (best.monitor, best.tie_breaker) == ("val/bleu4", "val/cider")
+    [by_cider, *_] = CaptioningSystem(monitor="val/cider").configure_callbacks()
+    assert by_cider.tie_breaker == "val/bleu4"
+    assert best.state_key == ModelCheckpoint(monitor="val/bleu4", mode="max").state_key
+    best.best_tie_breaker = 0.5
+    other = BestCheckpoint(monitor="val/bleu4", mode="max", tie_breaker="val/cider")
+    other.load_state_dict(best.state_dict())
+    assert other.best_tie_breaker == 0.5
+    plain = ModelCheckpoint(monitor="val/bleu4", mode="max").state_dict()  # a checkpoint saved before
+    other.load_state_dict(plain)
+    assert other.best_tie_breaker is None  # unknown: a tie then keeps the later checkpoint

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_LEN = 1  # the fewest words a generated caption holds: `<eos>` is forbidden before it (an empty caption says nothing)
+MIN_LEN = 1  # the fewest words a generated caption holds (`<eos>` is forbidden before): an empty one says nothing
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 import warnings
 from typing import Literal, Optional
@@ -19,6 +20,54 @@ from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
 from captioner.models.captioner import CONFIG_KEY, CaptionerConfig, VideoCaptioner, build_captioner
 from captioner.models.temporal import TemporalKind
+
+
+class BestCheckpoint(ModelCheckpoint):
+    """The system's best checkpoint (`save_top_k=1`): the highest monitored score; on a tie, the higher
+    `tie_breaker` (another logged score), then the later checkpoint.
+
+    Lightning keeps a new top-k checkpoint only when its score is strictly better, so a short run whose BLEU-4 is 0
+    at every epoch kept its first epoch while CIDEr-D rose tenfold. The kept checkpoint's tie-breaker is part of the
+    callback's state (saved in every checkpoint), so a resumed run decides as an uninterrupted one; the state key is
+    a plain `ModelCheckpoint`'s, so runs saved before resume with their best record.
+    """
+
+    def __init__(self, *args, tie_breaker: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tie_breaker = tie_breaker
+        self.best_tie_breaker: Optional[float] = None  # the kept checkpoint's; None: unknown (then a tie replaces it)
+
+    @property
+    def state_key(self) -> str:
+        key = super().state_key
+        return ModelCheckpoint.__qualname__ + key[len(type(self).__qualname__) :]
+
+    def check_monitor_top_k(self, trainer: pl.Trainer, current: Optional[torch.Tensor] = None) -> bool:
+        if current is None or self.save_top_k != 1 or not self.best_k_models or torch.isnan(current):
+            return super().check_monitor_top_k(trainer, current)
+        kept = self.best_k_models[self.kth_best_model_path]
+        if float(current) != float(kept):
+            return super().check_monitor_top_k(trainer, current)
+        now = self._tie_breaker_value(trainer.callback_metrics)
+        better = self.best_tie_breaker is None or now is None or now >= self.best_tie_breaker
+        return trainer.strategy.reduce_boolean_decision(better)  # every process decides the same
+
+    def _tie_breaker_value(self, metrics: dict) -> Optional[float]:
+        value = metrics.get(self.tie_breaker)
+        value = None if value is None else float(value)
+        return None if value is None or math.isnan(value) else value
+
+    def _update_best_and_save(self, current: torch.Tensor, trainer: pl.Trainer, monitor_candidates: dict) -> None:
+        self.best_tie_breaker = self._tie_breaker_value(monitor_candidates)  # before the save, which holds the state
+        super()._update_best_and_save(current, trainer, monitor_candidates)
+
+    def state_dict(self) -> dict:
+        return {**super().state_dict(), "best_tie_breaker": self.best_tie_breaker}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        if state_dict.get("dirpath", self.dirpath) == self.dirpath:  # Lightning restored the record: this is its
+            self.best_tie_breaker = state_dict.get("best_tie_breaker")
 
 
 class CaptioningSystem(pl.LightningModule):
@@ -273,8 +322,9 @@ class CaptioningSystem(pl.LightningModule):
     def configure_callbacks(self) -> list[Callback]:
         monitor = self.hparams.get("monitor") or "val/bleu4"
         name = monitor.split("/")[-1]  # the score in the file name, for find_checkpoint: epoch18-cider_1.2345.ckpt
-        best = ModelCheckpoint(monitor=monitor, mode="max", auto_insert_metric_name=False,
-                               filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
+        best = BestCheckpoint(monitor=monitor, tie_breaker="val/bleu4" if monitor == "val/cider" else "val/cider",
+                              mode="max", auto_insert_metric_name=False,
+                              filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
         own = [best, *last_checkpoints(self.hparams.get("checkpoint_every_n_steps"))]
         return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
 
