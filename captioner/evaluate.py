@@ -133,6 +133,49 @@ def coco_scores(
     return scores, unavailable
 
 
+def _same_path(a, b) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def _evaluation_in(folder: Path) -> Optional[tuple]:
+    """`(checkpoint, data_dir, split)` of the evaluation whose `metrics.json` is in `folder`; `None` when there is
+    none; `("?",)` when one is there but unreadable (then it is treated as another evaluation, kept)."""
+    import json
+
+    path = folder / "metrics.json"
+    if not path.exists():
+        return None
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        return report["checkpoint"], report["data_dir"], report["split"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return ("?",)
+
+
+def _is_this_evaluation(found: Optional[tuple], checkpoint: Path, data_dir, split: str) -> bool:
+    return found is not None and len(found) == 3 and _same_path(found[0], checkpoint) and \
+        _same_path(found[1], data_dir) and found[2] == split
+
+
+def default_out_dir(checkpoint: Path, split: str, data_dir, own_data_dir=None) -> Path:
+    """Where an evaluation goes by default: `<checkpoint folder>/eval-<split>/` for the checkpoint's own dataset,
+    `eval-<dataset folder name>-<split>/` for another one (MSR-VTT's test split must not replace MSVD's).
+
+    A folder holding another evaluation (another checkpoint of the same run folder, another dataset of the same
+    folder name) is never reused: the first of `-2`, `-3`, ... that is free or holds this same evaluation (a rerun
+    replaces itself) is taken.
+    """
+    own = _same_path(data_dir, own_data_dir)  # a checkpoint that does not say its dataset: named by the dataset
+    stem = f"eval-{split}" if own else f"eval-{Path(data_dir).resolve().name}-{split}"
+    candidate, n = checkpoint.parent / stem, 1
+    while True:
+        found = _evaluation_in(candidate)
+        if found is None or _is_this_evaluation(found, checkpoint, data_dir, split):
+            return candidate
+        n += 1
+        candidate = checkpoint.parent / f"{stem}-{n}"
+
+
 def evaluate(
     checkpoint: str | os.PathLike,
     split: str = "test",
@@ -160,7 +203,8 @@ def evaluate(
             `find_checkpoint`).
         split: `train`, `val` or `test`.
         data_dir, features_dir: default to the values stored in the checkpoint by the DataModule.
-        out_dir: default `<checkpoint folder>/eval-<split>/`.
+        out_dir: default `<checkpoint folder>/eval-<split>/`, or `eval-<dataset folder name>-<split>/` for
+            a dataset other than the checkpoint's (see `default_out_dir`: never another evaluation's folder).
         beam_size, max_len, length_penalty, no_repeat_ngram: default to the checkpoint's.
         tokenizer: `project` (the vocabulary's tokenizer) or `ptb` (coco-caption's, needs Java) for the
             coco-caption metrics.
@@ -168,7 +212,9 @@ def evaluate(
         html: also write the HTML report (`captioner.report`) there; `True`: `<out_dir>/report.html`.
 
     Returns:
-        The report written to `metrics.json`.
+        The report written to `metrics.json`: with `in_domain` (the fraction of clips in the checkpoint's domain)
+        and `in_domain_clips`, and `replaced` (`{checkpoint, data_dir, split}`) when an explicit `out_dir` held
+        another evaluation, now overwritten.
     """
     from tqdm.auto import tqdm
 
@@ -189,10 +235,20 @@ def evaluate(
     model = VideoCaptioner.from_loaded(ckpt, checkpoint, map_location=dev)
     stored = ckpt.get("datamodule_hyper_parameters")
     stored = stored if isinstance(stored, dict) else {}
-    data_dir = data_dir or stored.get("data_dir")
+    own_data_dir = stored.get("data_dir")
+    data_dir = data_dir or own_data_dir
     features_dir = features_dir or stored.get("features_dir") or "data/features"
     if not data_dir:
         raise ValueError(f"{checkpoint} does not say which dataset it was trained on: pass --data-dir")
+    replaced = None
+    if out_dir:
+        out_dir = Path(out_dir)
+        found = _evaluation_in(out_dir)
+        if found is not None and not _is_this_evaluation(found, checkpoint, data_dir, split):
+            replaced = dict(zip(("checkpoint", "data_dir", "split"), found)) if len(found) == 3 else \
+                {"checkpoint": "?", "data_dir": "?", "split": "?"}
+    else:
+        out_dir = default_out_dir(checkpoint, split, data_dir, own_data_dir)
     clips = [c for c in load_annotations(Path(data_dir) / "annotations.json") if c.split == split]
     if not clips:
         raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
@@ -238,10 +294,10 @@ def evaluate(
     metrics = bleu_scores(hyps, refs)
     coco, unavailable = coco_scores(hyps, refs, tokenizer=tokenizer, meteor=meteor)
     metrics.update(coco)
-    out_dir = Path(out_dir) if out_dir else checkpoint.parent / f"eval-{split}"
     report = {
         "checkpoint": str(checkpoint),
         "data_dir": str(data_dir),
+        "trained_on": own_data_dir,
         "split": split,
         "num_clips": len(predictions),
         "features_from_cache": len(predictions) - from_video,
@@ -251,9 +307,12 @@ def evaluate(
         "metrics": {k: metrics[k] for k in sorted(metrics)},
         "in_domain": (sum(p["in_domain"] for p in predictions) / len(predictions)
                       if predictions and "in_domain" in predictions[0] else None),
+        "in_domain_clips": (sum(p["in_domain"] for p in predictions)
+                            if predictions and "in_domain" in predictions[0] else None),
         "unavailable": unavailable,
         "skipped": skipped,
         "predictions": str(out_dir / "predictions.json"),
+        **({} if replaced is None else {"replaced": replaced}),
     }
     write_json_atomic(out_dir / "predictions.json", predictions)
     if html is not None:

@@ -157,3 +157,75 @@ def test_a_run_folder_evaluates_its_best_checkpoint(trained, evaluated, tmp_path
     assert capsys.readouterr().out.splitlines()[0] == f"checkpoint: {best}"
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["checkpoint"] == str(best) and report["metrics"]["bleu4"] == evaluated[0]["metrics"]["bleu4"]
+
+
+def _noise_dataset(root, seed: int = 0):
+    """A dataset of 4 test clips of noise: another dataset, unlike the synthetic training videos."""
+    import numpy as np
+
+    from captioner.data.synthetic import write_mp4
+
+    root.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    videos = []
+    for i in range(4):
+        write_mp4(rng.integers(0, 256, (8, 64, 64, 3), dtype=np.uint8), root / f"noise{i}.mp4")
+        videos.append({"id": f"noise{i}", "path": f"noise{i}.mp4", "split": "test", "captions": ["a red ball moves"]})
+    (root / "annotations.json").write_text(json.dumps({"videos": videos}))
+    return root
+
+
+@pytest.fixture
+def run_copy(trained, tmp_path):
+    """The trained checkpoint alone in a fresh run folder: default output folders are made beside it."""
+    best = trained[2]
+    copy = tmp_path / "run" / best.name
+    copy.parent.mkdir()
+    shutil.copy(best, copy)
+    return copy
+
+
+@pytest.mark.slow
+def test_another_datasets_evaluation_never_replaces_the_checkpoints_own(run_copy, tiny_dataset, tmp_path, capsys):
+    flags = ["--checkpoint", str(run_copy), "--split", "test", "--no-progress", "--no-meteor"]
+    noisy = _noise_dataset(tmp_path / "a" / "noisy")
+    assert evaluate_main(flags) == 0
+    assert evaluate_main([*flags, "--data-dir", str(noisy)]) == 0
+    run = run_copy.parent
+    own = json.loads((run / "eval-test" / "predictions.json").read_text())
+    other = json.loads((run / "eval-noisy-test" / "predictions.json").read_text())
+    assert [p["video"] for p in own] == _test_ids(tiny_dataset)
+    assert [p["video"] for p in other] == [f"noise{i}" for i in range(4)]
+    assert json.loads((run / "eval-noisy-test" / "metrics.json").read_text())["data_dir"] == str(noisy)
+    # another dataset of the same folder name: a folder of its own; a rerun replaces only itself
+    same_name = _noise_dataset(tmp_path / "b" / "noisy", seed=1)
+    assert evaluate_main([*flags, "--data-dir", str(same_name)]) == 0
+    assert evaluate_main(flags) == 0
+    assert sorted(p.name for p in run.glob("eval-*")) == ["eval-noisy-test", "eval-noisy-test-2", "eval-test"]
+    assert json.loads((run / "eval-noisy-test-2" / "metrics.json").read_text())["data_dir"] == str(same_name)
+    assert "held another evaluation" not in capsys.readouterr().err  # nothing was replaced so far
+    # an explicit --out holding another evaluation: replaced, and said so
+    assert evaluate_main([*flags, "--out", str(run / "eval-test"), "--data-dir", str(noisy)]) == 0
+    err = capsys.readouterr().err
+    assert f"warning: {run / 'eval-test'} held another evaluation ({run_copy} on " in err
+    assert json.loads((run / "eval-test" / "metrics.json").read_text())["replaced"]["checkpoint"] == str(run_copy)
+
+
+def _test_ids(dataset) -> list[str]:
+    return [v["id"] for v in json.loads((dataset / "annotations.json").read_text())["videos"] if v["split"] == "test"]
+
+
+@pytest.mark.slow
+def test_the_console_says_how_many_clips_are_in_domain_and_warns_when_most_are_not(run_copy, tmp_path, capsys):
+    flags = ["--checkpoint", str(run_copy), "--split", "test", "--no-progress", "--no-meteor"]
+    assert evaluate_main(flags) == 0
+    out, err = capsys.readouterr()
+    assert "in domain: 4 of 4 clips (100 %)" in out.splitlines() and "unlike" not in err
+    noisy = _noise_dataset(tmp_path / "noisy")
+    assert evaluate_main([*flags, "--data-dir", str(noisy)]) == 0
+    out, err = capsys.readouterr()
+    assert "in domain: 0 of 4 clips (0 %)" in out.splitlines()
+    assert f"warning: 4 of 4 clips of {noisy} are unlike this checkpoint's training videos (" in err
+    assert "unreliable" in err and err.count("\n") == 1
+    report = json.loads((run_copy.parent / "eval-noisy-test" / "metrics.json").read_text())
+    assert report["in_domain_clips"] == 0 and report["in_domain"] == 0.0

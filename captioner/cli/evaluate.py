@@ -23,7 +23,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--data-dir", help="dataset folder with annotations.json (default: the checkpoint's)")
     parser.add_argument("--features-dir", help="root of the feature cache (default: the checkpoint's, "
                                                "else data/features); clips not cached are encoded from the video")
-    parser.add_argument("--out", help="output folder (default: <checkpoint folder>/eval-<split>)")
+    parser.add_argument("--out", help="output folder (default: <checkpoint folder>/eval-<split>, or "
+                                      "eval-<dataset folder name>-<split> for another dataset than the "
+                                      "checkpoint's; a folder holding another evaluation is never reused: -2, -3, "
+                                      "... is added)")
     parser.add_argument("--beam-size", type=int, help="beam width, 1 = greedy (default: the checkpoint's)")
     parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
     parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
@@ -45,6 +48,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _print_domain(report: dict) -> None:
+    """How many clips are like the checkpoint's training videos; a warning when most are not: its scores then
+    measure a model on data it never saw the like of (another dataset's checkpoint)."""
+    inside, total = report.get("in_domain_clips"), report["num_clips"]
+    if inside is None:
+        if total:
+            print("in domain: not known (the checkpoint predates familiarity scores)")
+        return
+    print(f"in domain: {inside} of {total} clips ({100 * inside / total:.0f} %)")
+    if inside < total / 2:
+        trained_on = f" ({report['trained_on']})" if report.get("trained_on") else ""
+        print(f"captioner evaluate: warning: {total - inside} of {total} clips of {report['data_dir']} are unlike "
+              f"this checkpoint's training videos{trained_on}: its captions and scores here are unreliable",
+              file=sys.stderr)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     """`captioner evaluate --checkpoint CKPT --split test`; returns 0 on success, 2 for a bad checkpoint or setting
     (or backbone weights neither here nor downloadable), 1 on another error."""
@@ -63,8 +82,14 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (OSError, ValueError) as err:
         print(f"captioner evaluate: {err}", file=sys.stderr)
         return 1
+    if report.get("replaced"):
+        was = report["replaced"]
+        print(f"captioner evaluate: warning: {Path(report['predictions']).parent} held another evaluation "
+              f"({was['checkpoint']} on {was['data_dir']}, split {was['split']}): replaced by this one",
+              file=sys.stderr)
     print(f"checkpoint: {report['checkpoint']}")
     print(f"{report['split']}: {report['num_clips']} clips, generation {report['generation']}")
+    _print_domain(report)
     for k, v in report["metrics"].items():
         print(f"  {k:11s} {v:.4f}")
     for k, why in report["unavailable"].items():
