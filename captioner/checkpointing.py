@@ -13,9 +13,7 @@ from typing import IO, Any, Iterator, Optional, Sequence
 import torch
 from fsspec.core import url_to_fs
 from lightning_fabric.plugins.io.torch_io import TorchCheckpointIO
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
-from pytorch_lightning.utilities.exceptions import SIGTERMException
-from pytorch_lightning.utilities.rank_zero import rank_zero_info
+from pytorch_lightning.callbacks import ModelCheckpoint
 
 
 class CheckpointError(ValueError):
@@ -112,8 +110,8 @@ _HPC_NAME = re.compile(r"hpc_ckpt_(\d+)\.ckpt")
 
 
 def next_hpc_checkpoint(folder: str | os.PathLike) -> str:
-    """`<folder>/hpc_ckpt_<n>.ckpt`, n one above the highest there (0 for none): the name Lightning's SLURM
-    handler saves to, and whose highest number a job started under SLURM resumes from."""
+    """`<folder>/hpc_ckpt_<n>.ckpt`, n one above the highest there (0 for none): the preemption checkpoint's name
+    (`captioner.preemption`), whose highest number Lightning resumes from when a job starts under SLURM."""
     fs, uri = url_to_fs(str(folder))
     names = [os.path.basename(f["name"].rstrip("/")) for f in fs.listdir(uri)] if fs.isdir(uri) else []
     top = max((int(m.group(1)) for n in names if (m := _HPC_NAME.fullmatch(n))), default=0)
@@ -188,26 +186,19 @@ def with_user_checkpoints(trainer, *own: ModelCheckpoint) -> list[ModelCheckpoin
     return [*own, *users]
 
 
-class SaveOnSigterm(Callback):
-    """On SIGTERM (SLURM preemption, `scancel`), save `hpc_ckpt_<n>.ckpt` in the run folder before stopping.
-
-    Lightning stops at the end of the current training step when it receives SIGTERM but saves nothing; its
-    SIGUSR1 handler (SLURM's `--signal`) saves the same file and requeues the job. Lightning resumes from the
-    newest `hpc_ckpt_<n>.ckpt` of the run folder on its own when a job starts under SLURM.
-    """
-
-    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException) and trainer.state.fn == "fit":
-            path = next_hpc_checkpoint(trainer.default_root_dir)
-            trainer.save_checkpoint(path)
-            rank_zero_info(f"SIGTERM: saved {path}")
-
-
 # ----------------------------------------------------------------------------------------------- resume state
 
 
-def collect_rng_states() -> dict:
-    """The global random states (Python, NumPy, torch CPU and CUDA) as plain values and tensors (weights-only safe)."""
+def _world() -> tuple[int, int]:
+    """(rank, world size) of the initialised default process group; (0, 1) without one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _own_rng_states() -> dict:
     import numpy as np
 
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
@@ -218,10 +209,34 @@ def collect_rng_states() -> dict:
     return states
 
 
+def collect_rng_states() -> dict:
+    """The global random states (Python, NumPy, torch CPU and CUDA) as plain values and tensors (weights-only safe).
+
+    Under DDP every process draws its own dropout masks, and only rank 0 writes the checkpoint: each rank's states
+    are gathered into `ranks` (one collective, so every rank must call this, as every rank saves a checkpoint
+    in Lightning), beside rank 0's own at the top level.
+    """
+    import torch.distributed as dist
+
+    states = _own_rng_states()
+    _, world = _world()
+    if world > 1:
+        gathered: list = [None] * world
+        dist.all_gather_object(gathered, states)
+        states = {**states, "ranks": gathered}
+    return states
+
+
 def set_rng_states(states: dict) -> None:
-    """Restore what `collect_rng_states` collected (the CUDA states only on as many devices as it saw)."""
+    """Restore what `collect_rng_states` collected: this rank's states when the checkpoint has as many ranks (a
+    checkpoint of another world size, or of one process, gives every rank rank 0's); the CUDA states only on as
+    many devices as it saw."""
     import numpy as np
 
+    rank, world = _world()
+    ranks = states.get("ranks")
+    if isinstance(ranks, list) and len(ranks) == world:
+        states = ranks[rank]
     random.setstate(tuple(x if not isinstance(x, list) else tuple(x) for x in states["python"]))
     torch.set_rng_state(states["torch"])
     kind, keys, pos, has_gauss, gauss = states["numpy"]

@@ -1,4 +1,4 @@
-"""captioner.checkpointing: atomic writes, finding and safely reading checkpoints, RNG state, the SIGTERM save."""
+"""captioner.checkpointing: atomic writes, finding and safely reading checkpoints, RNG state, preemption names."""
 
 from __future__ import annotations
 
@@ -6,13 +6,12 @@ import json
 import os
 import random
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 
-from captioner.checkpointing import (CheckpointError, SaveOnSigterm, atomic_write, best_checkpoint, best_of_run,
+from captioner.checkpointing import (CheckpointError, atomic_write, best_checkpoint, best_of_run,
                                      collect_rng_states, find_checkpoint, load_safely, next_hpc_checkpoint,
                                      read_checkpoint, set_rng_states, write_json_atomic, write_text_atomic)
 from captioner import VideoCaptioner
@@ -134,21 +133,12 @@ def test_rng_states_round_trip_through_a_weights_only_checkpoint(tmp_path):
     assert again[:2] == expected[:2] and torch.equal(again[2], expected[2])
 
 
-def test_save_on_sigterm_saves_the_next_hpc_checkpoint_of_the_run_folder(tmp_path):
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
+def test_next_hpc_checkpoint_of_the_run_folder(tmp_path):
+    """The preemption checkpoint's name (captioner.preemption; saving it is tested in test_preemption.py)."""
     assert next_hpc_checkpoint(tmp_path / "missing") == str(tmp_path / "missing" / "hpc_ckpt_1.ckpt")
     (tmp_path / "hpc_ckpt_2.ckpt").write_bytes(b"x")
     (tmp_path / ".hpc_ckpt-3.ckpt.77.tmp").write_bytes(b"x")  # a temporary file never counts
-    saved = []
-    trainer = SimpleNamespace(state=SimpleNamespace(fn="fit"), default_root_dir=str(tmp_path),
-                              save_checkpoint=saved.append)
-    SaveOnSigterm().on_exception(trainer, None, SIGTERMException())
-    assert saved == [str(tmp_path / "hpc_ckpt_3.ckpt")]
-    SaveOnSigterm().on_exception(trainer, None, ValueError("another error"))
-    trainer.state.fn = "test"
-    SaveOnSigterm().on_exception(trainer, None, SIGTERMException())
-    assert len(saved) == 1  # only SIGTERM, and only while fitting
+    assert next_hpc_checkpoint(tmp_path) == str(tmp_path / "hpc_ckpt_3.ckpt")
 
 
 # Foreign or tampered checkpoints; resuming never runs a file's code (moved from test_robustness.py)

@@ -66,8 +66,11 @@ def build_cli(args: Optional[list[str]] = None):
     if cli.config.trainer.get("logger") in (None, True):
         cli.trainer.loggers = default_loggers(cli.trainer.default_root_dir)
     from captioner.checkpointing import use_atomic_checkpoints
+    from captioner.preemption import PreemptionCheckpoint
 
     use_atomic_checkpoints(cli.trainer)  # a job killed while saving keeps its previous last.ckpt
+    # SIGUSR1/SIGTERM: every rank saves one hpc_ckpt_<n>.ckpt at a batch boundary and stops (SLURM: requeued)
+    cli.trainer.callbacks.insert(0, PreemptionCheckpoint())
     return cli
 
 
@@ -223,14 +226,13 @@ def train_main(args: Optional[list[str]] = None) -> dict:
     """Train, then test the best checkpoint; write its test metrics as JSON beside it.
 
     A bad setting, a missing dataset, unavailable backbone weights or a checkpoint trained with other settings is
-    one line on stderr and `SystemExit(2)`, before any work (see `exit_on_user_error`).
+    one line on stderr and `SystemExit(2)`, before any work (see `exit_on_user_error`). SIGUSR1 or SIGTERM save
+    `hpc_ckpt_<n>.ckpt` and stop every rank with status 138 or 143 (`captioner.preemption.PreemptionCheckpoint`).
 
     Returns:
         The test metrics (floats), also written to `<this fit's checkpoint dir>/test_metrics.json`. A resumed run
         tests the best checkpoint of the whole run (`best_of_run`), which may lie in an earlier version folder.
     """
-    from pytorch_lightning.utilities.exceptions import SIGTERMException
-
     from captioner.checkpointing import write_text_atomic
 
     drop_lightning_tips()
@@ -241,11 +243,9 @@ def train_main(args: Optional[list[str]] = None) -> dict:
             data.check_ready()  # before DDP starts its processes: a missing dataset is one line, not one per process
         check_resume_settings(cli.config.get("ckpt_path"), model, data)
         release()
-    try:
-        # weights_only: resuming from a checkpoint never runs code from it, whatever torch's default
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
-    except SIGTERMException:  # stopped by SIGTERM after saving hpc_ckpt_<n>.ckpt: not a finished run
-        raise SystemExit(143) from None  # 128 + SIGTERM, as if the signal had killed the process
+    # weights_only: resuming from a checkpoint never runs code from it, whatever torch's default. SIGUSR1 or
+    # SIGTERM end it with `captioner.preemption.Preempted`, a SystemExit (status 128 + the signal's number)
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config.get("ckpt_path"), weights_only=True)
     ckpt_cb = trainer.checkpoint_callback
     best = fit_best = ckpt_cb.best_model_path if ckpt_cb is not None else ""
     if best and trainer.ckpt_path:  # resumed: the run's earlier version folders keep their own best checkpoints

@@ -14,8 +14,8 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from captioner.checkpointing import (CheckpointError, SaveOnSigterm, carry_best_record, collect_rng_states,
-                                     find_checkpoint, last_checkpoints, set_rng_states, with_user_checkpoints)
+from captioner.checkpointing import (CheckpointError, carry_best_record, collect_rng_states, find_checkpoint,
+                                     last_checkpoints, set_rng_states, with_user_checkpoints)
 from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
 from captioner.models.captioner import CONFIG_KEY, CaptionerConfig, VideoCaptioner, build_captioner
@@ -326,7 +326,7 @@ class CaptioningSystem(pl.LightningModule):
                               mode="max", auto_insert_metric_name=False,
                               filename=f"epoch{{epoch:02d}}-{name}_{{{monitor}:.4f}}")
         own = [best, *last_checkpoints(self.hparams.get("checkpoint_every_n_steps"))]
-        return [*with_user_checkpoints(self._trainer, *own), SaveOnSigterm()]
+        return with_user_checkpoints(self._trainer, *own)
 
     # Resuming: Lightning restores weights, optimizer, scheduler and loop counters; the data module restores the
     # position in the epoch and its vocabulary. The random state (dropout) and the model's vocabulary are the
