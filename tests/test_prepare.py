@@ -295,15 +295,19 @@ def test_prepare_reports_missing_and_unreadable_videos(msvd_with_bad_clips, caps
     assert main(["msvd", "--root", str(root), "--out", str(root / "plain")]) == 0
     report = json.loads((root / "plain" / "prepare_report.json").read_text())
     assert [p["clip"] for p in report["missing_videos"]] == ["folder_0_1", "gone_0_1"]
-    assert report["clips"]["train"] == 6 and report["unreadable_videos"] == []
+    assert report["clips"]["train"] == 8 and report["unreadable_videos"] == []
     # --check-videos opens each file: the broken ones are reported with the reason and left out
     assert main(["msvd", "--root", str(root), "--out", str(root / "checked"), "--check-videos"]) == 0
     out = capsys.readouterr().out
-    assert "4 videos that cannot be read" in out and "2 videos missing on disk" in out
+    assert "6 videos that cannot be read" in out and "2 videos missing on disk" in out
     report = json.loads((root / "checked" / "prepare_report.json").read_text())
     unreadable = {p["clip"]: p["reason"] for p in report["unreadable_videos"]}
-    assert set(unreadable) == {"empty_0_1", "text_0_1", "cut_0_1", "audio_0_1"}
+    assert set(unreadable) == {"empty_0_1", "text_0_1", "cut_0_1", "audio_0_1", "photo_0_1", "short_0_1"}
     assert "empty file" in unreadable["empty_0_1"] and "no video stream" in unreadable["audio_0_1"]
+    # a photo renamed .avi, and an AVI cut off after 31 of its 111 frames: one line each, naming both counts
+    assert unreadable["photo_0_1"].endswith("photo_0_1.avi: a still image (JPEG), not a video")
+    short = f"{root / 'YouTubeClips' / 'short_0_1.avi'}: truncated: only 31 of the 111 frames its header lists are in the file"
+    assert unreadable["short_0_1"] == short and f"    videos:short_0_1: {short}" in out.splitlines()
     assert all(r.startswith(str(root / "YouTubeClips")) for r in unreadable.values())  # names the file
     kept = [v["id"] for v in json.loads((root / "checked" / "annotations.json").read_text())["videos"]]
     assert kept == ["good_0_1", "odd_0_1"]
@@ -318,8 +322,30 @@ def test_prepare_with_nothing_left_writes_the_report(msvd_with_bad_clips, tmp_pa
     assert main(["msvd", "--root", str(msvd_with_bad_clips), "--videos", str(empty), "--out", str(out)]) == 1
     err = capsys.readouterr().err
     assert "no clip left to write" in err and str(out / "prepare_report.json") in err
-    assert len(json.loads((out / "prepare_report.json").read_text())["missing_videos"]) == 8
+    assert len(json.loads((out / "prepare_report.json").read_text())["missing_videos"]) == 10
     assert not (out / "annotations.json").exists()
+
+
+def test_prepare_says_where_it_looked_for_videos_and_finds_a_nested_folder(msvd_root, capsys):
+    """An archive unpacked into a folder of its own name: `YouTubeClips/YouTubeClips/*.avi`."""
+    clips = msvd_root / "YouTubeClips"
+    nested = clips / "YouTubeClips"
+    nested.mkdir()
+    for video in clips.glob("*.avi"):
+        video.rename(nested / video.name)
+    assert main(["msvd", "--root", str(msvd_root)]) == 1
+    [line] = capsys.readouterr().err.splitlines()
+    assert "no clip left to write (4 annotated, 4 without a video file, 0 unreadable; " in line
+    assert f"looked in {clips} (no video file); 3 video files one folder down: pass --videos {nested};" in line
+    # some clips found: the summary says where the missing ones were looked for, and where the others are
+    (clips / "abc_1_5.avi").write_bytes(b"found")
+    assert main(["msvd", "--root", str(msvd_root), "--out", str(msvd_root / "out")]) == 0
+    out = capsys.readouterr().out
+    assert f"  3 videos missing on disk (looked in {clips} (1 video file)):" in out.splitlines()
+    assert f"    3 video files one folder down: pass --videos {nested}" in out.splitlines()
+    # a folder that does not exist says so
+    assert main(["msvd", "--root", str(msvd_root), "--videos", str(msvd_root / "nope")]) == 1
+    assert f"looked in {msvd_root / 'nope'} (no such folder);" in capsys.readouterr().err
 
 
 def test_prepare_malformed_msrvtt_json(tmp_path, capsys):

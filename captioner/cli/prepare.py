@@ -40,9 +40,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="keep clips whose video file is missing or unreadable (default: leave them out; reported "
                             "either way)")
         p.add_argument("--check-videos", action="store_true",
-                       help="open every video (container and first frame) and report empty, foreign or cut-off "
-                            "files; about 10 ms a clip (default: only check that the files exist; extraction "
-                            "reports the rest in failed.txt)")
+                       help="open every video (container, first frame, and the frames the file holds against "
+                            "those its header lists) and report empty, foreign, still-image or cut-off files; about "
+                            "10 ms a clip (default: only check that the files exist; extraction reports the rest in "
+                            "failed.txt)")
     return parser
 
 

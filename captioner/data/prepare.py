@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
 from captioner.checkpointing import write_json_atomic
-from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, probe_video
+from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, check_video
 from captioner.data.vocab import tokenize
 
 # The split used in the literature (Venugopalan et al. 2015, and most MSVD papers since): the clip order of
@@ -76,6 +76,7 @@ class PrepareReport:
     skipped_clips: list[Problem] = field(default_factory=list)  # clips with no split or no caption
     missing_videos: list[Problem] = field(default_factory=list)  # listed, but no video file found
     unreadable_videos: list[Problem] = field(default_factory=list)  # found, but not a readable video (--check-videos)
+    video_dirs: list[str] = field(default_factory=list)  # the folders searched for video files
     ignored_rows: dict[str, int] = field(default_factory=dict)  # well-formed rows left out on purpose, by reason
 
     def to_dict(self) -> dict:
@@ -83,19 +84,22 @@ class PrepareReport:
 
     def summary(self, limit: int = 10) -> str:
         lines = [f"{self.dataset}: wrote {self.annotations}"]
+        hint = nested_video_hint(self.video_dirs) if self.missing_videos else ""
         for split in ("train", "val", "test"):
             lines.append(f"  {split:5s} {self.clips.get(split, 0):6d} clips {self.captions.get(split, 0):8d} captions")
         for reason, n in self.ignored_rows.items():
             lines.append(f"  ignored {n} rows: {reason}")
         for title, items in (("malformed rows/entries skipped", self.malformed),
                              ("clips skipped", self.skipped_clips),
-                             ("videos missing on disk", self.missing_videos),
-                             ("videos that cannot be read", self.unreadable_videos)):
+                             (f"videos missing on disk ({looked_in(self.video_dirs)})", self.missing_videos),
+                             ("videos that cannot be read (not videos, cut off, broken)", self.unreadable_videos)):
             if items:
                 lines.append(f"  {len(items)} {title}:")
                 lines += [f"    {p.source}:{p.where}: {p.reason}" for p in items[:limit]]
                 if len(items) > limit:
                     lines.append(f"    ... ({len(items) - limit} more in the report file)")
+                if items is self.missing_videos and hint:
+                    lines.append(f"    {hint}")
         return "\n".join(lines)
 
 
@@ -111,6 +115,37 @@ def index_videos(video_dirs: Sequence[str | os.PathLike]) -> dict[str, Path]:
             if path.suffix.lower() in VIDEO_EXTENSIONS and entry.is_file():
                 found.setdefault(path.stem, path)
     return found
+
+
+def looked_in(video_dirs: Sequence[str | os.PathLike]) -> str:
+    """Where video files were looked for, and what each folder held: `looked in data/msvd/YouTubeClips (no video
+    file)`."""
+    def held(folder: Path) -> str:
+        if not folder.is_dir():
+            return "no such folder"
+        n = len(index_videos([folder]))
+        return f"{n} video file{'s' * (n != 1)}" if n else "no video file"
+
+    return "looked in " + (", ".join(f"{Path(d)} ({held(Path(d))})" for d in video_dirs) or "no folder")
+
+
+def nested_video_hint(video_dirs: Sequence[str | os.PathLike], limit: int = 3) -> str:
+    """Where the video files are when they are one folder further down (an archive unpacked into a folder of its own
+    name: `YouTubeClips/YouTubeClips/`): a sentence naming those folders, or "" if there are none."""
+    found = []
+    for folder in map(Path, video_dirs):
+        if not folder.is_dir():
+            continue
+        for entry in os.scandir(folder):  # subfolders only: one listing, whatever the number of files
+            if entry.is_dir() and index_videos([entry.path]):
+                found.append(Path(entry.path))
+    if not found:
+        return ""
+    found = sorted(set(found))
+    n = sum(len(index_videos([sub])) for sub in found[:limit])
+    more = f" (and {len(found) - limit} more folders)" if len(found) > limit else ""
+    return (f"{n} video file{'s' * (n != 1)} one folder down: pass "
+            f"{' '.join(f'--videos {sub}' for sub in found[:limit])}{more}")
 
 
 def _relative_to_out(video: Path, out_dir: Path) -> str:
@@ -131,6 +166,7 @@ def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[
     (MSR-VTT's test clips live in `TestVideo/`, the others in `TrainValVideo/`), else in the first folder.
     """
     out_dir = Path(out_dir)
+    report.video_dirs = [str(d) for d in video_dirs]
     kept = []
     first_dir = Path(video_dirs[0]) if video_dirs else out_dir / "videos"
     by_name = {Path(d).name: Path(d) for d in reversed(list(video_dirs))}  # the first folder of a name wins
@@ -145,7 +181,7 @@ def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[
             path = expected
         elif check_videos:
             try:
-                probe_video(path)  # the container and its first frame: catches empty, foreign and cut-off files
+                check_video(path)  # container, first frame, frames present: empty, foreign, photos, cut off
             except VideoReadError as err:
                 report.unreadable_videos.append(Problem(source, e["id"], f"{path}: {err.reason}", e["id"]))
                 if not keep_missing:
@@ -154,9 +190,13 @@ def _finish(report: PrepareReport, name: str, entries: list[dict], videos: dict[
                      "captions": e["captions"], **{k: v for k, v in e.items() if k not in ("id", "split", "captions")}})
     if not kept:
         write_json_atomic(out_dir / "prepare_report.json", report.to_dict())  # the report says why
+        where = ""
+        if report.missing_videos:
+            hint = nested_video_hint(video_dirs)
+            where = f"; {looked_in(video_dirs)}" + (f"; {hint}" if hint else "")
         raise ValueError(f"{name}: no clip left to write ({len(entries)} annotated, "
                          f"{len(report.missing_videos)} without a video file, {len(report.unreadable_videos)} "
-                         f"unreadable; see {out_dir / 'prepare_report.json'})")
+                         f"unreadable{where}; see {out_dir / 'prepare_report.json'})")
     ann_path = out_dir / "annotations.json"
     write_json_atomic(ann_path, {"name": name, "videos": kept})
     report.annotations = str(ann_path)
@@ -280,7 +320,8 @@ def prepare_msvd(
         video_dirs: folders holding the clips, `{VideoID}_{Start}_{End}.avi` (`YouTubeClips/` in the archive).
         out_dir: where `annotations.json` and `prepare_report.json` are written.
         keep_missing: keep clips whose video file is missing or unreadable (they are reported either way).
-        check_videos: open every video (container and first frame) and report those that cannot be read.
+        check_videos: open every video (container, first frame, frames present: `check_video`) and report those
+            that cannot be read: not videos (photos too), broken, or cut off.
     """
     report = PrepareReport("msvd")
     captions = read_msvd_corpus(corpus_csv, report)
@@ -340,7 +381,8 @@ def prepare_msrvtt(
         video_dirs: folders holding `video0.mp4` ... `video9999.mp4` (`TrainValVideo/`, `TestVideo/`).
         out_dir: where `annotations.json` and `prepare_report.json` are written.
         keep_missing: keep clips whose video file is missing or unreadable (they are reported either way).
-        check_videos: open every video (container and first frame) and report those that cannot be read.
+        check_videos: open every video (container, first frame, frames present: `check_video`) and report those
+            that cannot be read: not videos (photos too), broken, or cut off.
     """
     report = PrepareReport("msrvtt")
     splits: dict[str, str] = {}
