@@ -306,7 +306,8 @@ def test_prepare_reports_missing_and_unreadable_videos(msvd_with_bad_clips, caps
     assert "empty file" in unreadable["empty_0_1"] and "no video stream" in unreadable["audio_0_1"]
     # a photo renamed .avi, and an AVI cut off after 31 of its 111 frames: one line each, naming both counts
     assert unreadable["photo_0_1"].endswith("photo_0_1.avi: a still image (JPEG), not a video")
-    short = f"{root / 'YouTubeClips' / 'short_0_1.avi'}: truncated: only 31 of the 111 frames its header lists are in the file"
+    short = (f"{root / 'YouTubeClips' / 'short_0_1.avi'}: truncated: only 31 of the 111 frames its header lists "
+             "are in the file")
     assert unreadable["short_0_1"] == short and f"    videos:short_0_1: {short}" in out.splitlines()
     assert all(r.startswith(str(root / "YouTubeClips")) for r in unreadable.values())  # names the file
     kept = [v["id"] for v in json.loads((root / "checked" / "annotations.json").read_text())["videos"]]
