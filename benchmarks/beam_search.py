@@ -15,22 +15,22 @@ arithmetic, and how far batching can go on this machine (one at a time / bound).
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
 import sys
+from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (REPO, RUNS_GLOB, Row, format_table, machine_line, median, newest_checkpoint, set_threads, timed,
                     verdict)
 
+
 def tiny_captioner(seed: int = 0):
     """An untrained captioner with a small vocabulary (for --smoke and when no checkpoint exists)."""
     import torch
 
-    from captioner.features.cache import FeatureSpec
-    from captioner.data.vocab import Vocabulary
-    from captioner.models.decoder import CaptionDecoder
+    from captioner.config import FeatureSpec
     from captioner.models.captioner import VideoCaptioner
+    from captioner.models.decoder import CaptionDecoder
+    from captioner.vocab import Vocabulary
 
     torch.manual_seed(seed)
     vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right", "a green star grows"])

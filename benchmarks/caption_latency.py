@@ -23,6 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RUNS_GLOB, Row, format_table, machine_line, newest_checkpoint, timed  # noqa: E402
 
+
 def write_clip(path: Path, index: int, side: int, num_frames: int, fps: int) -> Path:
     """A synthetic clip of moving shapes (the training data's look), `num_frames / fps` seconds long."""
     from captioner.data.synthetic import COLORS, MOTIONS, SHAPES, SceneObject, render_clip, write_mp4
@@ -82,7 +83,8 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
                            "with `python scripts/train.py`, or pass --checkpoint.")
 
     from captioner import VideoCaptioner
-    from captioner.inference import caption_videos, resolve_device
+    from captioner.device import resolve_device
+    from captioner.inference import caption_videos
 
     device = resolve_device(device)
     if threads:

@@ -201,7 +201,7 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", num_c
     import pytorch_lightning as pl
     import torch
 
-    from captioner.features.cache import FeatureSpec
+    from captioner.config import FeatureSpec
     from captioner.features.extract import FeatureExtractor, resolve_precision
 
     set_threads(threads)

@@ -93,7 +93,7 @@ def sample_shift(path: Path, num_frames: int, fps: int) -> tuple[int, float, flo
     """(keyframes, mean and largest move in seconds) of the keyframe samples against the exact ones."""
     import decord
 
-    from captioner.data.video import sample_frame_indices, snap_to_keyframes
+    from captioner.video import sample_frame_indices, snap_to_keyframes
 
     reader = decord.VideoReader(str(path), num_threads=1)
     keys = list(reader.get_key_indices())
@@ -112,8 +112,8 @@ def run(smoke: bool = False, threads: int | None = 1, seconds: int = 600, width:
     """
     import decord
 
-    from captioner.data.video import probe_video, read_frames
     from captioner.models.encoder import LITE0_PREPROCESSING
+    from captioner.video import probe_video, read_frames
 
     set_threads(threads)
     if smoke:

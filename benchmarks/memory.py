@@ -51,9 +51,9 @@ def tiny_checkpoint(path: Path) -> Path:
     """An untrained captioner on efficientnet_lite0 (random weights): the memory is the decoding's and the CNN's."""
     import torch
 
-    from captioner.features.cache import FeatureSpec
-    from captioner.data.vocab import SPECIALS
+    from captioner.config import FeatureSpec
     from captioner.models.captioner import build_captioner
+    from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square", "moves"], "feature_dim": 1280, "embed_dim": 16, "hidden_dim": 32,
           "feature_spec": FeatureSpec(weights=None, num_frames=8).to_dict(), "beam_size": 1, "max_len": 5}

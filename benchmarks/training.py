@@ -25,8 +25,8 @@ from pathlib import Path
 try:
     from common import Row, format_table, machine_line, median, quiet_lightning, set_threads, share_outside, verdict
 except ImportError:  # imported as benchmarks.training
-    from benchmarks.common import (Row, format_table, machine_line, median, quiet_lightning, set_threads,
-                                   share_outside, verdict)
+    from benchmarks.common import (Row, format_table, machine_line, median, quiet_lightning, set_threads, share_outside,
+                                   verdict)
 
 OUTSIDE_TARGET = 0.10  # at most this share of a training step outside forward + backward + optimizer step
 
@@ -40,7 +40,8 @@ def write_feature_set(root: Path, num_clips: int, captions_per_clip: int, num_fr
     import numpy as np
     import torch
 
-    from captioner.features.cache import FeatureCache, FeatureSpec
+    from captioner.config import FeatureSpec
+    from captioner.features.cache import FeatureCache
 
     rng = np.random.default_rng(seed)
     words = [f"w{i}" for i in range(vocab_size)]

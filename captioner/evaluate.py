@@ -1,7 +1,7 @@
 """Evaluate a checkpoint on a split with the field's metrics: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr (coco-caption).
 
 Tokenisation. Both the project's BLEU and, by default, the coco-caption metrics see captions tokenised by
-`captioner.data.vocab.tokenize` (lowercase Penn Treebank tokens, punctuation dropped): the same words the model
+`captioner.vocab.tokenize` (lowercase Penn Treebank tokens, punctuation dropped): the same words the model
 was trained on, no Java needed. `--tokenizer ptb` runs coco-caption's own Stanford PTBTokenizer (Java) on the
 captions instead, as the published coco-caption numbers do; both lowercase, split Treebank-style and drop
 punctuation, so the two rarely differ: coco-caption keeps brackets as `-lrb-`/`-rrb-` tokens (it lowercases them
@@ -28,7 +28,7 @@ from typing import Optional, Sequence
 
 import torch
 
-from captioner.checkpointing import write_json_atomic
+from captioner.io import write_json_atomic
 from captioner.metrics import bleu_scores
 
 TOKENIZERS = ("project", "ptb")
@@ -51,7 +51,7 @@ def tokenize_for_coco(captions: dict[int, list[str]], tokenizer: str = "project"
         RuntimeError: `ptb` was asked for but Java or pycocoevalcap is missing, or the tokenizer failed.
     """
     if tokenizer == "project":
-        from captioner.data.vocab import tokenize
+        from captioner.vocab import tokenize
 
         return {k: [" ".join(tokenize(c)) for c in caps] for k, caps in captions.items()}
     if tokenizer != "ptb":
@@ -218,12 +218,12 @@ def evaluate(
     """
     from tqdm.auto import tqdm
 
-    from captioner.data.datasets import load_annotations
-    from captioner.features.cache import FeatureCache
-    from captioner.data.video import VideoReadError
-    from captioner.inference import resolve_device
     from captioner.checkpointing import find_checkpoint, read_checkpoint
+    from captioner.data.datasets import load_annotations
+    from captioner.device import resolve_device
+    from captioner.features.cache import FeatureCache
     from captioner.models.captioner import VideoCaptioner
+    from captioner.video import VideoReadError
 
     checkpoint = find_checkpoint(checkpoint)
     dev = resolve_device(device)

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Iterable, Iterator, Optional, Union
 
-from captioner.data.video import VideoReadError, list_videos
+from captioner.video import VideoReadError, list_videos
 
 if TYPE_CHECKING:
     import torch
@@ -81,18 +81,6 @@ def _work_items(inputs: Iterable[PathLike], strict: bool = False) -> list[tuple[
             items.append((str(item), "directory contains no video files"))
         items += [(str(v), None) for v in videos]
     return items
-
-
-def resolve_device(device: str = "auto") -> "torch.device":
-    """The one device rule of every command: `auto` -> CUDA when available, else CPU; `cuda` without a GPU raises
-    `ValueError`."""
-    import torch
-
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError("CUDA was requested but no GPU is available (use --device cpu or auto)")
-    return torch.device(device)
 
 
 def caption_videos(

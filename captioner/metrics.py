@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Optional, Sequence
 
 from nltk.translate.bleu_score import corpus_bleu
 
-from captioner.data.vocab import tokenize
+from captioner.vocab import tokenize
 
 if TYPE_CHECKING:
     import numpy as np

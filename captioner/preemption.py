@@ -14,7 +14,7 @@ import torch.distributed as dist
 from lightning_fabric.plugins.environments import SLURMEnvironment
 from pytorch_lightning.callbacks import Callback
 
-from captioner.checkpointing import next_hpc_checkpoint
+from captioner.callbacks import next_hpc_checkpoint
 
 REQUEUE_TIMEOUT_S = 60  # `scontrol requeue` talks to slurmctld; a stuck controller must not hold the job's grace time
 

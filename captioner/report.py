@@ -120,8 +120,8 @@ def per_video_metrics(hypotheses: Sequence[str], references: Sequence[Sequence[s
 
     from nltk.translate.bleu_score import SmoothingFunction, sentence_bleu
 
-    from captioner.data.vocab import tokenize
     from captioner.metrics import CiderD
+    from captioner.vocab import tokenize
 
     smooth = SmoothingFunction().method1
     with warnings.catch_warnings():
@@ -138,7 +138,7 @@ def add_strips(cards: Sequence[Card], strips: Optional[FrameStrips], read_clip: 
     """Give every card with a path its frame strip: the one recorded while captioning, else read now."""
     from tqdm.auto import tqdm
 
-    from captioner.data.video import VideoReadError
+    from captioner.video import VideoReadError
 
     known = strips.strips if strips is not None else {}
     todo = [c for c in cards if c.path and not c.error and str(c.path) not in known]
@@ -179,7 +179,7 @@ def render(cards: Sequence[Card], title: str, meta: Iterable[tuple[str, str]] = 
 
 def write_page(path: PathLike, html: str) -> Path:
     """Write the page atomically; returns its path."""
-    from captioner.checkpointing import write_text_atomic
+    from captioner.io import write_text_atomic
 
     path = Path(path)
     write_text_atomic(path, html)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Optional
 
 from captioner.cli.train import CONFIG_DIR, train_main
-from captioner.models.temporal import TEMPORAL_CHOICES
+from captioner.config import TEMPORAL_CHOICES
 
 COLUMNS = ("bleu1", "bleu2", "bleu3", "bleu4", "dir_bleu4", "direction_acc")
 

@@ -16,8 +16,7 @@ from typing import Optional
 
 import numpy as np
 
-from captioner.features.cache import FeatureSpec
-
+from captioner.config import FeatureSpec
 
 SPEC = FeatureSpec(backbone="resnet18", weights=None, num_frames=4, image_size=64)  # cheap on a CPU
 

@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from captioner.features.cache import FeatureSpec
-from captioner.data.vocab import Vocabulary
+from captioner.config import FeatureSpec
 from captioner.models.captioner import VideoCaptioner, as_frames
 from captioner.models.decoder import CaptionDecoder
+from captioner.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")
@@ -97,7 +97,7 @@ def test_clips_are_encoded_by_the_frame_encoders_one_core(model, frames):
 def test_config_defaults_are_the_training_systems_and_fill_an_older_checkpoints_gaps():
     import inspect
 
-    from captioner.models.captioner import CaptionerConfig
+    from captioner.config import CaptionerConfig
     from captioner.systems.captioning import CaptioningSystem
 
     params = inspect.signature(CaptioningSystem.__init__).parameters
@@ -113,7 +113,7 @@ def test_config_defaults_are_the_training_systems_and_fill_an_older_checkpoints_
 
 
 def test_loss_sample_and_greedy_are_the_decoders_on_the_encoded_video():
-    from captioner.models.captioner import CaptionerConfig
+    from captioner.config import CaptionerConfig
 
     vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right"])
     config = CaptionerConfig(feature_dim=6, embed_dim=8, hidden_dim=16, temporal="lstm_attention",
@@ -137,7 +137,7 @@ def test_loss_sample_and_greedy_are_the_decoders_on_the_encoded_video():
 
 def test_an_old_layout_checkpoint_loads_and_captions_as_the_new_one(trained, tmp_path):
     """Checkpoints written before the typed config hold the architecture only in their flat hyperparameters."""
-    from captioner.models.captioner import CONFIG_KEY, CaptionerConfig
+    from captioner.config import CONFIG_KEY, CaptionerConfig
 
     best = trained[2]
     ckpt = torch.load(best, weights_only=True)

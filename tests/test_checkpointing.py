@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-from captioner.checkpointing import (CheckpointError, atomic_write, best_checkpoint, best_of_run,
-                                     collect_rng_states, find_checkpoint, load_safely, next_hpc_checkpoint,
-                                     read_checkpoint, set_rng_states, write_json_atomic, write_text_atomic)
-from captioner import VideoCaptioner
-from captioner.features.cache import FeatureCache
 from badinputs import SPEC
+
+from captioner import VideoCaptioner
+from captioner.callbacks import collect_rng_states, next_hpc_checkpoint, set_rng_states
+from captioner.checkpointing import (CheckpointError, best_checkpoint, best_of_run, find_checkpoint, load_safely,
+                                     read_checkpoint)
+from captioner.features.cache import FeatureCache
+from captioner.io import atomic_write, write_json_atomic, write_text_atomic
 
 
 def test_atomic_write_replaces_the_file_only_when_the_block_ends_cleanly(tmp_path):
@@ -45,7 +46,8 @@ def test_atomic_write_binary_with_fsync_and_a_temporary_name_of_the_callers(tmp_
 
 
 def test_feature_cache_save_is_byte_identical_to_np_save(tmp_path):
-    from captioner.features.cache import FeatureCache, FeatureSpec
+    from captioner.config import FeatureSpec
+    from captioner.features.cache import FeatureCache
 
     feats = torch.randn(4, 6)
     cache = FeatureCache(tmp_path / "cache", FeatureSpec("resnet18", None, 4))
@@ -63,7 +65,7 @@ def test_write_json_atomic_makes_the_folder_and_keeps_unicode(tmp_path):
 
 
 def test_checkpoint_writer_leaves_no_temporary_file_and_sweeps_a_killed_runs(tmp_path):
-    from captioner.checkpointing import AtomicCheckpointIO
+    from captioner.callbacks import AtomicCheckpointIO
 
     stale = tmp_path / ".hpc_ckpt-2.ckpt.4242.tmp"  # left by a job killed while saving: `ckpt-`, never `ckpt_`
     stale.write_bytes(b"partial")
@@ -212,9 +214,9 @@ class _Killed(BaseException):
 
 
 def test_writers_leave_the_old_file_whole_when_killed_before_the_rename(tmp_path, monkeypatch):
-    from captioner.checkpointing import AtomicCheckpointIO
-    from captioner.data.prepare import write_json_atomic
+    from captioner.callbacks import AtomicCheckpointIO
     from captioner.features.extract import remove_stale_temp_files
+    from captioner.io import write_json_atomic
 
     cache = FeatureCache(tmp_path / "features", SPEC)
     cache.save("clip", torch.ones(4, 8))
@@ -240,7 +242,7 @@ def test_writers_leave_the_old_file_whole_when_killed_before_the_rename(tmp_path
 
 
 def test_checkpoint_writer_clears_the_temporary_file_of_a_killed_write(tmp_path):
-    from captioner.checkpointing import AtomicCheckpointIO
+    from captioner.callbacks import AtomicCheckpointIO
 
     (tmp_path / ".last.ckpt.4242.tmp").write_bytes(b"half a checkpoint")  # what SIGKILL mid-write leaves
     (tmp_path / ".best.ckpt.4242.tmp").write_bytes(b"another file's")
@@ -253,7 +255,7 @@ def test_a_save_killed_under_slurm_leaves_the_resume_point_intact(tmp_path, monk
     """A job killed while saving `hpc_ckpt_2.ckpt` leaves a temporary file; its name must not look like a
     checkpoint number to Lightning (which reads the digits of any name holding `ckpt_`), or the requeued job
     would resume from a file that does not exist. The next SIGTERM save still counts from the real ones."""
-    from captioner.checkpointing import AtomicCheckpointIO, next_hpc_checkpoint
+    from captioner.callbacks import AtomicCheckpointIO, next_hpc_checkpoint
 
     assert next_hpc_checkpoint(tmp_path / "nothing yet") == str(tmp_path / "nothing yet" / "hpc_ckpt_1.ckpt")
     AtomicCheckpointIO().save_checkpoint({"step": 1}, tmp_path / "hpc_ckpt_1.ckpt")
@@ -278,7 +280,7 @@ def test_a_save_killed_under_slurm_leaves_the_resume_point_intact(tmp_path, monk
 
 
 def test_training_writes_checkpoints_atomically(tmp_path):
-    from captioner.checkpointing import AtomicCheckpointIO
+    from captioner.callbacks import AtomicCheckpointIO
     from captioner.cli.train import build_cli
 
     cli = build_cli([f"--trainer.default_root_dir={tmp_path}"])

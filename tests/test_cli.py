@@ -10,15 +10,16 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from badinputs import NAMES
-from captioner import VideoCaptioner
-from captioner.cli.caption import build_parser, main as caption_command
-from captioner.cli import main
-from captioner.data.synthetic import write_mp4
 from conftest import moving_square
 from test_inference import write_bad_videos
 from test_video import write_damaged_mp4
+
+from captioner import VideoCaptioner
+from captioner.cli import main
+from captioner.cli.caption import build_parser
+from captioner.cli.caption import main as caption_command
+from captioner.data.synthetic import write_mp4
 
 REPO = Path(__file__).resolve().parents[1]
 OPTIONS = ("--checkpoint", "--beam-size", "--max-length", "--frames", "--json", "--device", "--batch-size",
@@ -176,10 +177,10 @@ def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys)
     """--fast-seek reads frames with seek="keyframe"; without it, the checkpoint's own sampling (exact) is used."""
     import torch
 
-    import captioner.data.video as video
-    from captioner.features.cache import FeatureSpec
-    from captioner.data.vocab import SPECIALS
+    import captioner.video as video
+    from captioner.config import FeatureSpec
     from captioner.models.captioner import build_captioner
+    from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 1280, "embed_dim": 8, "hidden_dim": 8,
           "feature_spec": FeatureSpec(weights=None, num_frames=4, image_size=32).to_dict(), "beam_size": 1,
@@ -220,10 +221,10 @@ def test_a_run_folder_stands_for_its_newest_best_checkpoint(trained, clips, tmp_
 def test_training_tests_the_best_checkpoint_of_the_whole_run(tiny_datamodule_args, tmp_path, monkeypatch, capsys):
     """A run resumed into a new version folder tests the run's best, wherever it is; a fresh run its own best."""
     import pytorch_lightning as pl
+    from conftest import tiny_args
 
     from captioner.cli.train import train_main
     from captioner.systems.captioning import CaptioningSystem
-    from conftest import tiny_args
 
     class StopAtEpoch(pl.Callback):  # a job that dies after epoch 1, as a node failure would
         def on_train_epoch_start(self, trainer, pl_module):

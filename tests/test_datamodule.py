@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
+from captioner.config import FeatureSpec
 from captioner.data.datamodule import CaptioningDataModule
-from captioner.features.cache import FeatureSpec
 
 
 def test_features_is_one_typed_argument_kept_as_a_plain_dict(tmp_path):

@@ -8,12 +8,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from badinputs import SPEC
 from torch.utils.data import DataLoader
 
-from badinputs import SPEC
+from captioner.config import FeatureSpec
 from captioner.data.datasets import CaptionPairs, Clip, collate_pairs, load_annotations
-from captioner.features.cache import FeatureCache, FeatureSpec
-from captioner.data.vocab import Vocabulary
+from captioner.features.cache import FeatureCache
+from captioner.vocab import Vocabulary
 
 
 def test_in_memory_batches_equal_per_item_batches(tmp_path):

@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from captioner.data.vocab import Vocabulary
 from captioner.models.decoder import CaptionDecoder
+from captioner.vocab import Vocabulary
 
 V, D = 10, 6  # a 10-word vocabulary (ids 0-3 are <pad> <bos> <eos> <unk>)
 

@@ -133,7 +133,7 @@ def test_bleu_agrees_with_coco_caption_on_full_captions():
 @needs_coco
 def test_bleu_differs_from_coco_caption_only_by_nltks_one_ngram_minimum():
     """Short and empty hypotheses: NLTK counts at least one n-gram per hypothesis, coco-caption zero."""
-    from captioner.data.vocab import tokenize
+    from captioner.vocab import tokenize
 
     hyps, refs = _synthetic_corpus()
     hyps[:6] = ["", "a circle", "a red circle", "", "blue", "the square moves"]

@@ -12,12 +12,14 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
+from badinputs import NAMES
+from badinputs import SPEC as BAD_SPEC
 
-from badinputs import NAMES, SPEC as BAD_SPEC
-from captioner.data.datamodule import CaptioningDataModule
-from captioner.features.cache import REPORT_NAME, FeatureCache, FeatureSpec
-from captioner.features.extract import run_extraction
 from captioner.cli.extract import main, parse
+from captioner.config import FeatureSpec
+from captioner.data.datamodule import CaptioningDataModule
+from captioner.features.cache import REPORT_NAME, FeatureCache
+from captioner.features.extract import run_extraction
 
 REPO = Path(__file__).resolve().parents[1]
 # a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds

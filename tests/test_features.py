@@ -9,10 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from captioner.config import FeatureSpec
 from captioner.data.datasets import load_annotations
-from captioner.data.video import read_frames
-from captioner.features.cache import REPORT_NAME, FeatureCache, FeatureSpec, format_failures, parse_failures
+from captioner.features.cache import REPORT_NAME, FeatureCache, format_failures, parse_failures
 from captioner.features.extract import CroppedClips, clip_loader, extract_in_process, run_extraction
+from captioner.models.encoder import FrameEncoder
+from captioner.video import read_frames
 
 SPEC = FeatureSpec(backbone="resnet18", weights=None, num_frames=4, image_size=64)  # cheap on a CPU
 
@@ -56,7 +58,7 @@ def items(tiny_dataset, tmp_path_factory) -> list[tuple[str, str]]:
 
 
 def test_cropped_clips_are_the_encoders_crop_of_the_sampled_frames(items):
-    encoder = SPEC.build_encoder()
+    encoder = FrameEncoder.from_spec(SPEC)
     clips = CroppedClips(items, SPEC.num_frames, encoder.preprocessing)
     vid, cropped, err = clips[0]
     frames = read_frames(items[0][1], SPEC.num_frames, encoder.preprocessing.resize_size)

@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -40,8 +39,8 @@ def _extract(spec, items, folder: Path, accelerator: str, precision: str) -> dic
 
 @pytest.mark.parametrize("precision", ["auto", "bf16-mixed"])
 def test_extraction_on_gpu_gives_the_cpu_features(tiny_dataset, tmp_path, precision):
+    from captioner.config import FeatureSpec
     from captioner.data.datasets import load_annotations
-    from captioner.features.cache import FeatureSpec
 
     spec = FeatureSpec(backbone="resnet18", weights=None, num_frames=4)
     items = [(c.id, c.path) for c in load_annotations(tiny_dataset / "annotations.json")][:8]

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import moving_square
 
 from captioner import VideoCaptioner
 from captioner.data.synthetic import write_mp4
-from captioner.data.video import VideoReadError
-from captioner.inference import CaptionResult, caption_videos, expand_video_paths, resolve_device
-from conftest import moving_square
+from captioner.device import resolve_device
+from captioner.inference import CaptionResult, caption_videos, expand_video_paths
+from captioner.video import VideoReadError
 
 
 def write_bad_videos(folder: Path) -> dict[str, Path]:
@@ -101,8 +102,9 @@ def test_a_photo_is_not_captioned_as_a_video(model, trained, test_clips, tmp_pat
     """A photo, given as it is or renamed .mp4, is one error line naming it; the videos beside it are captioned."""
     import shutil
 
-    from captioner.cli.caption import main as caption_command
     from test_video import scikit_image_photos
+
+    from captioner.cli.caption import main as caption_command
 
     jpeg, png = scikit_image_photos()
     renamed = tmp_path / "holiday.mp4"

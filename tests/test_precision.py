@@ -5,11 +5,11 @@ import csv
 import pytest
 import torch
 
-from captioner.features.cache import FeatureSpec
-from captioner.data.vocab import Vocabulary
+from captioner.config import TEMPORAL_CHOICES, FeatureSpec
 from captioner.models.captioner import VideoCaptioner
 from captioner.models.decoder import CaptionDecoder
-from captioner.models.temporal import TEMPORAL_CHOICES, TemporalEncoder
+from captioner.models.temporal import TemporalEncoder
+from captioner.vocab import Vocabulary
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 B, T, D = 6, 5, 12

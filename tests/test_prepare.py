@@ -5,12 +5,12 @@ import json
 from pathlib import Path
 
 import pytest
+from badinputs import write_msvd_with_bad_clips
 
+from captioner.cli.prepare import main
 from captioner.data.datasets import load_annotations
 from captioner.data.prepare import is_safe_id, normalize_caption, prepare_msvd
-from captioner.cli.prepare import main
-from badinputs import write_msvd_with_bad_clips
-from captioner.data.vocab import tokenize
+from captioner.vocab import tokenize
 
 MSVD_HEADER = ["VideoID", "Start", "End", "WorkerID", "Source", "AnnotationTime", "Language", "Description"]
 

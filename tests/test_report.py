@@ -14,8 +14,8 @@ from conftest import moving_square
 from PIL import Image
 
 from captioner import evaluate as ev
-from captioner.cli.evaluate import main as evaluate_main
 from captioner.cli.caption import main as caption_command
+from captioner.cli.evaluate import main as evaluate_main
 from captioner.report import MIN_THUMB_HEIGHT, THUMB_HEIGHT, Card, per_video_metrics, render, strip_height, strip_jpeg
 
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
@@ -143,7 +143,7 @@ def test_evaluate_html_has_a_card_per_clip_with_frames_and_metrics(evaluated_htm
 
 def test_evaluate_html_decodes_each_clip_once_and_shows_unreadable_ones(trained, tiny_dataset, tmp_path,
                                                                         monkeypatch):
-    import captioner.data.video as video
+    import captioner.video as video
 
     _, _, best = trained
     data = tmp_path / "data"

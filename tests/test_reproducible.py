@@ -25,8 +25,8 @@ def test_the_synthetic_dataset_is_the_same_bytes_every_time(tmp_path):
 def test_preparing_the_data_leaves_the_random_state_as_it_was(tiny_dataset, tmp_path):
     from pytorch_lightning import seed_everything
 
+    from captioner.config import FeatureSpec
     from captioner.data.datamodule import CaptioningDataModule
-    from captioner.features.cache import FeatureSpec
 
     def draws():
         return torch.rand(4).tolist(), random.random(), np.random.rand()

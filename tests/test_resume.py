@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from conftest import tiny_args
 
 REPO = Path(__file__).resolve().parents[1]
@@ -187,8 +186,8 @@ def test_resume_keeps_the_checkpoints_vocabulary(trained):
     from types import SimpleNamespace
 
     from captioner.data.datamodule import CaptioningDataModule
-    from captioner.data.vocab import Vocabulary
     from captioner.systems.captioning import CaptioningSystem
+    from captioner.vocab import Vocabulary
 
     ckpt = torch.load(trained[2], weights_only=True)
     hp = {k: v for k, v in ckpt["hyper_parameters"].items() if not k.startswith("_")}  # not the CLI's class path
@@ -250,8 +249,8 @@ def _extract_argv(dataset: Path, features: Path) -> list[str]:
 
 
 def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
-    from captioner.features.cache import REPORT_NAME
     from captioner.cli.extract import main
+    from captioner.features.cache import REPORT_NAME
 
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(REPO / "scripts" / "extract_features.py"),

@@ -73,8 +73,8 @@ class _FakeDataModule:
 def _system(baseline="mean", k=4):
     from types import SimpleNamespace
 
-    from captioner.data.vocab import Vocabulary
     from captioner.systems.captioning import CaptioningSystem
+    from captioner.vocab import Vocabulary
 
     dm = _FakeDataModule()
     vocab = Vocabulary.build([c for clip in dm.splits["train"] for c in clip.captions])

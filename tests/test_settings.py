@@ -14,13 +14,13 @@ from urllib.error import URLError
 
 import pytest
 import torch
+from conftest import moving_square, tiny_args, with_features
 
 from captioner.cli.caption import main as caption_command
 from captioner.cli.train import exit_on_user_error, train_main
+from captioner.config import FeatureSpec
 from captioner.data.datamodule import CaptioningDataModule
-from captioner.features.cache import FeatureSpec
 from captioner.errors import SettingsError, UserError, WeightsUnavailableError
-from conftest import moving_square, tiny_args, with_features
 
 REPO = Path(__file__).resolve().parents[1]
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
@@ -234,8 +234,8 @@ def test_weights_already_in_torch_home_need_no_network(offline):
 @pytest.fixture
 def resnet_checkpoint(tmp_path) -> Path:
     """A tiny captioner checkpoint whose features come from ResNet-18 with ImageNet weights."""
-    from captioner.data.vocab import SPECIALS
     from captioner.models.captioner import build_captioner
+    from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 512, "embed_dim": 8, "hidden_dim": 8,
           "feature_spec": FeatureSpec("resnet18", "IMAGENET1K_V1", num_frames=4).to_dict(), "beam_size": 1,
@@ -247,7 +247,7 @@ def resnet_checkpoint(tmp_path) -> Path:
 
 
 def test_caption_cli_blames_the_weights_not_the_videos(offline, resnet_checkpoint, tmp_path, monkeypatch, capsys):
-    import captioner.data.video as video
+    import captioner.video as video
     from captioner.data.synthetic import write_mp4
 
     videos = []

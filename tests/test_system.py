@@ -31,7 +31,8 @@ def test_checkpoint_is_self_sufficient_and_round_trips(trained, tiny_datamodule_
     ckpt = torch.load(best, weights_only=True)
     assert model.vocab.itos == ckpt["hyper_parameters"]["vocab"]
     clips = [c for c in load_annotations(tiny_dataset / "annotations.json") if c.split == "test"]
-    from captioner.features.cache import FeatureCache, FeatureSpec
+    from captioner.config import FeatureSpec
+    from captioner.features.cache import FeatureCache
 
     # the checkpoint remembers which features it was trained on
     assert model.spec == FeatureSpec("resnet18", None, 4)
@@ -95,7 +96,7 @@ def test_with_user_checkpoints_keeps_only_the_users_own():
 
     from pytorch_lightning.callbacks import ModelCheckpoint
 
-    from captioner.checkpointing import with_user_checkpoints
+    from captioner.callbacks import with_user_checkpoints
 
     class Subclass(ModelCheckpoint):  # Lightning does not replace it: it must not be returned a second time
         pass
@@ -167,8 +168,8 @@ def test_init_from_hands_the_checkpoints_vocabulary_to_the_data_module(trained):
     its own `use_vocabulary`."""
     from types import SimpleNamespace
 
-    from captioner.data.vocab import Vocabulary
     from captioner.systems.captioning import CaptioningSystem
+    from captioner.vocab import Vocabulary
 
     _, root, best = trained
     ckpt = torch.load(best, weights_only=True)

@@ -5,9 +5,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from captioner.config import TEMPORAL_CHOICES
 from captioner.data.synthetic import direction_report, motion_of_caption
 from captioner.models.decoder import CaptionDecoder
-from captioner.models.temporal import TEMPORAL_CHOICES, TemporalEncoder
+from captioner.models.temporal import TemporalEncoder
 
 B, T, D, V = 3, 5, 12, 10
 
@@ -108,7 +109,7 @@ def test_motion_words_and_direction_report():
 
 def _checkpoint_hparams(kind: str, num_frames: int) -> dict:
     """The hyperparameters a checkpoint stores, for features of `num_frames` frames of dimension D."""
-    from captioner.data.vocab import Vocabulary
+    from captioner.vocab import Vocabulary
 
     vocab = Vocabulary.build(["a red circle moves left", "a blue square grows"])
     return dict(vocab=vocab.itos, feature_spec={"backbone": "resnet18", "weights": None, "num_frames": num_frames},
@@ -151,14 +152,13 @@ def test_checkpoints_from_before_the_frame_count_was_passed_still_load(num_frame
 
 def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_dataset, tmp_path):
     """The data's frame count reaches the temporal encoder through the checkpoint's feature spec."""
-    from conftest import tiny_args
+    from conftest import tiny_args, with_features
 
     from captioner.cli.train import train_main
+    from captioner.config import FeatureSpec
     from captioner.data.datasets import load_annotations
-    from captioner.features.cache import FeatureCache, FeatureSpec
+    from captioner.features.cache import FeatureCache
     from captioner.models.captioner import VideoCaptioner
-
-    from conftest import with_features
 
     data = {**with_features(tiny_datamodule_args, num_frames=96), "features_dir": str(tmp_path / "features")}
     # 96-frame features made from the 4-frame ones (extracting 96 frames a clip would take minutes on a CPU)

@@ -224,14 +224,16 @@ def test_packaged_real_clips_never_loop(trained, real_clips):
 def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_clips):
     """The main job's feature space (EfficientNet-Lite0 ImageNet features, mean-pooled): a summary of synthetic
     training clips keeps held-out synthetic clips in domain and flags every packaged real clip."""
+    from captioner.config import FeatureSpec
     from captioner.data.datasets import load_annotations
-    from captioner.features.cache import FeatureSpec
     from captioner.data.synthetic import generate_synthetic_dataset
-    from captioner.data.video import read_frames
+    from captioner.models.encoder import FrameEncoder
+    from captioner.video import read_frames
 
     generate_synthetic_dataset(tmp_path, num_train=200, num_val=30, num_test=30, seed=3, side=96, num_frames=4,
                                progress=False)
-    encoder = FeatureSpec(backbone="efficientnet_lite0", weights="DEFAULT", num_frames=4, image_size=96).build_encoder()
+    encoder = FrameEncoder.from_spec(FeatureSpec(backbone="efficientnet_lite0", weights="DEFAULT", num_frames=4,
+                                                 image_size=96))
     encoder.eval()
 
     @torch.no_grad()
@@ -250,9 +252,10 @@ def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_c
 
 def test_caption_frames_beyond_the_attention_positions_is_a_usage_error(tiny_datamodule_args, tmp_path, capsys):
     """`--frames` above what an attention checkpoint knows: one line, exit 2, before any video is read."""
+    from conftest import tiny_args
+
     from captioner.cli.caption import main as caption_command
     from captioner.cli.train import train_main
-    from conftest import tiny_args
 
     train_main(tiny_args(tiny_datamodule_args, tmp_path / "run", "--trainer.max_epochs=1",
                          "--model.temporal=attention"))

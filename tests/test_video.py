@@ -1,12 +1,12 @@
 import numpy as np
 import pytest
 import torch
-
 from badinputs import NAMES, write_photo, write_truncated_avi
-from captioner.data.synthetic import write_mp4
-from captioner.data.video import (TruncatedVideoError, VideoReadError, _decode, _decode_with_pyav, check_video,
-                                  decode_size, probe_video, read_frames, sample_frame_indices, snap_to_keyframes)
 from conftest import moving_square
+
+from captioner.data.synthetic import write_mp4
+from captioner.video import (TruncatedVideoError, VideoReadError, _decode, _decode_with_pyav, check_video, decode_size,
+                             probe_video, read_frames, sample_frame_indices, snap_to_keyframes)
 
 
 def test_sample_frame_indices_uniform_and_short_clips():
@@ -228,7 +228,7 @@ def test_keyframe_seek_returns_the_keyframes_nearest_the_samples(tmp_path):
 
 
 def test_keyframe_seek_reads_exactly_when_keyframes_are_too_few(tmp_path, tiny_mp4, monkeypatch):
-    import captioner.data.video as video
+    import captioner.video as video
 
     # the exact reader is watched rather than two decord decodes compared bit for bit (dmlc/decord#195)
     calls = []
@@ -248,7 +248,7 @@ def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path, monkeypatch
     """MPEG-TS has no index: keyframe mode reads the exact samples; missing files still fail clearly."""
     import av
 
-    import captioner.data.video as video
+    import captioner.video as video
 
     path = tmp_path / "stream.ts"
     with av.open(str(path), "w", format="mpegts") as c:
@@ -276,7 +276,7 @@ def test_keyframe_seek_falls_back_without_a_keyframe_index(tmp_path, monkeypatch
 
 
 def test_feature_spec_seek_has_its_own_cache_key():
-    from captioner.features.cache import FeatureSpec
+    from captioner.config import FeatureSpec
 
     exact, fast = FeatureSpec(), FeatureSpec(seek="keyframe")
     assert exact.key == "efficientnet_lite0-DEFAULT-8f"  # unchanged: caches made before `seek` existed still match
@@ -321,7 +321,7 @@ def test_ffmpeg_log_is_quiet_unless_asked_for(tmp_path, seek):
     import sys
 
     damaged = write_damaged_mp4(tmp_path / "damaged.mp4")
-    script = ("import sys; from captioner.data import video\n"
+    script = ("import sys; from captioner import video\n"
               "if sys.argv[2] == 'verbose': video.set_ffmpeg_logging(verbose=True)\n"
               f"print(tuple(video.read_frames(sys.argv[1], 8, 64, seek={seek!r}).shape))")
 

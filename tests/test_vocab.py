@@ -1,5 +1,6 @@
-from captioner.data.vocab import SPECIALS, Vocabulary, tokenize
 import pytest
+
+from captioner.vocab import SPECIALS, Vocabulary, tokenize
 
 
 def test_tokenize_lowercases_and_drops_punctuation():
@@ -30,7 +31,7 @@ def test_rejects_malformed_vocabularies():
 
 
 def test_tokenize_is_remembered_but_hands_out_copies():
-    from captioner.data.vocab import _tokens
+    from captioner.vocab import _tokens
 
     first = tokenize("A dog runs after the ball!")
     first.append("changed")

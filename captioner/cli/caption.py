@@ -107,7 +107,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("captioner").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
-    from captioner.data.video import set_ffmpeg_logging
+    from captioner.video import set_ffmpeg_logging
 
     set_ffmpeg_logging(args.verbose)  # libav's own lines (`[h264 @ 0x...] ...`) only with --verbose
     try:
@@ -130,8 +130,9 @@ def _run(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from captioner.checkpointing import CheckpointError
+    from captioner.device import resolve_device
     from captioner.errors import UserError
-    from captioner.inference import caption_videos, resolve_device
+    from captioner.inference import caption_videos
     from captioner.models.captioner import VideoCaptioner
 
     if args.threads is not None:

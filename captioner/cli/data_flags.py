@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Optional, Sequence
 
-from captioner.features.cache import FeatureSpec
+from captioner.config import FeatureSpec
 
 CONFIG_FLAGS = ("--config", "-c")
 

@@ -65,7 +65,7 @@ def build_cli(args: Optional[list[str]] = None):
         )
     if cli.config.trainer.get("logger") in (None, True):
         cli.trainer.loggers = default_loggers(cli.trainer.default_root_dir)
-    from captioner.checkpointing import use_atomic_checkpoints
+    from captioner.callbacks import use_atomic_checkpoints
     from captioner.preemption import PreemptionCheckpoint
 
     use_atomic_checkpoints(cli.trainer)  # a job killed while saving keeps its previous last.ckpt
@@ -177,8 +177,8 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
         DataNotFoundError: `ckpt_path` does not exist.
     """
     from captioner.checkpointing import CheckpointError, load_safely
+    from captioner.config import FeatureSpec
     from captioner.errors import DataNotFoundError, SettingsError
-    from captioner.features.cache import FeatureSpec
 
     if not ckpt_path or ckpt_path in _LIGHTNING_CKPT_NAMES or str(ckpt_path).startswith("registry:"):
         return
@@ -233,7 +233,7 @@ def train_main(args: Optional[list[str]] = None) -> dict:
         The test metrics (floats), also written to `<this fit's checkpoint dir>/test_metrics.json`. A resumed run
         tests the best checkpoint of the whole run (`best_of_run`), which may lie in an earlier version folder.
     """
-    from captioner.checkpointing import write_text_atomic
+    from captioner.io import write_text_atomic
 
     drop_lightning_tips()
     with startup_logs_held() as release:

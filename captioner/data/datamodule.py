@@ -14,10 +14,11 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader, DistributedSampler
 
+from captioner.config import FeatureSpec
 from captioner.data.datasets import CaptionPairs, Clip, ClipReferences, collate_clips, collate_pairs, load_annotations
-from captioner.features.cache import FeatureCache, FeatureSpec
-from captioner.data.vocab import Vocabulary
 from captioner.errors import DataNotFoundError, SettingsError
+from captioner.features.cache import FeatureCache
+from captioner.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
 
@@ -146,8 +147,8 @@ class CaptioningDataModule(pl.LightningDataModule):
         if not todo:
             return
         self._announce_extraction(len(todo), len(clips))
+        from captioner.device import resolve_device
         from captioner.features.extract import extract_in_process
-        from captioner.inference import resolve_device
 
         failures = extract_in_process(self.spec, [(c.id, c.path) for c in todo], self.cache,
                                       batch_size=hp.extract_batch_size, num_workers=hp.num_workers,
@@ -187,7 +188,8 @@ class CaptioningDataModule(pl.LightningDataModule):
         Raises:
             WeightsUnavailableError: not in torch hub's cache, and the download failed.
         """
-        from captioner.models.encoder import OFFLINE_BACKBONE, ensure_weights
+        from captioner.config import OFFLINE_BACKBONE
+        from captioner.models.encoder import ensure_weights
 
         ensure_weights(self.spec.backbone, self.spec.weights,
                        alternative=f"or use the backbone whose weights come with the package, no download needed: "

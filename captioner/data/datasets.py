@@ -16,7 +16,7 @@ from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from captioner.features.cache import FeatureCache
-from captioner.data.vocab import Vocabulary
+from captioner.vocab import Vocabulary
 
 SPLITS = ("train", "val", "test")
 log = logging.getLogger(__name__)

@@ -10,9 +10,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional, Sequence
 
-from captioner.checkpointing import write_json_atomic
-from captioner.data.video import VIDEO_EXTENSIONS, VideoReadError, check_video
-from captioner.data.vocab import tokenize
+from captioner.io import write_json_atomic
+from captioner.video import VIDEO_EXTENSIONS, VideoReadError, check_video
+from captioner.vocab import tokenize
 
 # The split used in the literature (Venugopalan et al. 2015, and most MSVD papers since): the clip order of
 # youtube_mapping.txt, vid1..vid1200 train, vid1201..vid1300 val, vid1301..vid1970 test.

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from captioner.checkpointing import atomic_path, write_text_atomic
+from captioner.io import atomic_path, write_text_atomic
 
 COLORS = {
     "red": (220, 30, 30),
@@ -57,7 +57,7 @@ MOTION_WORDS = {
 
 def motion_of_caption(caption: str) -> str | None:
     """The motion a caption states (`left`, ..., `still`), or None when it names none or several."""
-    from captioner.data.vocab import tokenize
+    from captioner.vocab import tokenize
 
     words = set(tokenize(caption))
     found = [m for m, ws in MOTION_WORDS.items() if words & ws]

@@ -5,16 +5,14 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Sequence
 
 import numpy as np
 import torch
 
-from captioner.checkpointing import atomic_write, write_text_atomic
-from captioner.errors import SettingsError
-from captioner.data.video import SEEK_MODES
+from captioner.config import FeatureSpec
+from captioner.io import atomic_write, write_text_atomic
 
 _SAFE = re.compile(r"[^A-Za-z0-9._-]")
 REPORT_NAME = "failed.txt"  # in the cache folder: the clips that could not be read, `<id>\t<reason>` per line
@@ -27,61 +25,6 @@ def format_failures(failures: Sequence[tuple[str, str]]) -> str:
 
 def parse_failures(text: str) -> list[tuple[str, str]]:
     return [tuple(line.split("\t", 1)) for line in text.splitlines() if "\t" in line]  # type: ignore[misc]
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """Everything the cached features depend on; it names the cache folder and is stored in checkpoints.
-
-    Args:
-        backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
-        weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
-        num_frames: frames sampled uniformly from each clip.
-        image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
-        spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
-        seek: frame sampling (`read_frames`): `exact` (decode the frame at each uniformly spaced position), or
-            `keyframe` (snap each position to the nearest keyframe: approximate, much faster on long videos;
-            cached separately and recorded in the checkpoint, so captioning samples the same way).
-    """
-
-    backbone: str = "efficientnet_lite0"
-    weights: Optional[str] = "DEFAULT"
-    num_frames: int = 8
-    image_size: Optional[int] = None
-    spatial_grid: int = 1
-    seek: str = "exact"
-
-    def __post_init__(self):
-        """Check every field now, so train, extract and evaluate all refuse a bad name before any work."""
-        from captioner.models.encoder import check_backbone
-
-        if self.seek not in SEEK_MODES:
-            raise SettingsError(f"seek must be one of {', '.join(SEEK_MODES)}, got {self.seek!r}")
-        for name in ("num_frames", "spatial_grid"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise SettingsError(f"{name} must be a whole number of at least 1, got {getattr(self, name)!r}")
-        check_backbone(self.backbone, self.weights)
-
-    @property
-    def key(self) -> str:
-        size = f"-{self.image_size}px" if self.image_size else ""
-        grid = f"-grid{self.spatial_grid}" if self.spatial_grid > 1 else ""
-        seek = f"-{self.seek}" if self.seek != "exact" else ""  # exact: the key caches had before seek existed
-        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}{grid}{seek}"
-
-    def build_encoder(self):
-        """The `FrameEncoder` these features come from."""
-        from captioner.models.encoder import FrameEncoder
-
-        return FrameEncoder(self.backbone, weights=self.weights, image_size=self.image_size,
-                            spatial_grid=self.spatial_grid)
-
-    def to_dict(self) -> dict:
-        """The fields, without `seek` when it is the default: specs stored before it existed compare equal."""
-        fields = asdict(self)
-        if fields["seek"] == "exact":
-            del fields["seek"]
-        return fields
 
 
 class FeatureCache:

@@ -15,10 +15,11 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from captioner.checkpointing import write_text_atomic
-from captioner.data.video import VideoReadError, read_frames
-from captioner.features.cache import FeatureCache, FeatureSpec, format_failures, parse_failures
+from captioner.config import FeatureSpec
+from captioner.features.cache import FeatureCache, format_failures, parse_failures
+from captioner.io import write_text_atomic
 from captioner.models.encoder import FrameEncoder, Preprocessing
+from captioner.video import VideoReadError, read_frames
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +108,7 @@ def extract_in_process(
     todo = [(vid, p) for vid, p in items if not cache.has(vid)]
     if not todo:
         return []
-    encoder = spec.build_encoder().to(device).eval()
+    encoder = FrameEncoder.from_spec(spec).to(device).eval()
     failures: list[tuple[str, str]] = []
     with tqdm(total=len(todo), desc=f"Extracting features ({spec.key})", unit="clip", disable=not progress) as bar:
         for batch in clip_loader(todo, spec, encoder.preprocessing, batch_size, num_workers):
@@ -130,7 +131,7 @@ class FeatureExtractor(pl.LightningModule):
     def __init__(self, spec: FeatureSpec, channels_last: bool = True):
         super().__init__()
         self.spec = spec
-        self.encoder = spec.build_encoder()
+        self.encoder = FrameEncoder.from_spec(spec)
         if channels_last:
             self.encoder.to(memory_format=torch.channels_last)
 
@@ -248,7 +249,7 @@ def remove_stale_temp_files(cache: FeatureCache) -> int:
 def _on_gpu(accelerator: str) -> bool:
     """Whether Lightning's `accelerator` setting runs on a GPU: `auto` follows the one device rule
     (`captioner.inference.resolve_device`)."""
-    from captioner.inference import resolve_device
+    from captioner.device import resolve_device
 
     return accelerator in ("gpu", "cuda") or (accelerator == "auto" and resolve_device("auto").type == "cuda")
 

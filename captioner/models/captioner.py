@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 from pathlib import Path
 from typing import Any, Mapping, NamedTuple, Optional, Sequence
@@ -13,12 +12,12 @@ import torch
 from torch import nn
 
 from captioner.checkpointing import CheckpointError, find_checkpoint, read_checkpoint
-from captioner.data.vocab import Vocabulary
-from captioner.features.cache import FeatureSpec
+from captioner.config import CONFIG_KEY, CaptionerConfig, FeatureSpec
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.encoder import FrameEncoder
 from captioner.models.familiarity import DomainSummary
-from captioner.models.temporal import MAX_FRAMES, TemporalEncoder, TemporalKind
+from captioner.models.temporal import MAX_FRAMES, TemporalEncoder
+from captioner.vocab import Vocabulary
 
 
 class ScoredCaption(NamedTuple):
@@ -36,46 +35,6 @@ class ScoredCaption(NamedTuple):
     score: float
     familiarity: Optional[float] = None
     in_domain: Optional[bool] = None
-
-
-CONFIG_KEY = "captioner_config"  # where a checkpoint keeps `CaptionerConfig.to_dict()`
-
-
-@dataclasses.dataclass(frozen=True)
-class CaptionerConfig:
-    """The architecture of a `VideoCaptioner` besides its vocabulary and feature spec: the settings that shape its
-    modules, and the one place their defaults are stated (the training system's signature takes them from here).
-
-    A checkpoint stores it as a plain dict under `CONFIG_KEY` (safe to load with `weights_only`); checkpoints
-    written before issue 16 hold it only in their flat `hyper_parameters` (`from_hparams` reads those).
-
-    Attributes:
-        feature_dim: size D of the per-frame features.
-        embed_dim: word embedding size (and the decoder's context size).
-        hidden_dim: decoder LSTM hidden size.
-        num_layers: stacked decoder LSTM layers.
-        temporal: how frames become the decoder's input (see `captioner.models.temporal`).
-        temporal_hidden_dim: hidden size of the recurrent temporal encoders.
-        dropout: dropout in the decoder and on the recurrent temporal encoders' input.
-    """
-
-    feature_dim: int
-    embed_dim: int = 256
-    hidden_dim: int = 512
-    num_layers: int = 1
-    temporal: TemporalKind = "mean"
-    temporal_hidden_dim: int = 512
-    dropout: float = 0.3
-
-    @classmethod
-    def from_hparams(cls, hp: Mapping[str, Any]) -> "CaptionerConfig":
-        """The config among flat hyperparameters (the system's, or a checkpoint's `hyper_parameters`); a setting
-        they lack (an older checkpoint's) takes its default."""
-        given = {f.name: hp[f.name] for f in dataclasses.fields(cls) if f.name in hp}
-        return cls(**{**given, "feature_dim": int(hp["feature_dim"])})
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 class VideoCaptioner(nn.Module):
@@ -134,7 +93,7 @@ class VideoCaptioner(nn.Module):
     def encoder(self) -> FrameEncoder:
         """The frozen frame CNN: preprocessed frames `(B, T, 3, S, S)` -> features `(B, T, D)`."""
         if self._encoder is None:
-            self._encoder = self.spec.build_encoder()
+            self._encoder = FrameEncoder.from_spec(self.spec)
             self._encoder.to(self.device)
         return self._encoder
 
@@ -292,7 +251,7 @@ class VideoCaptioner(nn.Module):
             seek: `"exact"`, or `"keyframe"` for the approximate, faster sampling of long videos (see
                 `read_frames`); default: the checkpoint's `spec.seek`.
         """
-        from captioner.data.video import read_frames
+        from captioner.video import read_frames
 
         return read_frames(path, num_frames or self.spec.num_frames, self.encoder.preprocessing.resize_size,
                            seek=seek or self.spec.seek)

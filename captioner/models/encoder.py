@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
-import functools
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +13,10 @@ import torchvision
 import torchvision.transforms.v2.functional as TF
 from torch import nn
 
-from captioner.errors import SettingsError, WeightsUnavailableError
+from captioner.config import OFFLINE_BACKBONE, FeatureSpec, check_backbone
+from captioner.errors import WeightsUnavailableError
 from captioner.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
 
-OFFLINE_BACKBONE = "efficientnet_lite0"
 _HEAD_NAMES = ("fc", "classifier", "heads", "head")
 
 
@@ -53,40 +51,6 @@ def _preprocessing_of(weights) -> Preprocessing:
     tf = weights.transforms()
     size = lambda s: int(s[0] if isinstance(s, (list, tuple)) else s)  # noqa: E731
     return Preprocessing(size(tf.resize_size), size(tf.crop_size), tuple(tf.mean), tuple(tf.std))
-
-
-@functools.lru_cache(maxsize=None)
-def backbone_names() -> tuple[str, ...]:
-    """Every backbone name a `FrameEncoder` accepts: the offline one and torchvision's classification models."""
-    return (OFFLINE_BACKBONE, *torchvision.models.list_models(module=torchvision.models))
-
-
-def _close_to(name: str, choices) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=4, cutoff=0.6)
-    return f" (did you mean {', '.join(close)}?)" if close else ""
-
-
-def check_backbone(backbone: str, weights: Optional[str]) -> None:
-    """Raise `SettingsError`, naming the close valid names, unless `backbone` and `weights` name a real pair.
-
-    `efficientnet_lite0` has one set of weights, `DEFAULT` (or `None`, random): another name would silently
-    load the same weights into a cache folder of its own.
-    """
-    if backbone == OFFLINE_BACKBONE:
-        if weights not in (None, "DEFAULT"):
-            raise SettingsError(f"weights {weights!r}: {OFFLINE_BACKBONE} has only its own ImageNet weights, "
-                                f"named DEFAULT (or null for random weights)")
-        return
-    names = backbone_names()
-    if backbone not in names:
-        raise SettingsError(f"unknown backbone {backbone!r}{_close_to(backbone, names)}: use {OFFLINE_BACKBONE} "
-                            f"or a torchvision classification model (torchvision.models.list_models())")
-    if weights is None:
-        return
-    members = list(torchvision.models.get_model_weights(backbone).__members__)
-    if weights not in members:
-        raise SettingsError(f"unknown weights {weights!r} for {backbone}: its weights are {', '.join(members)}, "
-                            f"or null for random weights")
 
 
 def weights_file(backbone: str, weights: str) -> Path:
@@ -162,6 +126,11 @@ class FrameEncoder(nn.Module):
         SettingsError: an unknown backbone or weights name (the message lists close valid names).
         WeightsUnavailableError: the weights are neither in torch hub's cache nor downloadable.
     """
+
+    @classmethod
+    def from_spec(cls, spec: FeatureSpec) -> "FrameEncoder":
+        """The frozen encoder the features of `spec` come from."""
+        return cls(spec.backbone, weights=spec.weights, image_size=spec.image_size, spatial_grid=spec.spatial_grid)
 
     def __init__(
         self,

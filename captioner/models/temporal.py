@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Literal, Optional, get_args
+from typing import Optional
 
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from captioner.config import TEMPORAL_CHOICES, TemporalKind
 from captioner.models.encoder import MeanPool
 
-TemporalKind = Literal["mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention"]  # the one list
-TEMPORAL_CHOICES: tuple[str, ...] = get_args(TemporalKind)
 MAX_FRAMES = 64  # the attention kind's position embedding rows before the data's frame count was passed in
 
 

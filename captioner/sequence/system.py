@@ -11,7 +11,7 @@ from pytorch_lightning import LightningModule
 from pytorch_lightning.callbacks import ModelCheckpoint
 from torch import Tensor
 
-from captioner.checkpointing import with_user_checkpoints
+from captioner.callbacks import with_user_checkpoints
 from captioner.sequence.model import SequenceModel
 from captioner.sequence.tasks import IGNORE_INDEX
 

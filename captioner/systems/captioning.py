@@ -14,12 +14,13 @@ from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.utilities.rank_zero import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import OneCycleLR
 
-from captioner.checkpointing import (CheckpointError, carry_best_record, collect_rng_states, find_checkpoint,
-                                     last_checkpoints, set_rng_states, with_user_checkpoints)
+from captioner.callbacks import (carry_best_record, collect_rng_states, last_checkpoints, set_rng_states,
+                                 with_user_checkpoints)
+from captioner.checkpointing import CheckpointError, find_checkpoint
+from captioner.config import CONFIG_KEY, CaptionerConfig, TemporalKind
 from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
-from captioner.models.captioner import CONFIG_KEY, CaptionerConfig, VideoCaptioner, build_captioner
-from captioner.models.temporal import TemporalKind
+from captioner.models.captioner import VideoCaptioner, build_captioner
 
 
 class BestCheckpoint(ModelCheckpoint):

@@ -11,9 +11,10 @@ from typing import Literal, Optional, Sequence, Union
 import numpy as np
 import torch
 
+from captioner.config import SEEK_MODES
+
 PathLike = Union[str, os.PathLike]
 SeekMode = Literal["exact", "keyframe"]
-SEEK_MODES = ("exact", "keyframe")
 
 _ffmpeg_verbose: Optional[bool] = None  # FFmpeg's own logging, once chosen (None: quiet on first use)
 

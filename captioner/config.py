@@ -1,0 +1,200 @@
+"""The one home of every setting and its default: the features (`FeatureSpec`), the model's sizes
+(`CaptionerConfig`) and caption generation (`GenerationConfig`); all three are stored in checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import functools
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, Mapping, Optional, get_args
+
+from captioner.errors import SettingsError
+
+OFFLINE_BACKBONE = "efficientnet_lite0"  # the backbone whose ImageNet weights come with the package
+SEEK_MODES = ("exact", "keyframe")  # frame sampling: see `captioner.video.read_frames`
+TemporalKind = Literal["mean", "lstm", "gru", "attention", "lstm_attention", "gru_attention"]  # the one list
+TEMPORAL_CHOICES: tuple[str, ...] = get_args(TemporalKind)
+
+
+# ----------------------------------------------------------------------------------------------- features
+
+
+@functools.lru_cache(maxsize=None)
+def backbone_names() -> tuple[str, ...]:
+    """Every backbone name a `FrameEncoder` accepts: the offline one and torchvision's classification models."""
+    return (OFFLINE_BACKBONE, *_torchvision().models.list_models(module=_torchvision().models))
+
+
+def _close_to(name: str, choices) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=4, cutoff=0.6)
+    return f" (did you mean {', '.join(close)}?)" if close else ""
+
+
+def check_backbone(backbone: str, weights: Optional[str]) -> None:
+    """Raise `SettingsError`, naming the close valid names, unless `backbone` and `weights` name a real pair.
+
+    `efficientnet_lite0` has one set of weights, `DEFAULT` (or `None`, random): another name would silently
+    load the same weights into a cache folder of its own.
+    """
+    if backbone == OFFLINE_BACKBONE:
+        if weights not in (None, "DEFAULT"):
+            raise SettingsError(f"weights {weights!r}: {OFFLINE_BACKBONE} has only its own ImageNet weights, "
+                                f"named DEFAULT (or null for random weights)")
+        return
+    names = backbone_names()
+    if backbone not in names:
+        raise SettingsError(f"unknown backbone {backbone!r}{_close_to(backbone, names)}: use {OFFLINE_BACKBONE} "
+                            f"or a torchvision classification model (_torchvision().models.list_models())")
+    if weights is None:
+        return
+    members = list(_torchvision().models.get_model_weights(backbone).__members__)
+    if weights not in members:
+        raise SettingsError(f"unknown weights {weights!r} for {backbone}: its weights are {', '.join(members)}, "
+                            f"or null for random weights")
+
+
+def _torchvision():
+    import torchvision  # only when a backbone name is checked: `import captioner.config` stays light
+
+    return torchvision
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """Everything the cached features depend on; it names the cache folder and is stored in checkpoints.
+
+    Args:
+        backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
+        weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
+        num_frames: frames sampled uniformly from each clip.
+        image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
+        spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
+        seek: frame sampling (`read_frames`): `exact` (decode the frame at each uniformly spaced position), or
+            `keyframe` (snap each position to the nearest keyframe: approximate, much faster on long videos;
+            cached separately and recorded in the checkpoint, so captioning samples the same way).
+    """
+
+    backbone: str = "efficientnet_lite0"
+    weights: Optional[str] = "DEFAULT"
+    num_frames: int = 8
+    image_size: Optional[int] = None
+    spatial_grid: int = 1
+    seek: str = "exact"
+
+    def __post_init__(self):
+        """Check every field now, so train, extract and evaluate all refuse a bad name before any work."""
+        if self.seek not in SEEK_MODES:
+            raise SettingsError(f"seek must be one of {', '.join(SEEK_MODES)}, got {self.seek!r}")
+        for name in ("num_frames", "spatial_grid"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        check_backbone(self.backbone, self.weights)
+
+    @property
+    def key(self) -> str:
+        size = f"-{self.image_size}px" if self.image_size else ""
+        grid = f"-grid{self.spatial_grid}" if self.spatial_grid > 1 else ""
+        seek = f"-{self.seek}" if self.seek != "exact" else ""  # exact: the key caches had before seek existed
+        return f"{self.backbone}-{self.weights or 'random'}-{self.num_frames}f{size}{grid}{seek}"
+
+    def to_dict(self) -> dict:
+        """The fields, without `seek` when it is the default: specs stored before it existed compare equal."""
+        fields = asdict(self)
+        if fields["seek"] == "exact":
+            del fields["seek"]
+        return fields
+
+
+# ----------------------------------------------------------------------------------------------- model
+
+
+CONFIG_KEY = "captioner_config"  # where a checkpoint keeps `CaptionerConfig.to_dict()`
+
+
+@dataclasses.dataclass(frozen=True)
+class CaptionerConfig:
+    """The architecture of a `VideoCaptioner` besides its vocabulary and feature spec: the settings that shape its
+    modules, and the one place their defaults are stated (the training system's signature takes them from here).
+
+    A checkpoint stores it as a plain dict under `CONFIG_KEY` (safe to load with `weights_only`); checkpoints
+    written before issue 16 hold it only in their flat `hyper_parameters` (`from_hparams` reads those).
+
+    Attributes:
+        feature_dim: size D of the per-frame features.
+        embed_dim: word embedding size (and the decoder's context size).
+        hidden_dim: decoder LSTM hidden size.
+        num_layers: stacked decoder LSTM layers.
+        temporal: how frames become the decoder's input (see `captioner.models.temporal`).
+        temporal_hidden_dim: hidden size of the recurrent temporal encoders.
+        dropout: dropout in the decoder and on the recurrent temporal encoders' input.
+    """
+
+    feature_dim: int
+    embed_dim: int = 256
+    hidden_dim: int = 512
+    num_layers: int = 1
+    temporal: TemporalKind = "mean"
+    temporal_hidden_dim: int = 512
+    dropout: float = 0.3
+
+    @classmethod
+    def from_hparams(cls, hp: Mapping[str, Any]) -> "CaptionerConfig":
+        """The config among flat hyperparameters (the system's, or a checkpoint's `hyper_parameters`); a setting
+        they lack (an older checkpoint's) takes its default."""
+        given = {f.name: hp[f.name] for f in dataclasses.fields(cls) if f.name in hp}
+        return cls(**{**given, "feature_dim": int(hp["feature_dim"])})
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ----------------------------------------------------------------------------------------------- generation
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How captions are generated: the one place these defaults are written. A checkpoint stores the values it was
+    validated with (`to_dict`); a caller's overrides are merged with them once (`merged`).
+
+    Attributes:
+        beam_size: beam width (1 = greedy).
+        max_len: longest caption, in words.
+        length_penalty: beam ranking divides log p by length ** length_penalty.
+        no_repeat_ngram: never repeat a word n-gram of this size in a caption, nor a word three times in a row
+            or more than this many times (0 = off; see `captioner.models.decoder.block_repeats`).
+        min_len: the fewest words a caption holds (`<eos>` is forbidden before): an empty caption says nothing.
+    """
+
+    beam_size: int = 5
+    max_len: int = 20
+    length_penalty: float = 0.0
+    no_repeat_ngram: int = 3
+    min_len: int = 1
+
+    def __post_init__(self):
+        for name in ("beam_size", "max_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be a whole number of at least 1, got {getattr(self, name)!r}")
+        for name in ("no_repeat_ngram", "min_len"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+                raise SettingsError(f"{name} must be a whole number of at least 0, got {getattr(self, name)!r}")
+
+    @classmethod
+    def from_hparams(cls, hp: Mapping[str, Any]) -> "GenerationConfig":
+        """The generation settings among flat hyperparameters (a checkpoint's); the missing ones take defaults."""
+        return cls(**{f.name: hp[f.name] for f in dataclasses.fields(cls) if hp.get(f.name) is not None})
+
+    def merged(self, **overrides: Any) -> "GenerationConfig":
+        """These settings with the given ones (`None` = keep this one) in their place."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        unknown = set(given) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise TypeError(f"unknown generation setting(s): {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **given)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+GENERATION = GenerationConfig()  # the defaults, for signatures: `beam_size: int = GENERATION.beam_size`
