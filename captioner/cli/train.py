@@ -127,6 +127,8 @@ def startup_logs_held(names=LIGHTNING_LOGGERS):
     only line the user sees; once the checks pass, the held lines are printed as Lightning would have, in order.
     Any error that is not the user's prints the held lines before its traceback.
     """
+    import pytorch_lightning  # noqa: F401  (on import it gives its loggers their handlers: before they are held)
+
     from captioner.errors import user_error_in
 
     held: list[logging.LogRecord] = []

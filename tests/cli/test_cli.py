@@ -21,7 +21,7 @@ from captioner.cli.caption import build_parser
 from captioner.cli.caption import main as caption_command
 from captioner.data.synthetic import write_mp4
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 OPTIONS = ("--checkpoint", "--beam-size", "--max-length", "--frames", "--json", "--device", "--batch-size",
            "--threads", "--progress", "--verbose")
 

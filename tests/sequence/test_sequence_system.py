@@ -16,7 +16,7 @@ from captioner.sequence.model import SequenceModel
 from captioner.sequence.tasks import SequenceDataModule, complete_word, predict_next_letter
 from captioner.sequence.system import SequenceSystem
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs" / "sequence").glob("*.yaml"))
+CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs" / "sequence").glob("*.yaml"))
 CELLS = ["rnn", "gru", "lstm"]
 WORDS = ["house", "list", "moon", "tree", "cat", "dog"]  # one word per first letter: every next letter is determined
 

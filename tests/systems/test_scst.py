@@ -221,7 +221,7 @@ def test_scst_under_two_process_ddp_trains_and_tests(trained, tiny_datamodule_ar
                      f"--model.init_from={ce_root}", "--model.scst=true", "--data.train_items=clips",
                      "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
                      "--trainer.log_every_n_steps=1")
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     proc = subprocess.run([sys.executable, str(repo / "scripts" / "train.py"), *args], capture_output=True, text=True,
                           cwd=repo, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -36,7 +36,7 @@ def test_cluster_config_on_two_cpu_processes_fits_tests_and_resumes_longer(tiny_
     import torch
     from conftest import tiny_args
 
-    repo = Path(__file__).resolve().parents[1]
+    repo = Path(__file__).resolve().parents[2]
     root = tmp_path / "run"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONWARNINGS": "ignore"}
 

@@ -22,7 +22,7 @@ from captioner.config import FeatureSpec
 from captioner.data.datamodule import CaptioningDataModule
 from captioner.errors import SettingsError, UserError, WeightsUnavailableError
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
 OFFLINE_ALTERNATIVE = ("or use the backbone whose weights come with the package, no download needed: "
                        "--data.features.backbone efficientnet_lite0 --data.features.weights DEFAULT")

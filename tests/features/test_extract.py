@@ -21,7 +21,7 @@ from captioner.data.datamodule import CaptioningDataModule
 from captioner.features.cache import REPORT_NAME, FeatureCache
 from captioner.features.extract import run_extraction
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # a random-weight ResNet-18 at 112 px keeps the CPU cost of each run to a few seconds
 SPEC = dict(backbone="resnet18", weights=None, num_frames=4, image_size=112)
 
