@@ -17,12 +17,13 @@ SPLITS = ("train", "val", "test")
 def build_parser():
     """The `data` options are `CaptioningDataModule`'s own signature (as training's `LightningCLI` reads it: the
     same flags, YAML, defaults and help), plus the options of the run."""
-    from jsonargparse import ActionConfigFile, ArgumentParser
-
+    from captioner.cli.parsing import command_parser
     from captioner.data.datamodule import CaptioningDataModule
 
-    parser = ArgumentParser(
-        prog="captioner extract", exit_on_error=False,
+    parser = command_parser(
+        "captioner extract", config_flags=("-c", "--config"),
+        config_help="a training config, e.g. configs/msvd.yaml: its data section is read (the others are ignored); "
+                    "repeatable, later files and flags win",
         description="Cache the CNN features of every clip in <data.data_dir>/annotations.json, with Lightning's "
                     "predict loop: 1 CPU, 1 GPU, N GPUs (DDP) or N nodes with the same command. Clips already cached "
                     "are skipped; unreadable clips are listed in <cache>/failed.txt and the run goes on. The cache is "
@@ -30,9 +31,6 @@ def build_parser():
                     "data options are training's: a training config (--config, its data section) and the same "
                     "--data.* flags, e.g. --data.features.num_frames 16 (all of them: --data.help "
                     "CaptioningDataModule).")
-    parser.add_argument("-c", "--config", action=ActionConfigFile,
-                        help="a training config, e.g. configs/msvd.yaml: its data section is read (the others are "
-                             "ignored); repeatable, later files and flags win")
     parser.add_subclass_arguments(CaptioningDataModule, "data", required=False, default={"class_path": DATAMODULE},
                                   help="the data settings, as in training (only those of the features matter here)")
     for key in TRAINING_ONLY:
@@ -53,11 +51,6 @@ def build_parser():
     return parser
 
 
-def _one_line(err: BaseException) -> str:
-    """jsonargparse's message, which nests one line per level of the option it names, on one line."""
-    return " ".join(str(err).split())
-
-
 def parse(argv: list[str]):
     """`argv` -> `(CaptioningDataModule, run options)`.
 
@@ -67,6 +60,7 @@ def parse(argv: list[str]):
     from jsonargparse import ArgumentError
 
     from captioner.cli.data_flags import renamed_config_key, renamed_data_flag, spell_feature_nulls
+    from captioner.cli.parsing import one_line
     from captioner.errors import SettingsError, user_error_in
 
     parser = build_parser()
@@ -77,7 +71,7 @@ def parse(argv: list[str]):
         user = user_error_in(err)
         if user is not None:
             raise user from None
-        raise SettingsError(renamed_data_flag(argv) or renamed_config_key(argv) or _one_line(err)) from None
+        raise SettingsError(renamed_data_flag(argv) or renamed_config_key(argv) or one_line(err, parser)) from None
     for split in cfg.split or ():
         if split not in SPLITS:
             raise SettingsError(f"--split {split}: a split is one of {', '.join(SPLITS)}")

@@ -2,23 +2,23 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
 
+from captioner.cli.parsing import command_parser, parse
 from captioner.data.prepare import (MSRVTT_TEST, MSRVTT_TRAIN_VAL, MSRVTT_VIDEO_DIRS, MSVD_CORPUS, MSVD_MAPPING,
                                     first_existing, prepare_msrvtt, prepare_msvd)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captioner prepare",
-        description="Convert official MSVD / MSR-VTT annotations into annotations.json with the standard splits. "
-                    "Malformed rows, clips without a split or caption, and missing videos are reported on the "
-                    "console and in <out>/prepare_report.json. See data/README.md.")
-    sub = parser.add_subparsers(dest="dataset", required=True, metavar="{msvd,msrvtt}")
-    msvd = sub.add_parser("msvd", help="MSVD (MSR Video Description Corpus)",
+def build_parser():
+    """`captioner prepare`'s parser: a subcommand per dataset (`msvd`, `msrvtt`), each with its files' options."""
+    parser = command_parser(
+        "captioner prepare",
+        "Convert official MSVD / MSR-VTT annotations into annotations.json with the standard splits. Malformed rows, "
+        "clips without a split or caption, and missing videos are reported on the console and in "
+        "<out>/prepare_report.json. See data/README.md.")
+    msvd = command_parser("captioner prepare msvd", config=False,
                           description="MSVD: English captions, split vid1-1200 train, 1201-1300 val, 1301-1970 test "
                                       "(clip order of youtube_mapping.txt).")
     msvd.add_argument("--root", default="data/msvd", help="dataset folder (default: %(default)s)")
@@ -27,7 +27,7 @@ def build_parser() -> argparse.ArgumentParser:
     msvd.add_argument("--videos", action="append",
                       help="folder of {VideoID}_{Start}_{End}.avi clips; repeatable "
                            "(default: <root>/YouTubeClips, else <root>/videos)")
-    msrvtt = sub.add_parser("msrvtt", help="MSR-VTT", description="MSR-VTT: its own train/validate/test split.")
+    msrvtt = command_parser("captioner prepare msrvtt", "MSR-VTT: its own train/validate/test split.", config=False)
     msrvtt.add_argument("--root", default="data/msrvtt", help="dataset folder (default: %(default)s)")
     msrvtt.add_argument("--train-val", help=f"(default: <root>/{MSRVTT_TRAIN_VAL})")
     msrvtt.add_argument("--test", help=f"(default: <root>/{MSRVTT_TEST})")
@@ -44,16 +44,20 @@ def build_parser() -> argparse.ArgumentParser:
                             "those its header lists) and report empty, foreign, still-image or cut-off files; about "
                             "10 ms a clip (default: only check that the files exist; extraction reports the rest in "
                             "failed.txt)")
+    sub = parser.add_subcommands(dest="dataset", required=True)
+    sub.add_subcommand("msvd", msvd, help="MSVD (MSR Video Description Corpus)")
+    sub.add_subcommand("msrvtt", msrvtt, help="MSR-VTT")
     return parser
 
 
 def main(argv: Optional[list[str]] = None) -> int:
     """`captioner prepare {msvd,msrvtt} ...`: returns 0 when annotations.json was written, 1 otherwise."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    cfg = parse(build_parser(), argv)
+    args = cfg[cfg.dataset]
     root = Path(args.root)
     out = Path(args.out) if args.out else root
     try:
-        if args.dataset == "msvd":
+        if cfg.dataset == "msvd":
             videos = args.videos or first_existing(root, ("YouTubeClips", "videos"))
             report = prepare_msvd(args.corpus or root / MSVD_CORPUS, args.mapping or root / MSVD_MAPPING, videos, out,
                                   args.keep_missing, args.check_videos)
