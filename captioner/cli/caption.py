@@ -37,41 +37,25 @@ examples:
   captioner caption long_lecture.mp4 --checkpoint model.ckpt --fast-seek"""
 
 
-def _int_at_least(minimum: int):
-    """An argparse type: an integer no smaller than `minimum`, or a one-line usage error."""
+def build_parser():
+    """`captioner caption`'s parser (the convention of captioner.cli.parsing: options from --config files too)."""
+    from captioner.cli.parsing import command_parser, non_negative_int, positive_int
 
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not an integer: {text!r}") from None
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
-        return value
-
-    return parse
-
-
-_positive_int, _non_negative_int = _int_at_least(1), _int_at_least(0)
-
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog=PROG, description=DESCRIPTION, epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = command_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files and/or directories of video files")
     p.add_argument("-c", "--checkpoint", required=True, metavar="CKPT",
                    help="a checkpoint written by training (*.ckpt; required), or a run folder such as "
                         "runs/synthetic: its best checkpoint (the highest-scoring epoch*.ckpt), else last.ckpt. "
                         "Loaded safely: it cannot run code")
-    p.add_argument("--beam-size", type=_positive_int, metavar="K",
+    p.add_argument("--beam-size", type=positive_int, metavar="K",
                    help="beam width, 1 = greedy decoding (default: the checkpoint's beam_size)")
-    p.add_argument("--max-length", type=_positive_int, metavar="N",
+    p.add_argument("--max-length", type=positive_int, metavar="N",
                    help="longest caption, in words (default: the checkpoint's max_len)")
-    p.add_argument("--no-repeat-ngram", type=_non_negative_int, metavar="N",
+    p.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
                    help="never repeat a word N-gram in a caption, nor a word three times in a row or more than N "
                         "times; 0 = off "
                         "(default: the checkpoint's no_repeat_ngram, 3)")
-    p.add_argument("--frames", type=_positive_int, metavar="T",
+    p.add_argument("--frames", type=positive_int, metavar="T",
                    help="frames sampled uniformly over each video (default: the number the checkpoint was "
                         "trained with; another value works but captions may be worse)")
     p.add_argument("--fast-seek", action=argparse.BooleanOptionalAction, default=None,
@@ -86,9 +70,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "and familiarity, sortable and searchable (default: none)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run the model; auto = cuda if a GPU is available, else cpu (default: auto)")
-    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="B",
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
                    help="videos encoded and decoded together (default: 8)")
-    p.add_argument("--threads", type=_positive_int, metavar="N",
+    p.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads for PyTorch; 1 is often fastest on a busy machine (default: PyTorch's choice, "
                         "usually one per core)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
@@ -104,7 +88,9 @@ def _error(message: str) -> None:
 
 def main(argv: Optional[list[str]] = None) -> int:
     """Run `captioner caption` with `argv` (default: sys.argv[1:]); returns the exit status."""
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from captioner.cli.parsing import parse
+
+    args = parse(build_parser(), argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("captioner").setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     from captioner.video import set_ffmpeg_logging
