@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from typing import Optional
@@ -10,9 +9,12 @@ from typing import Optional
 from captioner.evaluate import TOKENIZERS, evaluate
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="captioner evaluate",
+def build_parser():
+    """`captioner evaluate`'s parser (the convention of captioner.cli.parsing: options from --config files too)."""
+    from captioner.cli.parsing import command_parser, non_negative_int, positive_int
+
+    parser = command_parser(
+        "captioner evaluate",
         description="Caption a split with a checkpoint and score it: BLEU-1..4 (NLTK), and METEOR, ROUGE-L, CIDEr "
                     "and coco_bleu1..4 from pycocoevalcap (optional extra `coco`; METEOR needs Java). Writes "
                     "<out>/predictions.json ([{video, caption, score, familiarity, in_domain, references}]) and "
@@ -27,14 +29,14 @@ def build_parser() -> argparse.ArgumentParser:
                                       "eval-<dataset folder name>-<split> for another dataset than the "
                                       "checkpoint's; a folder holding another evaluation is never reused: -2, -3, "
                                       "... is added)")
-    parser.add_argument("--beam-size", type=int, help="beam width, 1 = greedy (default: the checkpoint's)")
-    parser.add_argument("--max-len", type=int, help="longest caption in words (default: the checkpoint's)")
+    parser.add_argument("--beam-size", type=positive_int, help="beam width, 1 = greedy (default: the checkpoint's)")
+    parser.add_argument("--max-len", type=positive_int, help="longest caption in words (default: the checkpoint's)")
     parser.add_argument("--length-penalty", type=float, help="(default: the checkpoint's)")
-    parser.add_argument("--no-repeat-ngram", type=int, metavar="N",
+    parser.add_argument("--no-repeat-ngram", type=non_negative_int, metavar="N",
                         help="never repeat a word N-gram in a caption, nor a word three times in a row or more "
                              "than N times; 0 = off "
                              "(default: the checkpoint's, 3)")
-    parser.add_argument("--batch-size", type=int, default=32, help="clips per batch (default: %(default)s)")
+    parser.add_argument("--batch-size", type=positive_int, default=32, help="clips per batch (default: %(default)s)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     parser.add_argument("--tokenizer", default="project", choices=TOKENIZERS,
                         help="tokenisation for the coco-caption metrics: project = the vocabulary's (no Java), "
@@ -70,7 +72,9 @@ def main(argv: Optional[list[str]] = None) -> int:
     from captioner.checkpointing import CheckpointError
     from captioner.errors import UserError
 
-    args = build_parser().parse_args(sys.argv[1:] if argv is None else argv)
+    from captioner.cli.parsing import parse
+
+    args = parse(build_parser(), argv)
     try:
         report = evaluate(args.checkpoint, args.split, args.data_dir, args.features_dir, args.out, args.beam_size,
                           args.max_len, args.length_penalty, args.no_repeat_ngram, args.batch_size, args.device,
