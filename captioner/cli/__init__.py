@@ -6,7 +6,8 @@ import sys
 from typing import Optional
 
 # `captioner COMMAND ...`: name -> one-line help; the command is `captioner.cli.<name>.main(argv) -> exit status`,
-# imported only when run (each parses its own arguments: LightningCLI for train, argparse for the others)
+# imported only when run (each parses its own arguments: LightningCLI for train, the others as
+# captioner.cli.parsing says: jsonargparse, the parser LightningCLI is built on)
 COMMANDS: dict[str, str] = {
     "train": "train a model, then test it (LightningCLI; see `captioner train --help`)",
     "caption": "caption video files or folders (`captioner caption --help`)",
