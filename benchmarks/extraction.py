@@ -249,7 +249,7 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", num_c
                     "normalised frames in memory, channels-last; median batch"),
             ]
     decode_notes = "the extraction DataLoader without the CNN (decord)"
-    if decoded < cnn:  # what the README's decode-bound paragraph says would raise it
+    if decoded < cnn:  # decode-bound: what would raise it (benchmarks/README.md, Results)
         decode_notes += ("; decode-bound: more workers, fewer decoder threads per worker, a smaller decode "
                          "resolution would raise it")
     rows.append(Row(f"extraction: decode + crop alone ({workers} workers, batch {batch_size})",

@@ -61,7 +61,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1,
                    help="CPU threads for PyTorch (0: PyTorch's choice; 1 is steadier on a shared machine)")
     p.add_argument("--only", nargs="+", choices=sorted(BENCHMARKS), default=None, help="run only these")
-    p.add_argument("--markdown", action="store_true", help="also print the table in Markdown (for the README)")
+    p.add_argument("--markdown", action="store_true",
+                   help="also print the table in Markdown (for benchmarks/README.md)")
     args = p.parse_args(argv)
 
     names = [n for n in BENCHMARKS if (HERE / f"{n}.py").is_file() and (args.only is None or n in args.only)]

@@ -1,1 +1,2 @@
-"""Measured comparisons behind the README's tables (RNN/GRU/LSTM, temporal encoders); run as scripts."""
+"""Measured comparisons behind the tables of docs/sequence.md (RNN/GRU/LSTM) and docs/results.md (temporal
+encoders); run as scripts."""

@@ -67,7 +67,7 @@ class DomainSummary:
             the calibration familiarities, lowered by its distance to their 5th percentile. A 1st percentile
             estimated from a few dozen clips is itself noisy (50 synthetic clips: the test split's came out 0.011
             lower), and a held-out clip of the training distribution wrongly flagged costs more trust than an odd
-            one let through; out-of-domain videos lie far below (see README).
+            one let through; out-of-domain videos lie far below (docs/trust.md).
         quantile: which quantile of the calibration familiarities `threshold` is.
         val_quantiles: the calibration familiarities' 1st, 5th, 50th percentiles (for the record; the name is
             the one older checkpoints store).

@@ -29,8 +29,8 @@ def test_two_process_ddp_bleu_equals_one_process(trained, tiny_datamodule_args, 
 
 @pytest.mark.slow
 def test_cluster_config_on_two_cpu_processes_fits_tests_and_resumes_longer(tiny_datamodule_args, tmp_path):
-    """README's cluster command on CPU: configs/trainer/cluster.yaml (DDP, bf16-mixed, clipping) layered over the
-    data, 2 processes; then "train 1 more epoch" from its last.ckpt."""
+    """docs/cluster.md's cluster command on CPU: configs/trainer/cluster.yaml (DDP, bf16-mixed, clipping) layered
+    over the data, 2 processes; then "train 1 more epoch" from its last.ckpt."""
     import os
 
     import torch
