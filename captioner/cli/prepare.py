@@ -11,6 +11,25 @@ from captioner.data.prepare import (MSRVTT_TEST, MSRVTT_TRAIN_VAL, MSRVTT_VIDEO_
                                     first_existing, prepare_msrvtt, prepare_msvd)
 
 
+# each dataset's subcommand: its help, description, default folder, annotation files and videos
+DATASETS = {
+    "msvd": dict(
+        help="MSVD (MSR Video Description Corpus)",
+        description="MSVD: English captions, split vid1-1200 train, 1201-1300 val, 1301-1970 test (clip order of "
+                    "youtube_mapping.txt).",
+        files={"--corpus": f"the corpus CSV (default: <root>/{MSVD_CORPUS})",
+               "--mapping": f"clip -> vidN list (default: <root>/{MSVD_MAPPING})"},
+        videos="folder of {VideoID}_{Start}_{End}.avi clips; repeatable (default: <root>/YouTubeClips, else "
+               "<root>/videos)"),
+    "msrvtt": dict(
+        help="MSR-VTT",
+        description="MSR-VTT: its own train/validate/test split.",
+        files={"--train-val": f"(default: <root>/{MSRVTT_TRAIN_VAL})", "--test": f"(default: <root>/{MSRVTT_TEST})"},
+        videos="folder of video<N>.mp4 clips; repeatable (default: <root>/TrainValVideo and <root>/TestVideo, else "
+               "<root>/videos)"),
+}
+
+
 def build_parser():
     """`captioner prepare`'s parser: a subcommand per dataset (`msvd`, `msrvtt`), each with its files' options."""
     parser = command_parser(
@@ -18,23 +37,13 @@ def build_parser():
         "Convert official MSVD / MSR-VTT annotations into annotations.json with the standard splits. Malformed rows, "
         "clips without a split or caption, and missing videos are reported on the console and in "
         "<out>/prepare_report.json. See data/README.md.")
-    msvd = command_parser("captioner prepare msvd", config=False,
-                          description="MSVD: English captions, split vid1-1200 train, 1201-1300 val, 1301-1970 test "
-                                      "(clip order of youtube_mapping.txt).")
-    msvd.add_argument("--root", default="data/msvd", help="dataset folder (default: %(default)s)")
-    msvd.add_argument("--corpus", help=f"the corpus CSV (default: <root>/{MSVD_CORPUS})")
-    msvd.add_argument("--mapping", help=f"clip -> vidN list (default: <root>/{MSVD_MAPPING})")
-    msvd.add_argument("--videos", action="append",
-                      help="folder of {VideoID}_{Start}_{End}.avi clips; repeatable "
-                           "(default: <root>/YouTubeClips, else <root>/videos)")
-    msrvtt = command_parser("captioner prepare msrvtt", "MSR-VTT: its own train/validate/test split.", config=False)
-    msrvtt.add_argument("--root", default="data/msrvtt", help="dataset folder (default: %(default)s)")
-    msrvtt.add_argument("--train-val", help=f"(default: <root>/{MSRVTT_TRAIN_VAL})")
-    msrvtt.add_argument("--test", help=f"(default: <root>/{MSRVTT_TEST})")
-    msrvtt.add_argument("--videos", action="append",
-                        help="folder of video<N>.mp4 clips; repeatable "
-                             "(default: <root>/TrainValVideo and <root>/TestVideo, else <root>/videos)")
-    for p in (msvd, msrvtt):
+    sub = parser.add_subcommands(dest="dataset", required=True)
+    for name, dataset in DATASETS.items():
+        p = command_parser(f"captioner prepare {name}", dataset["description"], config=False)
+        p.add_argument("--root", default=f"data/{name}", help="dataset folder (default: %(default)s)")
+        for flag, text in dataset["files"].items():
+            p.add_argument(flag, help=text)
+        p.add_argument("--videos", action="append", help=dataset["videos"])
         p.add_argument("--out", help="where annotations.json and prepare_report.json go (default: <root>)")
         p.add_argument("--keep-missing", action="store_true",
                        help="keep clips whose video file is missing or unreadable (default: leave them out; reported "
@@ -44,9 +53,7 @@ def build_parser():
                             "those its header lists) and report empty, foreign, still-image or cut-off files; about "
                             "10 ms a clip (default: only check that the files exist; extraction reports the rest in "
                             "failed.txt)")
-    sub = parser.add_subcommands(dest="dataset", required=True)
-    sub.add_subcommand("msvd", msvd, help="MSVD (MSR Video Description Corpus)")
-    sub.add_subcommand("msrvtt", msrvtt, help="MSR-VTT")
+        sub.add_subcommand(name, p, help=dataset["help"])
     return parser
 
 

@@ -1,4 +1,4 @@
-"""Convert the official MSVD and MSR-VTT annotation files into the project's `annotations.json`, with the standard splits."""
+"""Convert the official MSVD and MSR-VTT annotation files into the project's `annotations.json` (standard splits)."""
 
 from __future__ import annotations
 
@@ -304,14 +304,8 @@ def _csv_rows(reader, path: Path):
         raise ValueError(f"{path}: line {reader.line_num}: not readable as CSV ({shorten(str(err))})") from None
 
 
-def prepare_msvd(
-    corpus_csv: str | os.PathLike,
-    mapping: str | os.PathLike,
-    video_dirs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    keep_missing: bool = False,
-    check_videos: bool = False,
-) -> PrepareReport:
+def prepare_msvd(corpus_csv: str | os.PathLike, mapping: str | os.PathLike, video_dirs: Sequence[str | os.PathLike],
+                 out_dir: str | os.PathLike, keep_missing: bool = False, check_videos: bool = False) -> PrepareReport:
     """MSVD -> `out_dir/annotations.json` (English captions, standard 1,200 / 100 / 670 split).
 
     Args:
@@ -341,11 +335,13 @@ def prepare_msvd(
             report.skipped_clips.append(Problem(Path(mapping).name, f"vid{n}", "outside the standard split "
                                                 f"vid1..vid{MSVD_SPLITS[-1][2]}", clip))
         elif clip not in captions:
-            report.skipped_clips.append(Problem(Path(mapping).name, f"vid{n}", "no English caption in the corpus", clip))
+            report.skipped_clips.append(Problem(Path(mapping).name, f"vid{n}", "no English caption in the corpus",
+                                                clip))
         else:
             entries.append({"id": clip, "split": split, "captions": captions[clip], "vid": f"vid{n}"})
     for clip in sorted(set(captions) - set(order)):
-        report.skipped_clips.append(Problem(Path(corpus_csv).name, clip, f"not in {Path(mapping).name}: no split", clip))
+        report.skipped_clips.append(Problem(Path(corpus_csv).name, clip, f"not in {Path(mapping).name}: no split",
+                                            clip))
     return _finish(report, "msvd", entries, index_videos(video_dirs), video_dirs, ".avi", Path(out_dir), keep_missing,
                    "videos", check_videos)
 
@@ -366,23 +362,16 @@ def _video_number(clip: str) -> tuple[int, str]:
     return (int(m.group(1)) if m else -1, clip)
 
 
-def prepare_msrvtt(
-    annotation_files: Sequence[str | os.PathLike],
-    video_dirs: Sequence[str | os.PathLike],
-    out_dir: str | os.PathLike,
-    keep_missing: bool = False,
-    check_videos: bool = False,
-) -> PrepareReport:
+def prepare_msrvtt(annotation_files: Sequence[str | os.PathLike], video_dirs: Sequence[str | os.PathLike],
+                   out_dir: str | os.PathLike, keep_missing: bool = False, check_videos: bool = False
+                   ) -> PrepareReport:
     """MSR-VTT -> `out_dir/annotations.json` with its own split (6,513 / 497 / 2,990; `validate` becomes `val`).
 
     Args:
         annotation_files: `train_val_videodatainfo.json` and `test_videodatainfo.json` (each: `videos` with
             `video_id` and `split`, `sentences` with `video_id` and `caption`).
         video_dirs: folders holding `video0.mp4` ... `video9999.mp4` (`TrainValVideo/`, `TestVideo/`).
-        out_dir: where `annotations.json` and `prepare_report.json` are written.
-        keep_missing: keep clips whose video file is missing or unreadable (they are reported either way).
-        check_videos: open every video (container, first frame, frames present: `check_video`) and report those
-            that cannot be read: not videos (photos too), broken, or cut off.
+        out_dir, keep_missing, check_videos: as in `prepare_msvd`.
     """
     report = PrepareReport("msrvtt")
     splits: dict[str, str] = {}
