@@ -62,6 +62,7 @@ def own_signal_handlers():
         signal.signal(s, handler)
 
 
+@pytest.mark.slow
 def test_sigusr1_mid_step_saves_once_stops_and_resumes_exactly(tiny_datamodule_args, tmp_path, single_thread,
                                                               monkeypatch, own_signal_handlers, capsys):
     """Outside SLURM: SIGUSR1 (then a burst of SIGUSR1 and SIGTERM) arrives inside a training step; the step ends,
@@ -120,6 +121,39 @@ def test_sigusr1_mid_step_saves_once_stops_and_resumes_exactly(tiny_datamodule_a
     assert a_ckpt["global_step"] == b_ckpt["global_step"] == 30
     for name, weight in a_ckpt["state_dict"].items():
         torch.testing.assert_close(b_ckpt["state_dict"][name], weight, rtol=1e-6, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("hook", ["on_validation_batch_start", "on_test_batch_start"])
+def test_a_signal_after_the_last_training_step_stops_before_or_during_the_test(
+        hook, tiny_datamodule_args, tmp_path, single_thread, monkeypatch, own_signal_handlers, capsys):
+    """During the last validation: training ends, is saved and the run stops before its test. During the test:
+    the test stops (nothing to save: training was complete)."""
+    import pytorch_lightning as pl
+
+    from captioner.cli.train import train_main
+    from captioner.systems.captioning import CaptioningSystem
+
+    class SignalIn(pl.Callback):
+        pass
+
+    setattr(SignalIn, hook, lambda self, trainer, *args: None if trainer.sanity_checking
+            else os.kill(os.getpid(), signal.SIGTERM))
+    configure = CaptioningSystem.configure_callbacks
+    monkeypatch.setattr(CaptioningSystem, "configure_callbacks", lambda self: [*configure(self), SignalIn()])
+    root = tmp_path / "run"
+    with pytest.raises(SystemExit) as stopped:
+        train_main(tiny_args(tiny_datamodule_args, root, "--trainer.max_epochs=1", "--model.num_samples=0"))
+    assert stopped.value.code == 128 + signal.SIGTERM
+    err = capsys.readouterr().err
+    assert not list(root.rglob("test_metrics.json"))
+    if hook == "on_validation_batch_start":
+        hpc = root / "hpc_ckpt_1.ckpt"
+        assert f"SIGTERM: saved {hpc}; stopping (resume with --ckpt_path {hpc})" in err
+        assert torch.load(hpc, weights_only=True)["global_step"] == 10
+    else:
+        assert not list(root.glob("hpc_ckpt_*"))
+        assert ("SIGTERM: training was complete, the test is not finished; stopping (resume with the run's "
+                "last.ckpt)") in err
 
 
 # ----------------------------------------------------------------------------------------------- 2 ranks under SLURM
@@ -275,3 +309,41 @@ def test_requeued_job_resumes_exactly_from_the_preemption_checkpoint(tiny_datamo
     assert sorted(b) == list(range(first, second - 1))  # the stopped step's loss is not logged: the save comes first
     for step in b:  # the same batches, dropout masks and learning rates after the restart
         assert b[step] == pytest.approx(a[step], rel=1e-6, abs=1e-6), step
+
+
+def test_requeue_says_in_one_line_when_scontrol_is_missing_or_fails(tmp_path, monkeypatch):
+    from captioner.preemption import requeue_slurm_job
+
+    monkeypatch.setenv("PATH", str(tmp_path))  # no scontrol here
+    said = requeue_slurm_job("4242", "--ckpt_path run/hpc_ckpt_1.ckpt")
+    assert said == ("could not requeue SLURM job 4242: scontrol not found; resubmit the job to resume from "
+                    "--ckpt_path run/hpc_ckpt_1.ckpt")
+    scontrol = tmp_path / "scontrol"
+    scontrol.write_text('#!/bin/sh\necho "slurm_requeue error: Invalid job id specified" >&2\nexit 1\n')
+    scontrol.chmod(0o755)
+    said = requeue_slurm_job("4242", "--ckpt_path run/hpc_ckpt_1.ckpt")
+    assert said.startswith("could not requeue SLURM job 4242: scontrol exited with status 1: slurm_requeue error: "
+                           "Invalid job id specified; resubmit") and "\n" not in said
+
+
+def test_a_forked_worker_ignores_the_signal_and_leaves_the_decision_to_the_main_process(own_signal_handlers):
+    """DataLoader workers are forked with the handler installed: a job's signal reaches them too, and must neither
+    kill them (the run would crash before saving) nor count as the main process's."""
+    from types import SimpleNamespace
+
+    from captioner.preemption import PreemptionCheckpoint
+
+    callback = PreemptionCheckpoint()
+    callback._pid = os.getpid()
+    callback._install(SimpleNamespace())
+    pid = os.fork()
+    if pid == 0:  # the "worker": signalled, it goes on, then exits 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(0.05)
+        os._exit(0 if not callback.received else 3)
+    assert os.waitpid(pid, 0)[1] == 0  # not killed by either signal, nothing recorded there
+    assert callback.received == {}
+    os.kill(os.getpid(), signal.SIGUSR1)
+    assert callback.received == {signal.SIGUSR1: True}
+    callback._restore()
