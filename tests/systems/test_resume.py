@@ -18,7 +18,7 @@ import pytest
 import torch
 from conftest import tiny_args
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 TRAIN = Path(__file__).with_name("train_and_kill.py")
 # one thread per process: the same float operations in the same order in every run, and two runs fit on 2 cores
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "",
