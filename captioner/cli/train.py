@@ -112,7 +112,9 @@ class _NoTips(logging.Filter):
 
 def drop_lightning_tips() -> None:
     """Leave out Lightning's advertising lines ("Tip: ... try installing litlogger") for the rest of the process:
-    this project chooses its own loggers and checkpoints."""
+    this project chooses its own loggers and checkpoints. Also its `isinstance(treespec, LeafSpec) is deprecated`
+    warning, printed on every run by Lightning's own code with torch >= 2.10: nothing a user can act on."""
+    warnings.filterwarnings("ignore", message=r"`isinstance\(treespec, LeafSpec\)` is deprecated")
     for name in LIGHTNING_LOGGERS:
         tips = logging.getLogger(f"{name}.utilities.rank_zero")  # where Lightning's rank_zero_info lines come from
         if not any(isinstance(f, _NoTips) for f in tips.filters):
