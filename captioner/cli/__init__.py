@@ -14,6 +14,8 @@ COMMANDS: dict[str, str] = {
     "prepare": "convert MSVD / MSR-VTT annotations to annotations.json (`captioner prepare --help`)",
     "extract": "cache CNN features: 1 CPU to N GPUs / nodes (`captioner extract --help`)",
     "evaluate": "caption a split, score BLEU/METEOR/ROUGE-L/CIDEr (`captioner evaluate --help`)",
+    "export": "write a model as a folder to share: safetensors, config.json, model card (`captioner export --help`)",
+    "info": "what a model holds: data, sizes, generation, test metrics, in-domain (`captioner info --help`)",
 }
 
 
