@@ -28,7 +28,7 @@ def tiny_captioner(seed: int = 0):
     import torch
 
     from captioner.config import FeatureSpec
-    from captioner.models.captioner import VideoCaptioner
+    from captioner.models.captioner import CaptionModel
     from captioner.models.decoder import CaptionDecoder
     from captioner.vocab import Vocabulary
 
@@ -36,7 +36,7 @@ def tiny_captioner(seed: int = 0):
     vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right", "a green star grows"])
     decoder = CaptionDecoder(len(vocab), 64, embed_dim=32, hidden_dim=64, pad_id=vocab.pad_id,
                              bos_id=vocab.bos_id, eos_id=vocab.eos_id)
-    return VideoCaptioner(vocab, decoder, FeatureSpec(backbone="resnet18", weights=None, num_frames=4)).eval()
+    return CaptionModel(vocab, decoder, FeatureSpec(backbone="resnet18", weights=None, num_frames=4)).eval()
 
 
 def video_features(model, count: int, features_root: Path, seed: int = 0):
@@ -99,7 +99,7 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
         videos: int = 64, beam_size: int = 5, max_len: int | None = None, repeats: int = 3) -> list[Row]:
     import torch
 
-    from captioner.models.captioner import VideoCaptioner
+    from captioner import VideoCaptioner
 
     set_threads(threads)
     device = torch.device(device)
@@ -117,9 +117,9 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     model = model.to(device).eval()
     feats, feats_source = video_features(model, videos, REPO / "data" / "features")
     feats = feats.to(device)
-    max_len = max_len or model.generate_defaults.get("max_len", 20)
-    kwargs = dict(beam_size=beam_size, max_len=max_len, length_penalty=model.generate_defaults.get("length_penalty", 0.0),
-                  no_repeat_ngram=model.generate_defaults.get("no_repeat_ngram", 3))
+    settings = model.generation.merged(beam_size=beam_size, max_len=max_len)  # the checkpoint's, where not given
+    kwargs = dict(beam_size=settings.beam_size, max_len=settings.max_len, length_penalty=settings.length_penalty,
+                  no_repeat_ngram=settings.no_repeat_ngram)
 
     def sync():
         if device.type == "cuda":
@@ -127,13 +127,13 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
 
     def batched(**over):
         with torch.no_grad():
-            out = model.generate(feats, **{**kwargs, **over})
+            out = model.generate(feats, **{**kwargs, **over}).ids
         sync()
         return out
 
     def one_by_one(**over):
         with torch.no_grad():
-            out = [model.generate(feats[i : i + 1], **{**kwargs, **over})[0] for i in range(len(feats))]
+            out = [model.generate(feats[i : i + 1], **{**kwargs, **over}).ids[0] for i in range(len(feats))]
         sync()
         return out
 
@@ -149,7 +149,7 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     speedup_off = t_single_off / t_batched_off
     steps = rows_per_step(model.decoder, batched)
     t_bound = matmul_bound(model.decoder, steps, max(repeats, 3), sync)
-    notes = f"beam {beam_size}, max length {max_len}, no_repeat_ngram {kwargs['no_repeat_ngram']}; {source}; {feats_source}; median of {repeats}"
+    notes = f"beam {beam_size}, max length {kwargs['max_len']}, no_repeat_ngram {kwargs['no_repeat_ngram']}; {source}; {feats_source}; median of {repeats}"
     return [
         Row(f"beam search, {videos} videos batched", f"{videos / t_batched:.0f} videos/s",
             f"{speedup:.1f}x one video at a time (target >= 10x): {verdict(speedup, 10)}",

@@ -84,7 +84,6 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
 
     from captioner import VideoCaptioner
     from captioner.device import resolve_device
-    from captioner.inference import caption_videos
 
     device = resolve_device(device)
     if threads:
@@ -118,7 +117,7 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
 
         warm = timed(caption_long, repeats)
         read = timed(lambda: model.read_clip(long_clip), repeats)
-        folder_s = timed(lambda: (list(caption_videos(model, [folder], batch_size=batch_size)), sync()), 1)[0]
+        folder_s = timed(lambda: (list(model.caption_results([folder], batch_size=batch_size)), sync()), 1)[0]
         cli_args = ["--checkpoint", str(ckpt), "--device", device.type, "--batch-size", str(batch_size)]
         cli_args += ["--threads", str(threads)] if threads else []
         cold = [run_cli([str(long_clip), *cli_args]) for _ in range(cold_repeats)]
@@ -129,7 +128,7 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
     if header is not None:
         header += [f"checkpoint: {ckpt}",
                    f"backbone:   {model.spec.backbone} (crop {model.encoder.preprocessing.crop_size}px), "
-                   f"generation {model.generate_defaults}",
+                   f"generation {model.generation.to_dict()}",
                    f"machine:    {machine_line(device)}"]
     return [
         Row("load checkpoint + first caption", f"{load_s:.2f} s", "", "once per process"),

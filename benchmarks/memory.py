@@ -51,14 +51,16 @@ def tiny_checkpoint(path: Path) -> Path:
     """An untrained captioner on efficientnet_lite0 (random weights): the memory is the decoding's and the CNN's."""
     import torch
 
-    from captioner.config import FeatureSpec
-    from captioner.models.captioner import build_captioner
+    from captioner.checkpointing import build_model
+    from captioner.config import CONFIG_KEY, CaptionerConfig, FeatureSpec
     from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square", "moves"], "feature_dim": 1280, "embed_dim": 16, "hidden_dim": 32,
           "feature_spec": FeatureSpec(weights=None, num_frames=8).to_dict(), "beam_size": 1, "max_len": 5}
-    model = build_captioner(hp)
-    torch.save({"hyper_parameters": hp, "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
+    config = CaptionerConfig.from_hparams(hp)
+    model = build_model(hp, config)
+    torch.save({"hyper_parameters": hp, CONFIG_KEY: config.to_dict(),
+                "state_dict": {f"model.{k}": v for k, v in model.state_dict().items()}}, path)
     return path
 
 

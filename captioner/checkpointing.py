@@ -1,13 +1,20 @@
-"""Finding a run's best checkpoint and reading checkpoint files safely (no Lightning needed)."""
+"""Finding a run's best checkpoint, reading checkpoint files safely, and the model they hold (no Lightning needed)."""
 
 from __future__ import annotations
 
 import os
 import re
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence, TypeVar
 
 import torch
+
+from captioner.config import CONFIG_KEY, CaptionerConfig, FeatureSpec, GenerationConfig
+from captioner.models.captioner import CaptionModel
+from captioner.models.familiarity import DomainSummary
+from captioner.vocab import Vocabulary
+
+Model = TypeVar("Model", bound=CaptionModel)
 
 
 class CheckpointError(ValueError):
@@ -130,3 +137,37 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
     if not isinstance(ckpt["state_dict"], dict):
         raise CheckpointError(f"{path}: not a captioner checkpoint (its state_dict is not a dict)")
     return ckpt
+
+
+def build_model(hp: Mapping[str, Any], config: CaptionerConfig, model_class: type[Model] = CaptionModel) -> Model:
+    """A new model of the architecture `config` for flat hyperparameters `hp` (the training system's, or a
+    checkpoint's `hyper_parameters`): their vocabulary, feature spec and generation settings, read here only."""
+    return model_class.from_config(config, Vocabulary(hp["vocab"]), FeatureSpec(**hp["feature_spec"]),
+                                   GenerationConfig.from_hparams(hp))
+
+
+def load_model(ckpt: dict, path: str | os.PathLike, model_class: type[Model] = CaptionModel) -> Model:
+    """The model in a checkpoint `read_checkpoint` read from `path`: its architecture (`CONFIG_KEY`), vocabulary,
+    features and generation settings (`build_model`), weights, and the summary of its training videos.
+
+    Raises:
+        CheckpointError: the checkpoint is inconsistent, or its weights do not match the model it describes.
+    """
+    stored = ckpt.get(CONFIG_KEY)
+    if not isinstance(stored, dict):
+        raise CheckpointError(f"{path}: not a captioner checkpoint of this version (no {CONFIG_KEY} inside)")
+    try:
+        model = build_model(ckpt["hyper_parameters"], CaptionerConfig(**stored), model_class)
+    except (ValueError, TypeError, KeyError) as err:  # e.g. an edited vocabulary or feature spec
+        raise CheckpointError(f"{path}: inconsistent captioner checkpoint ({type(err).__name__}: {err})") from None
+    state = {k[len("model."):]: v for k, v in ckpt["state_dict"].items()
+             if isinstance(k, str) and k.startswith("model.")}
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as err:
+        reason = " ".join(str(err).split())[:300]  # torch lists every mismatched tensor, over many lines
+        raise CheckpointError(f"{path}: weights do not match the model it describes ({reason})") from None
+    summary = ckpt.get("domain_summary")
+    if isinstance(summary, dict) and torch.is_tensor(summary.get("prototypes")):
+        model.domain = DomainSummary.from_dict(summary)
+    return model

@@ -26,8 +26,6 @@ import shutil
 from pathlib import Path
 from typing import Optional, Sequence
 
-import torch
-
 from captioner.io import write_json_atomic
 from captioner.metrics import bleu_scores
 
@@ -216,84 +214,31 @@ def evaluate(
         and `in_domain_clips`, and `replaced` (`{checkpoint, data_dir, split}`) when an explicit `out_dir` held
         another evaluation, now overwritten.
     """
-    from tqdm.auto import tqdm
-
-    from captioner.checkpointing import find_checkpoint, read_checkpoint
-    from captioner.data.datasets import load_annotations
+    from captioner.api import VideoCaptioner
+    from captioner.checkpointing import find_checkpoint
     from captioner.device import resolve_device
     from captioner.features.cache import FeatureCache
-    from captioner.models.captioner import VideoCaptioner
-    from captioner.video import VideoReadError
+    from captioner.report import FrameStrips, check_report_path
 
     checkpoint = find_checkpoint(checkpoint)
     dev = resolve_device(device)
     if html not in (None, True):
-        from captioner.report import check_report_path
-
         check_report_path(html)  # before the work, not after
-    ckpt = read_checkpoint(checkpoint, dev)  # once: the model and the data settings it was trained with
-    model = VideoCaptioner.from_loaded(ckpt, checkpoint, map_location=dev)
-    stored = ckpt.get("datamodule_hyper_parameters")
-    stored = stored if isinstance(stored, dict) else {}
-    own_data_dir = stored.get("data_dir")
+    model = VideoCaptioner.from_checkpoint(checkpoint, map_location=dev)  # read once: the model and its data settings
+    own_data_dir = model.data_settings.get("data_dir")
     data_dir = data_dir or own_data_dir
-    features_dir = features_dir or stored.get("features_dir") or "data/features"
+    features_dir = features_dir or model.data_settings.get("features_dir") or "data/features"
     if not data_dir:
         raise ValueError(f"{checkpoint} does not say which dataset it was trained on: pass --data-dir")
-    replaced = None
-    if out_dir:
-        out_dir = Path(out_dir)
-        found = _evaluation_in(out_dir)
-        if found is not None and not _is_this_evaluation(found, checkpoint, data_dir, split):
-            replaced = dict(zip(("checkpoint", "data_dir", "split"), found)) if len(found) == 3 else \
-                {"checkpoint": "?", "data_dir": "?", "split": "?"}
-    else:
-        out_dir = default_out_dir(checkpoint, split, data_dir, own_data_dir)
-    clips = [c for c in load_annotations(Path(data_dir) / "annotations.json") if c.split == split]
-    if not clips:
-        raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
-    cache = FeatureCache.of_dataset(features_dir, data_dir, model.spec)
-    generation = {**model.generate_defaults,
-                  **{k: v for k, v in dict(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
-                                            no_repeat_ngram=no_repeat_ngram).items()
-                     if v is not None}}
-    predictions, skipped, from_video = [], [], 0
-    strips = None
-    if html is not None:
-        from captioner.report import FrameStrips
-
-        strips = FrameStrips()  # strips of the clips encoded from the video: not decoded twice
-    with tqdm(total=len(clips), desc=f"Captioning {split}", unit="clip", disable=not progress) as bar:
-        for start in range(0, len(clips), batch_size):
-            batch, feats = [], []
-            for clip in clips[start : start + batch_size]:
-                try:
-                    if cache.has(clip.id):
-                        f = cache.load(clip.id)
-                    else:
-                        frames = model.read_clip(clip.path)
-                        if strips is not None:
-                            strips.add(clip.path, frames)
-                        f = model.encoder.eval().encode_clips([frames])[0]  # (T, H, W, 3) -> (T, D)
-                        from_video += 1
-                except VideoReadError as err:
-                    skipped.append({"video": clip.id, "reason": err.reason})
-                    continue
-                batch.append(clip)
-                feats.append(f.float())
-            if batch:
-                captions = model.caption_features(torch.stack(feats), with_scores=True, **generation)  # B captions
-                predictions += [{"video": c.id, "caption": cap.text, "score": cap.score,
-                                 **({} if cap.familiarity is None else
-                                    {"familiarity": cap.familiarity, "in_domain": cap.in_domain}),
-                                 "references": c.captions}
-                                for c, cap in zip(batch, captions)]
-            bar.update(min(batch_size, len(clips) - start))
-    hyps = [p["caption"] for p in predictions]
-    refs = [p["references"] for p in predictions]
-    metrics = bleu_scores(hyps, refs)
-    coco, unavailable = coco_scores(hyps, refs, tokenizer=tokenizer, meteor=meteor)
-    metrics.update(coco)
+    out_dir, replaced = _output_folder(out_dir, checkpoint, data_dir, split, own_data_dir)
+    clips = _split_clips(data_dir, split)
+    generation = model.generation.merged(beam_size=beam_size, max_len=max_len, length_penalty=length_penalty,
+                                         no_repeat_ngram=no_repeat_ngram)
+    strips = FrameStrips() if html is not None else None  # strips of the clips read from the video: not read twice
+    predictions, skipped, from_video = caption_split(model, clips, FeatureCache.of_dataset(features_dir, data_dir,
+                                                                                           model.spec),
+                                                     generation, batch_size, progress, strips, split)
+    metrics, unavailable = score_captions(predictions, tokenizer, meteor)
     report = {
         "checkpoint": str(checkpoint),
         "data_dir": str(data_dir),
@@ -302,13 +247,10 @@ def evaluate(
         "num_clips": len(predictions),
         "features_from_cache": len(predictions) - from_video,
         "features_from_video": from_video,
-        "generation": generation,
+        "generation": generation.to_dict(),
         "tokenizer": tokenizer,
-        "metrics": {k: metrics[k] for k in sorted(metrics)},
-        "in_domain": (sum(p["in_domain"] for p in predictions) / len(predictions)
-                      if predictions and "in_domain" in predictions[0] else None),
-        "in_domain_clips": (sum(p["in_domain"] for p in predictions)
-                            if predictions and "in_domain" in predictions[0] else None),
+        "metrics": metrics,
+        **_in_domain(predictions),
         "unavailable": unavailable,
         "skipped": skipped,
         "predictions": str(out_dir / "predictions.json"),
@@ -322,3 +264,80 @@ def evaluate(
                                                      predictions, clips, model, strips, progress))
     write_json_atomic(out_dir / "metrics.json", report)
     return report
+
+
+def _output_folder(out_dir, checkpoint: Path, data_dir, split: str, own_data_dir) -> tuple[Path, Optional[dict]]:
+    """`(folder, replaced)`: `out_dir` as given, with the evaluation it held if another one (`{checkpoint, data_dir,
+    split}`, `?` where unreadable), or `default_out_dir`'s folder and `None`."""
+    if not out_dir:
+        return default_out_dir(checkpoint, split, data_dir, own_data_dir), None
+    out_dir = Path(out_dir)
+    found = _evaluation_in(out_dir)
+    if found is None or _is_this_evaluation(found, checkpoint, data_dir, split):
+        return out_dir, None
+    keys = ("checkpoint", "data_dir", "split")
+    return out_dir, dict(zip(keys, found)) if len(found) == 3 else dict.fromkeys(keys, "?")
+
+
+def _split_clips(data_dir, split: str) -> list:
+    """The clips of `split` in `<data_dir>/annotations.json`; `ValueError` when there is none."""
+    from captioner.data.datasets import load_annotations
+
+    clips = [c for c in load_annotations(Path(data_dir) / "annotations.json") if c.split == split]
+    if not clips:
+        raise ValueError(f"{data_dir}/annotations.json has no clip in split {split!r}")
+    return clips
+
+
+def caption_split(model, clips: Sequence, cache, generation, batch_size: int = 32, progress: bool = True,
+                  strips=None, split: str = "") -> tuple[list[dict], list[dict], int]:
+    """Caption `clips` with `model` (a `VideoCaptioner`) through its one loop over videos, features from `cache`
+    where it has them.
+
+    Returns:
+        `(predictions, skipped, from_video)`: `{video, caption, score[, familiarity, in_domain], references}` per
+        captioned clip, `{video, reason}` per unreadable one, and how many were encoded from the video.
+    """
+    ids = {str(c.path): c.id for c in clips}
+    cached = 0
+
+    def features(path: str):
+        nonlocal cached
+        if not cache.has(ids[path]):
+            return None
+        cached += 1
+        return cache.load(ids[path])
+
+    results = model.caption_results([c.path for c in clips], batch_size, progress=progress,
+                                    on_clip=strips.add if strips is not None else None, features=features,
+                                    generation=generation, desc=f"Captioning {split}".strip())
+    predictions, skipped = [], []
+    for clip, r in zip(clips, results):
+        if not r.ok:
+            skipped.append({"video": clip.id, "reason": r.error})
+            continue
+        predictions.append({"video": clip.id, "caption": r.caption, "score": r.score,
+                            **({} if r.familiarity is None else {"familiarity": r.familiarity,
+                                                                 "in_domain": r.in_domain}),
+                            "references": clip.captions})
+    return predictions, skipped, len(predictions) - cached
+
+
+def score_captions(predictions: Sequence[dict], tokenizer: str = "project",
+                   meteor: bool = True) -> tuple[dict[str, float], dict[str, str]]:
+    """`(metrics, unavailable)` of the predictions against their references: the project's BLEU and coco-caption's
+    metrics (see `coco_scores`), sorted by name."""
+    hyps = [p["caption"] for p in predictions]
+    refs = [p["references"] for p in predictions]
+    metrics = bleu_scores(hyps, refs)
+    coco, unavailable = coco_scores(hyps, refs, tokenizer=tokenizer, meteor=meteor)
+    metrics.update(coco)
+    return {k: metrics[k] for k in sorted(metrics)}, unavailable
+
+
+def _in_domain(predictions: Sequence[dict]) -> dict:
+    """`in_domain` (the fraction of clips like the training videos) and `in_domain_clips`; `None` when unknown."""
+    if not predictions or "in_domain" not in predictions[0]:
+        return {"in_domain": None, "in_domain_clips": None}
+    inside = sum(p["in_domain"] for p in predictions)
+    return {"in_domain": inside / len(predictions), "in_domain_clips": inside}

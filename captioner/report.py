@@ -22,8 +22,7 @@ if TYPE_CHECKING:
     import torch
 
     from captioner.data.datasets import Clip
-    from captioner.inference import CaptionResult
-    from captioner.models.captioner import VideoCaptioner
+    from captioner.api import CaptionResult, VideoCaptioner
 
 PathLike = Union[str, os.PathLike]
 
@@ -90,7 +89,7 @@ def strip_jpeg(frames: "torch.Tensor", height: Optional[int] = None, quality: in
 class FrameStrips:
     """Frame strips of the clips captioning reads, made as it reads them: the report decodes no clip twice.
 
-    `add` is the `on_clip` hook of `captioner.inference.caption_videos`; `strips` maps a path, as read, to its JPEG
+    `add` is the `on_clip` hook of `VideoCaptioner.caption_results`; `strips` maps a path, as read, to its JPEG
     strip.
     """
 

@@ -37,7 +37,8 @@ def test_metrics_match_training_and_name_what_is_missing(evaluated, trained):
     report, _ = evaluated
     test_metrics, _, _ = trained
     # same checkpoint, features, beam settings and scorer as the test run that closed training
-    assert report["generation"] == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0, "no_repeat_ngram": 3}
+    assert report["generation"] == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0, "no_repeat_ngram": 3,
+                                    "min_len": 1}
     for k in ("bleu1", "bleu2", "bleu3", "bleu4"):
         assert report["metrics"][k] == pytest.approx(test_metrics[f"test/{k}"], abs=1e-6)
     assert "SPICE" in report["unavailable"]["spice"] and "offline" in report["unavailable"]["spice"]
@@ -49,7 +50,7 @@ def test_metrics_match_training_and_name_what_is_missing(evaluated, trained):
             assert "Java" in report["unavailable"]["meteor"]
 
 
-def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_path):
+def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_path, monkeypatch):
     _, _, best = trained
     report = ev.evaluate(best, "test", features_dir=str(tmp_path / "empty"), out_dir=tmp_path / "out", meteor=False,
                          progress=False)
@@ -57,6 +58,16 @@ def test_features_computed_from_video_when_not_cached(trained, evaluated, tmp_pa
     cached = {p["video"]: p["caption"] for p in evaluated[1]}
     fresh = json.loads((tmp_path / "out" / "predictions.json").read_text())
     assert {p["video"]: p["caption"] for p in fresh} == cached
+    # the one loop over videos runs it (no second read-encode-caption loop), with the overrides merged once
+    from captioner.api import VideoCaptioner
+
+    calls = []
+    loop = VideoCaptioner.caption_results
+    monkeypatch.setattr(VideoCaptioner, "caption_results",
+                        lambda self, *a, **k: calls.append(k["generation"]) or loop(self, *a, **k))
+    report = ev.evaluate(best, "test", out_dir=tmp_path / "again", beam_size=1, meteor=False, progress=False)
+    assert [g.beam_size for g in calls] == [1] and report["generation"]["beam_size"] == 1
+    assert report["features_from_cache"] == 4
 
 
 def test_bad_checkpoint_is_a_clear_error(tmp_path, capsys):

@@ -118,8 +118,7 @@ def _run(args: argparse.Namespace) -> int:
     from captioner.checkpointing import CheckpointError
     from captioner.device import resolve_device
     from captioner.errors import UserError
-    from captioner.inference import caption_videos
-    from captioner.models.captioner import VideoCaptioner
+    from captioner.api import VideoCaptioner
 
     if args.threads is not None:
         import torch
@@ -146,9 +145,6 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if os.path.isdir(args.checkpoint):
         print(f"{PROG}: checkpoint {model.checkpoint_path}", file=sys.stderr, flush=True)
-    generate_kwargs = dict(model.generate_defaults)
-    if args.no_repeat_ngram is not None:
-        generate_kwargs["no_repeat_ngram"] = args.no_repeat_ngram
     if model.domain is None:
         print(f"{PROG}: note: {model.checkpoint_path} predates familiarity scores (no summary of its training "
               "videos): captions carry no in-domain flag", file=sys.stderr, flush=True)
@@ -159,10 +155,8 @@ def _run(args: argparse.Namespace) -> int:
         print(f"{PROG}: in domain: familiarity >= {d.threshold:.2f} ({basis}; percentiles 1/5/50: "
               f"{', '.join(f'{q:.2f}' for q in d.val_quantiles or [])}; {len(d.prototypes)} prototypes of "
               f"{d.num_train} training videos)", file=sys.stderr, flush=True)
-    if args.beam_size is not None:
-        generate_kwargs["beam_size"] = args.beam_size
-    if args.max_length is not None:
-        generate_kwargs["max_len"] = args.max_length
+    generation = model.generation.merged(beam_size=args.beam_size, max_len=args.max_length,
+                                         no_repeat_ngram=args.no_repeat_ngram)  # None: the checkpoint's
     position = getattr(model.pool, "position", None)  # the attention encoder knows this many frame positions
     if args.frames is not None and position is not None and args.frames > position.num_embeddings:
         _error(f"--frames {args.frames}: this checkpoint's attention encoder has positions for at most "
@@ -171,7 +165,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.frames is not None and args.frames != model.spec.num_frames:
         print(f"{PROG}: warning: sampling {args.frames} frames per video; the checkpoint was trained with "
               f"{model.spec.num_frames}, so captions may be worse", file=sys.stderr, flush=True)
-    logging.getLogger(__name__).debug("device %s, generation %s", device, generate_kwargs)
+    logging.getLogger(__name__).debug("device %s, generation %s", device, generation)
 
     records, failed, total = [], 0, 0
     if args.html:
@@ -179,9 +173,9 @@ def _run(args: argparse.Namespace) -> int:
 
         strips, shown = FrameStrips(), []  # the report's frames, kept as each video is read
     seek = None if args.fast_seek is None else ("keyframe" if args.fast_seek else "exact")
-    for result in caption_videos(model, args.videos, batch_size=args.batch_size, num_frames=args.frames, seek=seek,
-                                 progress=args.progress, on_clip=strips.add if args.html else None,
-                                 **generate_kwargs):
+    for result in model.caption_results(args.videos, batch_size=args.batch_size, num_frames=args.frames, seek=seek,
+                                        progress=args.progress, on_clip=strips.add if args.html else None,
+                                        generation=generation):
         total += 1
         if args.html:
             shown.append(result)
@@ -206,7 +200,7 @@ def _run(args: argparse.Namespace) -> int:
     if args.html:
         from captioner.report import write_caption_report
 
-        report = write_caption_report(args.html, shown, model, strips, generate_kwargs, args.frames,
+        report = write_caption_report(args.html, shown, model, strips, generation.to_dict(), args.frames,
                                       progress=args.progress is not False)
         print(f"{PROG}: report {report}", file=sys.stderr, flush=True)
     if failed:

@@ -1,1 +1,1 @@
-"""The plain nn.Modules: frame encoder, temporal encoders, caption decoder and the composed VideoCaptioner."""
+"""The plain nn.Modules: frame encoder, temporal encoders, caption decoder and the composed CaptionModel."""

@@ -11,7 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MIN_LEN = 1  # the fewest words a generated caption holds (`<eos>` is forbidden before): an empty one says nothing
+from captioner.config import GENERATION
+
+MIN_LEN = GENERATION.min_len  # the fewest words a generated caption holds: an empty one says nothing
 
 
 @dataclass
@@ -226,9 +228,9 @@ class CaptionDecoder(nn.Module):
 
     @torch.no_grad()
     @_outside_autocast
-    def greedy(self, video: torch.Tensor, max_len: int = 20, memory: Optional[torch.Tensor] = None,
-               memory_mask: Optional[torch.Tensor] = None, no_repeat_ngram: int = 3, return_scores: bool = False,
-               min_len: int = MIN_LEN):
+    def greedy(self, video: torch.Tensor, max_len: int = GENERATION.max_len, memory: Optional[torch.Tensor] = None,
+               memory_mask: Optional[torch.Tensor] = None,
+               no_repeat_ngram: int = GENERATION.no_repeat_ngram, return_scores: bool = False, min_len: int = MIN_LEN):
         """Most likely word at each step. Returns token ids `(B, <=max_len)`, `<pad>` after `<eos>`.
 
         `no_repeat_ngram` blocks repeats (see `block_repeats`; 0 = off); `<eos>` is forbidden before `min_len`
@@ -261,9 +263,11 @@ class CaptionDecoder(nn.Module):
 
     @torch.no_grad()
     @_outside_autocast
-    def beam_search(self, video: torch.Tensor, beam_size: int = 5, max_len: int = 20, length_penalty: float = 0.0,
+    def beam_search(self, video: torch.Tensor, beam_size: int = GENERATION.beam_size, max_len: int = GENERATION.max_len,
+                    length_penalty: float = GENERATION.length_penalty,
                     memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
-                    no_repeat_ngram: int = 3, return_scores: bool = False, min_len: int = MIN_LEN):
+                    no_repeat_ngram: int = GENERATION.no_repeat_ngram, return_scores: bool = False,
+                    min_len: int = MIN_LEN):
         """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
 
         A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
@@ -342,7 +346,7 @@ class CaptionDecoder(nn.Module):
         out = out[:, :width]  # drop the columns that only hold padding
         return (out, best_score) if return_scores else out
 
-    def sample(self, video: torch.Tensor, num_samples: int = 5, max_len: int = 20,
+    def sample(self, video: torch.Tensor, num_samples: int = 5, max_len: int = GENERATION.max_len,
                memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
                no_repeat_ngram: int = 0, generator: Optional[torch.Generator] = None, min_len: int = MIN_LEN):
         """Draw `num_samples` captions per video from the model's distribution (multinomial), with gradients.

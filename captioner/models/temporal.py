@@ -32,7 +32,7 @@ class TemporalEncoder(nn.Module):
         hidden_dim: size of the recurrent layer (recurrent kinds only).
         dropout: dropout on the frame features before the recurrent layer.
         max_frames: longest clip (in sampled frames) the `attention` kind's position embedding covers;
-            `VideoCaptioner.from_config` passes `max(MAX_FRAMES, num_frames)` of the data, so checkpoints written
+            `CaptionModel.from_config` passes `max(MAX_FRAMES, num_frames)` of the data, so checkpoints written
             before it did (64 rows) load unchanged.
     """
 

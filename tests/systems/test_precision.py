@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from captioner.config import TEMPORAL_CHOICES, FeatureSpec
-from captioner.models.captioner import VideoCaptioner
+from captioner import VideoCaptioner
 from captioner.models.decoder import CaptionDecoder
 from captioner.models.temporal import TemporalEncoder
 from captioner.vocab import Vocabulary
@@ -33,7 +33,7 @@ def captions_under(model: VideoCaptioner, feats: torch.Tensor, device: str, dtyp
         out["greedy"] = model.decoder.greedy(video, 8, memory)
         out["beam"] = model.decoder.beam_search(video, 3, 8, 0.0, memory)
         out["beam_lp"] = model.decoder.beam_search(video, 3, 8, 1.0, memory=memory)  # memory passed by keyword
-        out["generate"] = model.generate(feats, beam_size=3, max_len=8)  # temporal encoder under autocast too
+        out["generate"] = model.generate(feats, beam_size=3, max_len=8).ids  # the temporal encoder under autocast too
     return out
 
 

@@ -42,7 +42,7 @@ def test_checkpoint_is_self_sufficient_and_round_trips(trained, tiny_datamodule_
     cache = FeatureCache(Path(tiny_datamodule_args["features_dir"]) / tiny_dataset.name, model.spec)
     feats = torch.stack([cache.load(c.id) for c in clips])
     hp = system.hparams
-    ids = system.model.generate(feats, hp.beam_size, hp.max_len, hp.length_penalty)
+    ids = system.model.generate(feats, beam_size=hp.beam_size, max_len=hp.max_len, length_penalty=hp.length_penalty).ids
     expected = [system.model.vocab.decode(r) for r in ids]
     assert model.caption_features(feats, beam_size=hp.beam_size) == expected
     # and from the video files: the same sampling and encoder as during extraction

@@ -1,4 +1,4 @@
-"""Batch inference (`captioner.inference`) and the library API of `VideoCaptioner` on a tiny trained checkpoint."""
+"""The facade (`captioner.api`): `VideoCaptioner` loading a tiny trained checkpoint and its one loop over videos."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import pytest
 import torch
 from conftest import moving_square
 
-from captioner import VideoCaptioner
+from captioner import GenerationConfig, VideoCaptioner
 from captioner.data.synthetic import write_mp4
 from captioner.device import resolve_device
-from captioner.inference import CaptionResult, caption_videos, expand_video_paths
+from captioner.api import CaptionResult, expand_video_paths
 from captioner.video import VideoReadError
 
 
@@ -38,6 +38,18 @@ def write_bad_videos(folder: Path) -> dict[str, Path]:
     return files
 
 
+def save_tiny_checkpoint(hp: dict, path: Path) -> Path:
+    """A checkpoint of an untrained model for the hyperparameters `hp` (vocab, feature_spec, feature_dim, sizes,
+    generation settings), in the layout training writes."""
+    from captioner.checkpointing import build_model
+    from captioner.config import CONFIG_KEY, CaptionerConfig
+
+    config = CaptionerConfig.from_hparams(hp)
+    state = {f"model.{k}": v for k, v in build_model(hp, config).state_dict().items()}
+    torch.save({"hyper_parameters": hp, CONFIG_KEY: config.to_dict(), "state_dict": state}, path)
+    return path
+
+
 @pytest.fixture(scope="module")
 def model(trained) -> VideoCaptioner:
     return VideoCaptioner.from_checkpoint(trained[2])
@@ -48,9 +60,10 @@ def test_clips(tiny_dataset) -> list[Path]:
     return sorted((tiny_dataset / "videos").glob("*.mp4"))[-4:]
 
 
-def test_generation_defaults_come_from_the_checkpoint(model):
+def test_generation_defaults_come_from_the_checkpoint(model, trained):
     # the tiny run trains with --model.beam_size=2 (tests/conftest.py)
-    assert model.generate_defaults == {"beam_size": 2, "max_len": 20, "length_penalty": 0.0, "no_repeat_ngram": 3}
+    assert model.generation == GenerationConfig(beam_size=2, max_len=20, length_penalty=0.0, no_repeat_ngram=3)
+    assert model.checkpoint_path == trained[2] and model.data_settings["data_dir"]
 
 
 def test_expand_video_paths_sorts_directories_and_keeps_files(tmp_path):
@@ -70,7 +83,7 @@ def test_one_bad_file_does_not_stop_the_others(model, test_clips, tmp_path):
     (tmp_path / "no_videos").mkdir()
     inputs = [test_clips[0], *bad.values(), test_clips[1], folder, tmp_path / "no_videos"]
 
-    results = list(caption_videos(model, inputs, batch_size=3))
+    results = list(model.caption_results(inputs, batch_size=3))
 
     expected_order = [test_clips[0], *bad.values(), test_clips[1], folder / "a.mp4", folder / "z.mp4",
                       tmp_path / "no_videos"]
@@ -109,7 +122,7 @@ def test_a_photo_is_not_captioned_as_a_video(model, trained, test_clips, tmp_pat
     jpeg, png = scikit_image_photos()
     renamed = tmp_path / "holiday.mp4"
     shutil.copy(jpeg, renamed)
-    results = list(caption_videos(model, [jpeg, test_clips[0], renamed, png], batch_size=2))
+    results = list(model.caption_results([jpeg, test_clips[0], renamed, png], batch_size=2))
     assert [r.ok for r in results] == [False, True, False, False]
     assert [r.error for r in results if not r.ok] == ["a still image (JPEG), not a video"] * 2 + [
         "a still image (PNG), not a video"]
@@ -185,9 +198,38 @@ def test_modules_have_the_documented_shapes(model):
 
 def test_frames_override_and_generation_overrides(model, test_clips):
     assert model.read_clip(test_clips[0], num_frames=6).shape[0] == 6
-    [result] = caption_videos(model, [test_clips[0]], num_frames=6, beam_size=1, max_len=3)
+    [result] = model.caption_results([test_clips[0]], num_frames=6, beam_size=1, max_len=3)
     assert isinstance(result, CaptionResult) and result.ok
     assert len(result.caption.split()) <= 3
+
+
+def test_cached_features_skip_the_video_and_give_the_same_captions(model, test_clips):
+    """The loop's `features` hook (`evaluate`'s feature cache): a path it knows is not read, and its features give
+    the caption the video gives; `on_clip` sees only the clips read."""
+    feats = model.encoder.eval().encode_clips([model.read_clip(p) for p in test_clips])  # (4, T, D)
+    known = {str(test_clips[1]): feats[1].cpu(), str(test_clips[3]): feats[3].cpu()}
+    read = []
+    results = list(model.caption_results(test_clips, batch_size=3, features=known.get,
+                                         on_clip=lambda path, frames: read.append(path)))
+    assert read == [str(test_clips[0]), str(test_clips[2])]
+    assert [r.caption for r in results] == model.caption(test_clips, batch_size=3)
+    assert [r.caption for r in results] == model.caption_features(feats)
+    missing = test_clips[0].with_name("missing.mp4")
+    [gone, cached] = model.caption_results([missing, test_clips[1]], features=known.get)
+    assert "file not found" in gone.error and cached.caption == results[1].caption
+
+
+def test_generation_settings_are_merged_once_before_any_video_is_read(model, test_clips, monkeypatch):
+    import captioner.video as video
+
+    monkeypatch.setattr(video, "read_frames", lambda *a, **k: pytest.fail("a video was read"))
+    with pytest.raises(TypeError, match="unknown generation setting\\(s\\): beam"):
+        model.caption(test_clips[:1], beam=1)
+    monkeypatch.undo()
+    greedy = GenerationConfig(beam_size=1, max_len=3)
+    assert model.caption(test_clips[:2], beam_size=1, max_len=3) == \
+        [r.caption for r in model.caption_results(test_clips[:2], generation=greedy)]
+    assert model.generation.beam_size == 2  # the checkpoint's settings stay as they were
 
 
 def test_resolve_device():

@@ -1,0 +1,247 @@
+"""The facade: `VideoCaptioner` loads a trained model and captions video files; the one loop over videos."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
+
+import torch
+
+from captioner.checkpointing import find_checkpoint, load_model, read_checkpoint
+from captioner.config import GenerationConfig
+from captioner.models.captioner import CaptionModel, ScoredCaption
+from captioner import video
+from captioner.video import VideoReadError, list_videos
+
+PathLike = Union[str, os.PathLike]
+log = logging.getLogger(__name__)
+
+PROGRESS_MIN_VIDEOS = 8  # with `progress=None`, show a bar above this many videos (and only on a terminal)
+
+
+@dataclass(frozen=True)
+class CaptionResult:
+    """One video's outcome: a caption, or the reason it could not be captioned.
+
+    `score`, `familiarity` and `in_domain` are those of `ScoredCaption` (`familiarity`/`in_domain` are `None` for a
+    checkpoint without a summary of its training videos).
+    """
+
+    video: str
+    caption: Optional[str] = None
+    error: Optional[str] = None
+    score: Optional[float] = None
+    familiarity: Optional[float] = None
+    in_domain: Optional[bool] = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def to_dict(self) -> dict:
+        """`{"video", "caption", "score"[, "familiarity", "in_domain"]}`, or `{"video", "error"}` for a failure (the
+        `--json` record)."""
+        if not self.ok:
+            return {"video": self.video, "error": self.error}
+        record = {"video": self.video, "caption": self.caption, "score": self.score}
+        if self.familiarity is not None:
+            record.update(familiarity=self.familiarity, in_domain=self.in_domain)
+        return record
+
+
+class VideoCaptioner(CaptionModel):
+    """A trained captioner that reads video files: `VideoCaptioner.from_checkpoint("runs/synthetic").caption(paths)`.
+
+    Everything of `CaptionModel` (`caption_frames`, `caption_features`, `generate`), plus loading, `read_clip` and
+    the loop over video files (`caption`, `caption_results`).
+
+    Attributes:
+        checkpoint_path: the file it was loaded from (`None` when built in code).
+        data_settings: the training data's settings the checkpoint recorded (`data_dir`, `features_dir`, ...).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
+        self.checkpoint_path: Optional[Path] = None
+        self.data_settings: dict[str, Any] = {}
+
+    @classmethod
+    def from_checkpoint(cls, path: PathLike, map_location: str | torch.device = "cpu") -> "VideoCaptioner":
+        """Load a checkpoint written by training (`*.ckpt`), safely (`weights_only=True`: no code runs), in eval mode.
+
+        `path` may be a run folder: its best checkpoint is loaded (see `find_checkpoint`); the file is
+        `model.checkpoint_path`.
+
+        Raises:
+            CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
+        """
+        path = find_checkpoint(path)
+        ckpt = read_checkpoint(path, map_location)
+        model = load_model(ckpt, path, cls)
+        model.checkpoint_path = path
+        data = ckpt.get("datamodule_hyper_parameters")
+        model.data_settings = dict(data) if isinstance(data, dict) else {}
+        return model.eval().to(map_location)
+
+    def read_clip(self, path: PathLike, num_frames: Optional[int] = None, seek: Optional[str] = None) -> torch.Tensor:
+        """Frames `(T, H, W, 3)` of one video file, sampled as in training. Raises `VideoReadError`.
+
+        Args:
+            num_frames: frames to sample instead of the checkpoint's `spec.num_frames`.
+            seek: `"exact"`, or `"keyframe"` for the approximate, faster sampling of long videos (see
+                `read_frames`); default: the checkpoint's `spec.seek`.
+        """
+        return video.read_frames(path, num_frames or self.spec.num_frames, self.encoder.preprocessing.resize_size,
+                                 seek=seek or self.spec.seek)  # looked up at each call: tests stand in for it
+
+    def caption(self, paths: PathLike | Sequence[PathLike], batch_size: int = 8, seek: Optional[str] = None,
+                with_scores: bool = False, **overrides: Any) -> list:
+        """Captions for video files, in order; a directory stands for the video files inside it, sorted.
+
+        `seek="keyframe"` samples the frames approximately, much faster on long videos (see `read_frames`).
+        `with_scores=True` gives a `ScoredCaption` per video (see `caption_features`). `overrides`: generation
+        settings (`beam_size=1`, ...) instead of `self.generation`'s.
+
+        Raises `VideoReadError` naming the first unreadable file (`caption_results`, the loop this runs, instead
+        reports each failure and captions the other files).
+        """
+        paths = [paths] if isinstance(paths, (str, os.PathLike)) else paths
+        results = self.caption_results(paths, batch_size, seek=seek, strict=True, **overrides)
+        if not with_scores:
+            return [r.caption for r in results]
+        return [ScoredCaption(r.caption, r.score, r.familiarity, r.in_domain) for r in results]
+
+    def caption_results(
+        self,
+        inputs: Iterable[PathLike],
+        batch_size: int = 8,
+        num_frames: Optional[int] = None,
+        seek: Optional[str] = None,
+        progress: Optional[bool] = False,
+        on_clip: Optional[Callable[[str, torch.Tensor], None]] = None,
+        features: Optional[Callable[[str], Optional[torch.Tensor]]] = None,
+        strict: bool = False,
+        generation: Optional[GenerationConfig] = None,
+        desc: str = "Captioning",
+        **overrides: Any,
+    ) -> Iterator[CaptionResult]:
+        """Caption video files and directories of them, yielding one result per video in input order: the one loop
+        over videos (`caption`, `captioner caption` and `captioner evaluate` run it).
+
+        Each clip is read on its own, so a missing, foreign, truncated or empty file becomes a failed result
+        (its `error` says why) while the readable clips of the same batch go through the encoder and decoder
+        together. Results are deterministic for a given model and `batch_size`.
+
+        Args:
+            inputs: video files and/or directories (a directory stands for its video files, sorted by name).
+            batch_size: clips encoded and decoded together.
+            num_frames: frames sampled per clip instead of the checkpoint's own.
+            seek: `"exact"`, or `"keyframe"`: each sample snapped to the nearest keyframe, approximate and much
+                faster on long videos (see `read_frames`); default: the checkpoint's.
+            progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
+            on_clip: called with (path, frames `(T, H, W, 3)` uint8) for each clip read (the HTML report's strips).
+            features: the features `(T, D)` already computed for a path (a feature cache), or `None`: the clip is
+                read and encoded. The backbone is built only when a clip needs it.
+            strict: raise at the first file that cannot be read instead of yielding its failure (`caption`); a
+                directory without videos then adds nothing.
+            generation, overrides: the generation settings (default: `self.generation`) and settings replacing
+                them (`beam_size=1`, ...), merged once, before any video is read.
+            desc: the progress bar's label.
+
+        Raises:
+            WeightsUnavailableError: the backbone's weights are not on this machine and cannot be downloaded (raised
+                before the first video is read).
+            VideoReadError, OSError: with `strict`, the first file that cannot be read, or directory listed.
+        """
+        from tqdm.auto import tqdm
+
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        settings = (generation or self.generation).merged(**overrides)
+        items = _work_items(inputs, strict)
+        if progress is None:
+            progress = len(items) > PROGRESS_MIN_VIDEOS and sys.stderr.isatty()
+        with tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, disable=not progress,
+                  dynamic_ncols=True) as bar:
+            for start in range(0, len(items), batch_size):
+                chunk = items[start : start + batch_size]
+                results: list[Optional[CaptionResult]] = [None] * len(chunk)
+                feats: dict[int, torch.Tensor] = {}  # chunk index -> (T, D)
+                clips: dict[int, torch.Tensor] = {}  # chunk index -> (T, H, W, 3) uint8
+                for i, (path, error) in enumerate(chunk):
+                    if error is None and features is not None:
+                        cached = features(path)
+                        if cached is not None:
+                            feats[i] = cached
+                            continue
+                    if error is None:
+                        self.encoder  # built before the first read: a missing download is not the file's fault
+                        clips[i], error = self._read_one(path, num_frames, seek, strict)
+                    if error is not None:
+                        results[i] = CaptionResult(path, error=error)
+                    elif on_clip is not None:
+                        on_clip(path, clips[i])
+                clips = {i: clip for i, clip in clips.items() if clip is not None}
+                if clips:
+                    encoded = self.encoder.eval().encode_clips(list(clips.values()))  # (B, T, H, W, 3) -> (B, T, D)
+                    feats.update(zip(clips, encoded))
+                if feats:
+                    order = sorted(feats)
+                    batch = torch.stack([feats[i].to(self.device, torch.float32) for i in order])  # (B, T, D)
+                    for i, c in zip(order, self.caption_features(batch, with_scores=True, generation=settings)):
+                        results[i] = CaptionResult(chunk[i][0], caption=c.text, score=c.score,
+                                                   familiarity=c.familiarity, in_domain=c.in_domain)
+                bar.update(len(chunk))
+                yield from results
+
+    def _read_one(self, path: str, num_frames: Optional[int], seek: Optional[str],
+                  strict: bool) -> tuple[Optional[torch.Tensor], Optional[str]]:
+        """`(frames, None)`, or `(None, why)` for a file that cannot be read (with `strict`, its error is raised)."""
+        try:
+            return self.read_clip(path, num_frames, seek), None
+        except VideoReadError as err:
+            if strict:
+                raise
+            return None, err.reason
+        except Exception as err:  # a decoder library failing in a way we did not foresee: still per file
+            if strict:
+                raise
+            log.debug("reading %s failed", path, exc_info=True)
+            return None, f"could not be read ({type(err).__name__}: {err})"
+
+
+def expand_video_paths(inputs: Iterable[PathLike]) -> list[Path]:
+    """Files as given; each directory replaced by the video files directly inside it, sorted by name.
+
+    Raises:
+        OSError: a directory cannot be listed.
+    """
+    return [Path(path) for path, _ in _work_items(inputs, strict=True)]
+
+
+def _work_items(inputs: Iterable[PathLike], strict: bool = False) -> list[tuple[str, Optional[str]]]:
+    """(video path, error known before reading) for every input, directories expanded, in input order.
+
+    `strict`: a directory that cannot be listed raises `OSError`, one without videos adds nothing; otherwise each
+    is an item with its error.
+    """
+    items: list[tuple[str, Optional[str]]] = []
+    for item in inputs:
+        if not Path(item).is_dir():
+            items.append((str(item), None))
+            continue
+        try:
+            videos = list_videos(item)
+        except OSError as err:
+            if strict:
+                raise
+            items.append((str(item), f"cannot list directory ({err.strerror or err})"))
+            continue
+        if not videos and not strict:
+            items.append((str(item), "directory contains no video files"))
+        items += [(str(v), None) for v in videos]
+    return items
