@@ -85,6 +85,7 @@ def test_json_batch_with_bad_files_captions_the_others(json_run, clips):
     assert "file not found" in proc.stderr and "4 of 7 videos could not be captioned" in proc.stderr
 
 
+@pytest.mark.slow
 def test_text_output_matches_json_and_the_library(json_run, clips, ckpt):
     proc = run(clips["real"], clips["folder"], "--checkpoint", ckpt, "--batch-size", 2, script="scripts/caption.py")
     assert proc.returncode == 0, proc.stderr
@@ -161,6 +162,7 @@ def test_usage_errors_exit_2_without_traceback(capsys):
     assert "--checkpoint" in err and "must be at least 1" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_benchmark_smoke(ckpt, capsys):
     spec = importlib.util.spec_from_file_location("caption_latency", REPO / "benchmarks" / "caption_latency.py")
     bench = importlib.util.module_from_spec(spec)
@@ -251,6 +253,7 @@ def test_training_tests_the_best_checkpoint_of_the_whole_run(tiny_datamodule_arg
     assert f"Best checkpoint: {fresh}" in out and "Testing the run's best" not in out
 
 
+@pytest.mark.slow
 def test_libav_lines_only_with_verbose(ckpt, tmp_path):
     damaged = write_damaged_mp4(tmp_path / "damaged.mp4")  # decodes, with libav errors on every damaged slice
     quiet = run(damaged, "--checkpoint", ckpt, "--device", "cpu")
@@ -268,6 +271,7 @@ CLI_REASON = {"directory": "directory contains no video files"}
 
 
 
+@pytest.mark.slow
 def test_caption_cli_over_the_corpus(bad_corpus, trained):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "PYTHONIOENCODING": "utf-8"}
     paths = [str(case.path) for case in bad_corpus.values()]

@@ -112,6 +112,7 @@ def test_a_missing_dataset_is_one_line_and_exit_2(tmp_path, capsys):
     assert f"captioner train: error: {tmp_path / 'msvdd' / 'annotations.json'} not found" in err
 
 
+@pytest.mark.slow
 def test_train_script_with_a_missing_dataset_prints_the_line_alone(tmp_path):
     env = {**os.environ, "CUDA_VISIBLE_DEVICES": "", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(REPO / "scripts" / "train.py"), "--data.data_dir", "data/msvdd",

@@ -84,6 +84,7 @@ def test_cache_is_the_datamodules(dataset, extracted, tmp_path):
         np.testing.assert_allclose(a.astype(np.float32), b.astype(np.float32), rtol=1e-2, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_keyframe_sampling_is_a_datamodule_option_with_its_own_cache(dataset, tmp_path):
     """`data.features.seek: keyframe` trains on the cache `captioner extract --data.features.seek keyframe` writes,
     and the spec records it."""
@@ -135,6 +136,7 @@ class _Crash(pl.Callback):
             raise RuntimeError("simulated crash")
 
 
+@pytest.mark.slow
 def test_a_crash_loses_only_the_batch_in_flight(dataset, tmp_path):
     from captioner.data.datasets import load_annotations
 
@@ -247,6 +249,7 @@ def test_cluster_trainer_config_layers_over_a_dataset_config(tmp_path):
     assert cli.model.hparams.beam_size == 5 and cli.model.hparams.hidden_dim == 512
 
 
+@pytest.mark.slow
 def test_datamodule_extraction_reports_an_unreadable_clip_once(dataset, tmp_path):
     """`prepare_data` lists the broken clip in failed.txt (written then renamed), and a rerun leaves it out."""
     dm = _datamodule(dataset, tmp_path)
@@ -259,6 +262,7 @@ def test_datamodule_extraction_reports_an_unreadable_clip_once(dataset, tmp_path
     assert not [p.name for p in report.parent.iterdir() if p.name.endswith(".tmp")]
 
 
+@pytest.mark.slow
 def test_every_cache_setting_of_a_config_reaches_extract(dataset, tmp_path):
     """`data.features.seek: keyframe` in a training config (and every other FeatureSpec field) names the cache
     `extract` writes: the one the DataModule of that config then reads, with nothing left to extract."""
@@ -307,6 +311,7 @@ def _check_extraction(bad_corpus, cache: FeatureCache, failures: list[tuple[str,
     assert not list(cache.dir.glob(".*.tmp*"))
 
 
+@pytest.mark.slow
 def test_extraction_skips_and_reports_bad_clips(bad_corpus, tmp_path):
     from captioner.features.cache import REPORT_NAME
     from captioner.features.extract import extract_in_process, run_extraction

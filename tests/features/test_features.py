@@ -71,6 +71,7 @@ def test_cropped_clips_are_the_encoders_crop_of_the_sampled_frames(items):
     assert batches[0]["frames"].shape == (3, 4, 3, 64, 64) and batches[0]["failures"][0][0] == "broken"
 
 
+@pytest.mark.slow
 def test_both_drivers_write_the_same_files_and_list_the_same_failures(items, tmp_path):
     """`extract_in_process` (training's `prepare_data`) and `run_extraction` (`captioner extract`) over one core."""
     own = FeatureCache(tmp_path / "own", SPEC)

@@ -24,6 +24,7 @@ def frames() -> torch.Tensor:
     return torch.randint(0, 256, (2, 4, 40, 48, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
 
 
+@pytest.mark.slow
 def test_numpy_frames_are_captioned_as_the_same_tensor(model, frames):
     expected = model.caption_frames(frames, beam_size=2)
     assert model.caption_frames(frames.numpy(), beam_size=2) == expected  # was AttributeError: no .dim()
@@ -190,6 +191,7 @@ def test_the_model_generates_with_its_settings_unless_a_call_overrides_them(mode
         model.generation = GenerationConfig()
 
 
+@pytest.mark.slow
 def test_the_model_room_imports_no_file_video_or_checkpoint_room():
     import subprocess
     import sys

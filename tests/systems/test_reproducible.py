@@ -4,6 +4,7 @@ from, whether or not the data had to be generated and extracted first."""
 import random
 
 import numpy as np
+import pytest
 import torch
 
 from captioner.data.synthetic import generate_synthetic_dataset
@@ -22,6 +23,7 @@ def test_the_synthetic_dataset_is_the_same_bytes_every_time(tmp_path):
     assert [str(k) for k in a if a[k] != b[k]] == []
 
 
+@pytest.mark.slow
 def test_preparing_the_data_leaves_the_random_state_as_it_was(tiny_dataset, tmp_path):
     from pytorch_lightning import seed_everything
 

@@ -248,6 +248,7 @@ def _extract_argv(dataset: Path, features: Path) -> list[str]:
             "--no-progress"]
 
 
+@pytest.mark.slow
 def test_extraction_killed_mid_run_resumes_to_the_clean_result(dataset, tiny_datamodule_args, tmp_path):
     from captioner.cli.extract import main
     from captioner.features.cache import REPORT_NAME

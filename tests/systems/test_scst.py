@@ -8,6 +8,7 @@ import torch
 from captioner.checkpointing import find_checkpoint
 
 
+@pytest.mark.slow
 def test_val_cider_as_monitor_names_and_finds_the_best_checkpoint(tiny_datamodule_args, tmp_path):
     from conftest import tiny_args
 
@@ -162,6 +163,7 @@ def _rewards_per_step(root) -> list[float]:
     return [float(r["train/reward"]) for r in csv.DictReader(metrics.open()) if r.get("train/reward")]
 
 
+@pytest.mark.slow
 def test_a_tiny_scst_run_from_a_cross_entropy_checkpoint_raises_the_mean_reward(trained, tiny_datamodule_args,
                                                                                  tmp_path):
     """From the cross-entropy run's folder, in bf16-mixed with gradient clipping: the reward of the sampled
@@ -186,6 +188,7 @@ def test_a_tiny_scst_run_from_a_cross_entropy_checkpoint_raises_the_mean_reward(
     assert scst["vocab"] == ce["vocab"] and scst["hidden_dim"] == ce["hidden_dim"] == 32  # the checkpoint's
 
 
+@pytest.mark.slow
 def test_scst_settings_that_cannot_work_stop_in_one_line(trained, tiny_datamodule_args, tmp_path, capsys):
     from conftest import tiny_args, with_features
 

@@ -119,6 +119,7 @@ def _lr_per_step(root: Path, version: int = 0) -> dict[int, float]:
 
 
 @pytest.mark.parametrize("steps", [1, 2, 3])
+@pytest.mark.slow
 def test_any_number_of_optimizer_steps_trains(tiny_datamodule_args, tmp_path, steps):
     """A smoke run of 1, 2 or 3 steps (OneCycleLR divided by zero at exactly 2) trains, validates and tests."""
     from conftest import tiny_args
@@ -136,6 +137,7 @@ def test_any_number_of_optimizer_steps_trains(tiny_datamodule_args, tmp_path, st
     assert sorted(lrs) == list(range(steps)) and lrs[0] < max(lrs.values()) or steps == 1  # warm-up, then more
 
 
+@pytest.mark.slow
 def test_resuming_with_more_epochs_follows_the_longer_schedule(tiny_datamodule_args, tmp_path):
     """Train 2 epochs, resume to 4 ("train 2 more"): the restored scheduler no longer stops the run at its old
     length, and the learning rate from the resumed step on is the one a 4-epoch run has there."""
