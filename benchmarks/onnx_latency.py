@@ -60,7 +60,8 @@ def main(argv=None) -> int:
 
         model, what = VideoCaptioner.from_checkpoint(source), str(source)
     else:
-        model, what = random_model(args.smoke), "a random model of the default sizes" + (" (smoke)" if args.smoke else "")
+        what = "a random model of the default sizes" + (" (smoke)" if args.smoke else "")
+        model = random_model(args.smoke)
     batch, repeats = (2, 1) if args.smoke else (args.batch, args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         save_folder(model, Path(tmp) / "exported", include_backbone=False, onnx=True)

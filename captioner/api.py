@@ -13,6 +13,7 @@ import torch
 
 from captioner.checkpointing import find_checkpoint, load_model, read_checkpoint
 from captioner.config import GenerationConfig
+from captioner.export import Pretrained, is_export_folder
 from captioner.models.captioner import CaptionModel, ScoredCaption
 from captioner import video
 from captioner.video import VideoReadError, list_videos
@@ -53,10 +54,11 @@ class CaptionResult:
         return record
 
 
-class VideoCaptioner(CaptionModel):
+class VideoCaptioner(Pretrained, CaptionModel):
     """A trained captioner that reads video files: `VideoCaptioner.from_checkpoint("runs/synthetic").caption(paths)`.
 
-    Everything of `CaptionModel` (`caption_frames`, `caption_features`, `generate`), plus loading, `read_clip` and
+    Everything of `CaptionModel` (`caption_frames`, `caption_features`, `generate`), plus loading (a checkpoint, a
+    run folder, an exported folder: `from_pretrained`, `save_pretrained`), `read_clip` and
     the loop over video files (`caption`, `caption_results`).
 
     Attributes:
@@ -76,9 +78,13 @@ class VideoCaptioner(CaptionModel):
         `path` may be a run folder: its best checkpoint is loaded (see `find_checkpoint`); the file is
         `model.checkpoint_path`.
 
+        An exported folder (`captioner export`, `save_pretrained`) loads as `from_pretrained` does.
+
         Raises:
             CheckpointError: the file is missing, unreadable or not a captioner checkpoint.
         """
+        if is_export_folder(path):
+            return cls.from_pretrained(path, map_location)
         path = find_checkpoint(path)
         ckpt = read_checkpoint(path, map_location)
         model = load_model(ckpt, path, cls)

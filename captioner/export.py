@@ -27,7 +27,8 @@ Model = TypeVar("Model", bound=CaptionModel)
 
 FORMAT = "captioner"  # config.json's "format": what tells an exported folder from any other config.json
 FORMAT_VERSION = 1  # bumped when a reader of an older version would misread the folder
-WEIGHTS, CONFIG, VOCAB, DOMAIN, CARD = "model.safetensors", "config.json", "vocab.json", "domain.safetensors", "README.md"
+WEIGHTS, CONFIG, VOCAB, DOMAIN = "model.safetensors", "config.json", "vocab.json", "domain.safetensors"
+CARD = "README.md"
 ENCODER_PREFIX = "encoder."  # the frame CNN's weights in model.safetensors (the rest: decoder.*, pool.*)
 
 
@@ -392,7 +393,8 @@ def _verify(path: Path, record: Any) -> None:
         raise ExportError(f"{path}: missing (config.json lists it): copy the whole exported folder")
     size = path.stat().st_size
     if not isinstance(record, dict) or size != record.get("bytes"):
-        raise ExportError(f"{path}: {size} bytes, but config.json records {record.get('bytes') if isinstance(record, dict) else '?'}: "
+        recorded = record.get("bytes") if isinstance(record, dict) else "?"
+        raise ExportError(f"{path}: {size} bytes, but config.json records {recorded}: "
                           "the file was altered or cut off; copy it again")
     if _sha256(path) != record.get("sha256"):
         raise ExportError(f"{path}: its SHA-256 differs from the one config.json records: the file was altered; "
@@ -459,7 +461,8 @@ def load_folder(folder: str | os.PathLike, model_class: type[Model] = CaptionMod
         d = config["domain"]
         model.domain = DomainSummary(_load_safetensors(folder / DOMAIN)["prototypes"], float(d["threshold"]),
                                      float(d.get("quantile", 0.01)), d.get("quantiles_1_5_50"),
-                                     int(d.get("num_train", 0)), int(d.get("num_held_out", 0)), int(d.get("num_val", 0)))
+                                     int(d.get("num_train", 0)), int(d.get("num_held_out", 0)),
+                                     int(d.get("num_val", 0)))
     return model.eval().to(map_location)
 
 

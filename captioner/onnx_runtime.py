@@ -1,5 +1,5 @@
 """Captions from an exported folder's ONNX graphs with ONNX Runtime: the networks run there, greedy and beam search
-in NumPy with the rules of `captioner.models.decoder` (n-gram blocking, minimum length, never `<pad>`/`<bos>`/`<unk>`)."""
+in NumPy with the rules of `captioner.models.decoder` (n-gram blocking, minimum length, never <pad>/<bos>/<unk>)."""
 
 from __future__ import annotations
 

@@ -44,8 +44,9 @@ def build_parser():
     p = command_parser(PROG, DESCRIPTION, EPILOG)
     p.add_argument("videos", nargs="+", metavar="VIDEO", help="video files and/or directories of video files")
     p.add_argument("-c", "--checkpoint", required=True, metavar="CKPT",
-                   help="a checkpoint written by training (*.ckpt; required), or a run folder such as "
-                        "runs/synthetic: its best checkpoint (the highest-scoring epoch*.ckpt), else last.ckpt. "
+                   help="a checkpoint written by training (*.ckpt; required), a run folder such as "
+                        "runs/synthetic: its best checkpoint (the highest-scoring epoch*.ckpt), else last.ckpt, or "
+                        "a folder written by `captioner export`. "
                         "Loaded safely: it cannot run code")
     p.add_argument("--beam-size", type=positive_int, metavar="K",
                    help="beam width, 1 = greedy decoding (default: the checkpoint's beam_size)")
@@ -68,6 +69,9 @@ def build_parser():
     p.add_argument("--html", metavar="PATH",
                    help="also write a self-contained HTML report there: each video's sampled frames, caption, score "
                         "and familiarity, sortable and searchable (default: none)")
+    p.add_argument("--runtime", default="torch", choices=("torch", "onnx"),
+                   help="torch: PyTorch; onnx: ONNX Runtime on the CPU, for a folder written by `captioner export "
+                        "--onnx` (pip install 'captioner[onnx]') (default: torch)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
                    help="where to run the model; auto = cuda if a GPU is available, else cpu (default: auto)")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="B",
@@ -130,7 +134,12 @@ def _run(args: argparse.Namespace) -> int:
 
             check_report_path(args.html)  # before any work
         device = resolve_device(args.device)
-        model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
+        if args.runtime == "onnx":
+            from captioner.onnx_runtime import OnnxCaptioner
+
+            model = OnnxCaptioner(args.checkpoint, threads=args.threads)
+        else:
+            model = VideoCaptioner.from_checkpoint(args.checkpoint, map_location=device)
     except (CheckpointError, ValueError) as err:
         if args.verbose:
             raise
@@ -157,7 +166,8 @@ def _run(args: argparse.Namespace) -> int:
               f"{d.num_train} training videos)", file=sys.stderr, flush=True)
     generation = model.generation.merged(beam_size=args.beam_size, max_len=args.max_length,
                                          no_repeat_ngram=args.no_repeat_ngram)  # None: the checkpoint's
-    position = getattr(model.pool, "position", None)  # the attention encoder knows this many frame positions
+    # the attention encoder knows this many frame positions (an ONNX Runtime model has no attention, nor `pool`)
+    position = getattr(getattr(model, "pool", None), "position", None)
     if args.frames is not None and position is not None and args.frames > position.num_embeddings:
         _error(f"--frames {args.frames}: this checkpoint's attention encoder has positions for at most "
                f"{position.num_embeddings} frames per video")

@@ -72,11 +72,12 @@ def lines(info: dict[str, Any]) -> list[tuple[str, str]]:
     trained = (params.get("decoder") or 0) + (params.get("temporal") or 0)
     included = {True: ", weights included", False: ", weights named, not included", None: ""}[bb.get("included")]
     backbone = f"; backbone {params['backbone']:,}{included}" if params.get("backbone") else included
-    rnn = f" ({arch['temporal_hidden_dim']} hidden)" if arch["temporal"] != "mean" and "attention" != arch["temporal"] else ""
+    rnn = f" ({arch['temporal_hidden_dim']} hidden)" if arch["temporal"] not in ("mean", "attention") else ""
     out = [
         ("model", f"{info['path']} ({info['kind']}{': ' + made if made else ''})"),
         ("data", f"{data.get('dataset') or 'unrecorded'}: {splits} clips"),
-        ("features", f"{spec['backbone']} (weights {spec['weights'] or 'random'}), {spec['num_frames']} frames per clip, "
+        ("features", f"{spec['backbone']} (weights {spec['weights'] or 'random'}), "
+                     f"{spec['num_frames']} frames per clip, "
                      f"{spec.get('seek', 'exact')} sampling{crop}{size}{grid}"),
         ("sizes", f"{arch['temporal']} temporal encoder{rnn}, LSTM decoder {arch['num_layers']} x "
                   f"{arch['hidden_dim']} (words {arch['embed_dim']}), features {arch['feature_dim']}; "
