@@ -74,6 +74,7 @@ def test_expand_video_paths_sorts_directories_and_keeps_files(tmp_path):
     assert expand_video_paths([other, tmp_path]) == [other, tmp_path / "a.MOV", tmp_path / "b.mp4"]
 
 
+@pytest.mark.slow
 def test_one_bad_file_does_not_stop_the_others(model, test_clips, tmp_path):
     bad = write_bad_videos(tmp_path / "bad")
     folder = tmp_path / "folder"
@@ -159,12 +160,14 @@ def test_a_checkpoint_cannot_run_code(tmp_path):
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_captions_are_deterministic(model, trained, test_clips):
     first = model.caption(test_clips[2:])
     assert model.caption(test_clips[2:]) == first
     assert VideoCaptioner.from_checkpoint(trained[2]).caption(test_clips[2:]) == first
 
 
+@pytest.mark.slow
 def test_caption_accepts_a_directory_or_a_single_path(model, test_clips, tmp_path):
     for i, clip in enumerate(test_clips[:2]):
         (tmp_path / f"{i}.mp4").write_bytes(clip.read_bytes())
@@ -172,6 +175,7 @@ def test_caption_accepts_a_directory_or_a_single_path(model, test_clips, tmp_pat
     assert model.caption(str(test_clips[0])) == model.caption([test_clips[0]])
 
 
+@pytest.mark.slow
 def test_caption_frames_matches_captioning_the_file(model, test_clips):
     clips = [model.read_clip(p) for p in test_clips[:2]]  # each (T, H, W, 3) uint8
     assert clips[0].shape == (model.spec.num_frames, 256, 256, 3) and clips[0].dtype == torch.uint8
@@ -203,6 +207,7 @@ def test_frames_override_and_generation_overrides(model, test_clips):
     assert len(result.caption.split()) <= 3
 
 
+@pytest.mark.slow
 def test_cached_features_skip_the_video_and_give_the_same_captions(model, test_clips):
     """The loop's `features` hook (`evaluate`'s feature cache): a path it knows is not read, and its features give
     the caption the video gives; `on_clip` sees only the clips read."""

@@ -76,6 +76,7 @@ def test_frame_sampling_benchmark_smoke(single_thread, capsys):
     assert "machine:" in out and "frame sampling: keyframe (--fast-seek)" in out
 
 
+@pytest.mark.slow
 def test_memory_benchmark_smoke(capsys):
     bench = _benchmark_module("memory")
     rows = bench.run(smoke=True, threads=1)

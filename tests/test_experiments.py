@@ -55,6 +55,7 @@ def test_compare_end_to_end_one_epoch(tmp_path):
 
 
 @pytest.mark.parametrize("script", ["compare_rnn.py", "compare_temporal.py"])
+@pytest.mark.slow
 def test_experiment_runs_as_a_script(script):
     root = Path(__file__).resolve().parents[1]
     done = subprocess.run([sys.executable, str(root / "experiments" / script), "--help"], cwd=root,

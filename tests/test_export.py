@@ -103,6 +103,7 @@ def test_save_pretrained_round_trip(trained, tmp_path):
     assert isinstance(again, VideoCaptioner) and again.domain.threshold == model.domain.threshold
 
 
+@pytest.mark.slow
 def test_info_tells_what_a_model_holds(trained, exported, tmp_path):
     from captioner.cli.info import main
 

@@ -316,6 +316,7 @@ def write_damaged_mp4(path):
 
 
 @pytest.mark.parametrize("seek", ["exact", "keyframe"])
+@pytest.mark.slow
 def test_ffmpeg_log_is_quiet_unless_asked_for(tmp_path, seek):
     import subprocess
     import sys
