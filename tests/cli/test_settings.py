@@ -24,8 +24,9 @@ from captioner.errors import SettingsError, UserError, WeightsUnavailableError
 
 REPO = Path(__file__).resolve().parents[2]
 WEIGHTS_FILE = "resnet18-f37072fd.pth"  # torchvision's ResNet18_Weights.IMAGENET1K_V1
-OFFLINE_ALTERNATIVE = ("or use the backbone whose weights come with the package, no download needed: "
-                       "--data.features.backbone efficientnet_lite0 --data.features.weights DEFAULT")
+OFFLINE_ALTERNATIVE = ("or use a backbone whose weights come with the package, no download needed: "
+                       "--data.features.backbone mobilenet_v2 --data.features.weights IMAGENET1K_V1, "
+                       "or --data.features.backbone efficientnet_lite0 --data.features.weights DEFAULT")
 
 
 def _one_line(text: str) -> str:
