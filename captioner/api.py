@@ -11,11 +11,11 @@ from typing import Any, Callable, Iterable, Iterator, Optional, Sequence, Union
 
 import torch
 
+from captioner import video
 from captioner.checkpointing import find_checkpoint, load_model, read_checkpoint
 from captioner.config import GenerationConfig
 from captioner.export import Pretrained, is_export_folder
 from captioner.models.captioner import CaptionModel, ScoredCaption
-from captioner import video
 from captioner.video import VideoReadError, list_videos
 
 PathLike = Union[str, os.PathLike]
