@@ -3,7 +3,6 @@ card, written from a checkpoint and read back without running any code from it (
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,6 +21,7 @@ from captioner.models.encoder import FrameEncoder, Preprocessing
 from captioner.models.familiarity import DomainSummary
 from captioner.onnx_export import ONNX_FILES, check_exportable
 from captioner.vocab import Vocabulary
+from captioner.weights import sha256_of
 
 Model = TypeVar("Model", bound=CaptionModel)
 
@@ -176,15 +176,8 @@ def _is_export_config(path: Path) -> bool:
 
 
 def _file_record(path: Path) -> dict[str, Any]:
-    return {"bytes": path.stat().st_size, "sha256": _sha256(path)}
+    return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _config_of(model: CaptionModel, facts: dict, encoder: Optional[FrameEncoder], include_backbone: bool,
@@ -396,7 +389,7 @@ def _verify(path: Path, record: Any) -> None:
         recorded = record.get("bytes") if isinstance(record, dict) else "?"
         raise ExportError(f"{path}: {size} bytes, but config.json records {recorded}: "
                           "the file was altered or cut off; copy it again")
-    if _sha256(path) != record.get("sha256"):
+    if sha256_of(path) != record.get("sha256"):
         raise ExportError(f"{path}: its SHA-256 differs from the one config.json records: the file was altered; "
                           "copy it again")
 

