@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import sys
@@ -16,6 +17,9 @@ from captioner.checkpointing import find_checkpoint, load_model, read_checkpoint
 from captioner.config import GenerationConfig
 from captioner.export import Pretrained, is_export_folder
 from captioner.models.captioner import CaptionModel, ScoredCaption
+from captioner.segments import (CUT_BATCH, SCENE_DETECTOR, SCENE_DETECTORS, SCENE_FPS, SCENES, SegmentReader,
+                                 SegmentsSpec, feature_cuts, parse_segments, plan_segments, pyscenedetect_cuts,
+                                 scene_detector)
 from captioner.video import VideoReadError, list_videos
 
 PathLike = Union[str, os.PathLike]
@@ -38,17 +42,25 @@ class CaptionResult:
     score: Optional[float] = None
     familiarity: Optional[float] = None
     in_domain: Optional[bool] = None
+    start: Optional[float] = None  # seconds: a segment's (`caption_segments`); `None` for a whole video
+    end: Optional[float] = None
 
     @property
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def key(self) -> str:
+        """The video, or for a segment the video with a W3C media fragment, `clip.mp4#t=10.000,20.000`."""
+        return self.video if self.start is None else f"{self.video}#t={self.start:.3f},{self.end:.3f}"
+
     def to_dict(self) -> dict:
-        """`{"video", "caption", "score"[, "familiarity", "in_domain"]}`, or `{"video", "error"}` for a failure (the
-        `--json` record)."""
+        """`{"video"[, "start", "end"], "caption", "score"[, "familiarity", "in_domain"]}`, or `{"video"[, "start",
+        "end"], "error"}` for a failure (the `--json` record)."""
+        timed = {} if self.start is None else {"start": round(self.start, 3), "end": round(self.end, 3)}
         if not self.ok:
-            return {"video": self.video, "error": self.error}
-        record = {"video": self.video, "caption": self.caption, "score": self.score}
+            return {"video": self.video, **timed, "error": self.error}
+        record = {"video": self.video, **timed, "caption": self.caption, "score": self.score}
         if self.familiarity is not None:
             record.update(familiarity=self.familiarity, in_domain=self.in_domain)
         return record
@@ -121,6 +133,28 @@ class VideoCaptioner(Pretrained, CaptionModel):
             return [r.caption for r in results]
         return [ScoredCaption(r.caption, r.score, r.familiarity, r.in_domain) for r in results]
 
+    def caption_segments(self, path: PathLike, segments: SegmentsSpec = 10.0, batch_size: int = 8,
+                         seek: Optional[str] = None, scenes: str = SCENE_DETECTOR,
+                         **overrides: Any) -> list[CaptionResult]:
+        """Timed captions of one video: a `CaptionResult` (`start`, `end` in seconds, `caption`, `score`,
+        `familiarity`, `in_domain`) per segment, in order.
+
+        Args:
+            segments: fixed windows of this many seconds, or `"scenes"`: the shots between cuts (see
+                `captioner.segments`: scenes shorter than `MIN_SEGMENT_SECONDS` join a neighbour, longer than
+                `MAX_SCENE_SECONDS` are split into windows). A window longer than the video gives one segment.
+            seek: `"keyframe"` samples each segment's frames at the nearest keyframes (faster, approximate).
+            scenes: how cuts are found: `"pyscenedetect"` (its content detector, `pip install 'captioner[scenes]'`),
+                `"cnn"` (the frame CNN's features, `SCENE_FPS` frames a second), or `"auto"`: PySceneDetect where
+                installed, else the CNN.
+
+        Raises:
+            ValueError: `segments` is not a positive number of seconds nor `"scenes"`.
+            VideoReadError: the file cannot be read.
+        """
+        return list(self.caption_results([path], batch_size, seek=seek, strict=True, segments=segments,
+                                         scenes=scenes, **overrides))
+
     def caption_results(
         self,
         inputs: Iterable[PathLike],
@@ -133,14 +167,18 @@ class VideoCaptioner(Pretrained, CaptionModel):
         strict: bool = False,
         generation: Optional[GenerationConfig] = None,
         desc: str = "Captioning",
+        segments: Optional[SegmentsSpec] = None,
+        scenes: str = SCENE_DETECTOR,
         **overrides: Any,
     ) -> Iterator[CaptionResult]:
-        """Caption video files and directories of them, yielding one result per video in input order: the one loop
-        over videos (`caption`, `captioner caption` and `captioner evaluate` run it).
+        """Caption video files and directories of them, yielding one result per video (or per segment of each
+        video, with `segments`) in input order: the one loop over videos (`caption`, `caption_segments`,
+        `captioner caption` and `captioner evaluate` run it).
 
         Each clip is read on its own, so a missing, foreign, truncated or empty file becomes a failed result
         (its `error` says why) while the readable clips of the same batch go through the encoder and decoder
-        together. Results are deterministic for a given model and `batch_size`.
+        together. Results are deterministic for a given model and `batch_size`. With `segments`, a video's segments
+        are the clips: their frames come from one forward decode of the video, `batch_size` segments at a time.
 
         Args:
             inputs: video files and/or directories (a directory stands for its video files, sorted by name).
@@ -149,48 +187,56 @@ class VideoCaptioner(Pretrained, CaptionModel):
             seek: `"exact"`, or `"keyframe"`: each sample snapped to the nearest keyframe, approximate and much
                 faster on long videos (see `read_frames`); default: the checkpoint's.
             progress: tqdm bar on stderr; `None` shows it for more than `PROGRESS_MIN_VIDEOS` videos on a terminal.
-            on_clip: called with (path, frames `(T, H, W, 3)` uint8) for each clip read (the HTML report's strips).
+            on_clip: called with (`CaptionResult.key`: the path, or path#t=start,end for a segment; frames
+                `(T, H, W, 3)` uint8) for each clip read (the HTML report's strips).
             features: the features `(T, D)` already computed for a path (a feature cache), or `None`: the clip is
-                read and encoded. The backbone is built only when a clip needs it.
+                read and encoded. The backbone is built only when a clip needs it. Not used for segments.
             strict: raise at the first file that cannot be read instead of yielding its failure (`caption`); a
                 directory without videos then adds nothing.
             generation, overrides: the generation settings (default: `self.generation`) and settings replacing
                 them (`beam_size=1`, ...), merged once, before any video is read.
             desc: the progress bar's label.
+            segments, scenes: caption each video's segments instead of the whole video (see `caption_segments`).
 
         Raises:
             WeightsUnavailableError: the backbone's weights are not on this machine and cannot be downloaded (raised
                 before the first video is read).
             VideoReadError, OSError: with `strict`, the first file that cannot be read, or directory listed.
+            ValueError: `batch_size` below 1, or `segments` neither a positive number of seconds nor "scenes".
         """
         from tqdm.auto import tqdm
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        if segments is not None:
+            segments = parse_segments(segments)
+            if scenes not in SCENE_DETECTORS:
+                raise ValueError(f"scenes must be one of {SCENE_DETECTORS}, got {scenes!r}")
         settings = (generation or self.generation).merged(**overrides)
         items = _work_items(inputs, strict)
         if progress is None:
             progress = len(items) > PROGRESS_MIN_VIDEOS and sys.stderr.isatty()
+        units = _clip_units(self, items, num_frames, seek, strict, segments, scenes)
         with tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, disable=not progress,
                   dynamic_ncols=True) as bar:
-            for start in range(0, len(items), batch_size):
-                chunk = items[start : start + batch_size]
+            while chunk := list(itertools.islice(units, batch_size)):
                 results: list[Optional[CaptionResult]] = [None] * len(chunk)
                 feats: dict[int, torch.Tensor] = {}  # chunk index -> (T, D)
                 clips: dict[int, torch.Tensor] = {}  # chunk index -> (T, H, W, 3) uint8
-                for i, (path, error) in enumerate(chunk):
-                    if error is None and features is not None:
-                        cached = features(path)
+                for i, unit in enumerate(chunk):
+                    error = unit.error
+                    if error is None and features is not None and unit.start is None:
+                        cached = features(unit.video)
                         if cached is not None:
                             feats[i] = cached
                             continue
                     if error is None:
                         self.encoder  # built before the first read: a missing download is not the file's fault
-                        clips[i], error = self._read_one(path, num_frames, seek, strict)
+                        clips[i], error = unit.read()
                     if error is not None:
-                        results[i] = CaptionResult(path, error=error)
+                        results[i] = CaptionResult(unit.video, error=error, start=unit.start, end=unit.end)
                     elif on_clip is not None:
-                        on_clip(path, clips[i])
+                        on_clip(unit.key, clips[i])
                 clips = {i: clip for i, clip in clips.items() if clip is not None}
                 if clips:
                     encoded = self.encoder.eval().encode_clips(list(clips.values()))  # (B, T, H, W, 3) -> (B, T, D)
@@ -199,9 +245,10 @@ class VideoCaptioner(Pretrained, CaptionModel):
                     order = sorted(feats)
                     batch = torch.stack([feats[i].to(self.device, torch.float32) for i in order])  # (B, T, D)
                     for i, c in zip(order, self.caption_features(batch, with_scores=True, generation=settings)):
-                        results[i] = CaptionResult(chunk[i][0], caption=c.text, score=c.score,
-                                                   familiarity=c.familiarity, in_domain=c.in_domain)
-                bar.update(len(chunk))
+                        results[i] = CaptionResult(chunk[i].video, caption=c.text, score=c.score,
+                                                   familiarity=c.familiarity, in_domain=c.in_domain,
+                                                   start=chunk[i].start, end=chunk[i].end)
+                bar.update(sum(unit.last for unit in chunk))
                 yield from results
 
     def _read_one(self, path: str, num_frames: Optional[int], seek: Optional[str],
@@ -218,6 +265,86 @@ class VideoCaptioner(Pretrained, CaptionModel):
                 raise
             log.debug("reading %s failed", path, exc_info=True)
             return None, f"could not be read ({type(err).__name__}: {err})"
+
+
+@dataclass
+class _ClipUnit:
+    """One clip for the loop: a whole video or a segment of one, its frames read on demand (`read`)."""
+
+    video: str
+    error: Optional[str] = None
+    read: Optional[Callable[[], tuple[Optional[torch.Tensor], Optional[str]]]] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    last: bool = True  # the video's last clip (the progress bar counts videos)
+
+    @property
+    def key(self) -> str:
+        return self.video if self.start is None else f"{self.video}#t={self.start:.3f},{self.end:.3f}"
+
+
+def _clip_units(model: Any, items: list[tuple[str, Optional[str]]], num_frames: Optional[int],
+                seek: Optional[str], strict: bool, segments: Optional[SegmentsSpec],
+                scenes: str) -> Iterator[_ClipUnit]:
+    """The loop's clips, lazily: each video whole, or each segment of each video (planned when reached)."""
+    for path, error in items:
+        if error is not None or segments is None:
+            yield _ClipUnit(path, error, lambda p=path: model._read_one(p, num_frames, seek, strict))
+        else:
+            yield from _segment_units(model, path, segments, num_frames, seek, strict, scenes)
+
+
+def _failure(path: str, err: Exception, strict: bool) -> str:
+    """The one-line reason a video failed; with `strict` the error is raised instead."""
+    if strict:
+        raise err
+    if isinstance(err, VideoReadError):
+        return err.reason
+    log.debug("reading %s failed", path, exc_info=err)
+    return f"could not be read ({type(err).__name__}: {err})"
+
+
+def _segment_units(model: Any, path: str, segments: SegmentsSpec, num_frames: Optional[int], seek: Optional[str],
+                   strict: bool, scenes: str) -> Iterator[_ClipUnit]:
+    """A video's segments as clips, their frames from one forward decode (`SegmentReader.segment_frames`)."""
+    try:
+        model.encoder  # the backbone before the video: a missing download is not the file's fault
+        reader = SegmentReader(path, model.encoder.preprocessing.resize_size)
+        cuts = detect_cuts(model, reader, scenes) if segments == SCENES else None
+        plan = plan_segments(reader, segments, cuts)
+    except Exception as err:
+        if isinstance(err, ImportError):
+            raise  # PySceneDetect missing: the same for every video
+        yield _ClipUnit(path, _failure(path, err, strict))
+        return
+    frames = reader.segment_frames(plan, num_frames or model.spec.num_frames, seek or model.spec.seek)
+    broken: list[str] = []  # once decoding fails, the video's later segments fail with the same reason
+
+    def read() -> tuple[Optional[torch.Tensor], Optional[str]]:
+        if broken:
+            return None, broken[0]
+        try:
+            return next(frames), None
+        except Exception as err:
+            broken.append(_failure(path, err, strict))
+            return None, broken[0]
+
+    for k, segment in enumerate(plan):
+        yield _ClipUnit(path, None, read, segment.start, segment.end, last=k == len(plan) - 1)
+
+
+def detect_cuts(model: Any, reader: SegmentReader, scenes: str = SCENE_DETECTOR) -> list[float]:
+    """Scene cuts (seconds) of the video `reader` reads: by `model`'s frame CNN (`"cnn"`: features of
+    `SCENE_FPS` frames a second, `feature_cuts`), by PySceneDetect (`"pyscenedetect"`), or `"auto"` (see
+    `scene_detector`)."""
+    if scene_detector(scenes) == "pyscenedetect":
+        return pyscenedetect_cuts(reader.path)
+    indices = reader.indices_at_fps(SCENE_FPS)
+    feats = []
+    for b in range(0, len(indices), CUT_BATCH):
+        frames = reader.frames(indices[b : b + CUT_BATCH])  # (N, H, W, 3), decoded forward
+        feats.append(model.encoder.eval().encode_clips([frames])[0].float().cpu())  # (1, N, D) -> (N, D)
+    return feature_cuts(torch.cat(feats), reader.times[indices].tolist())
 
 
 def expand_video_paths(inputs: Iterable[PathLike]) -> list[Path]:
