@@ -136,6 +136,9 @@ def pyscenedetect_cuts(path: PathLike, min_seconds: float = MIN_SEGMENT_SECONDS)
         from scenedetect import ContentDetector, SceneManager, open_video
     except ImportError:
         raise ImportError("PySceneDetect is not installed: pip install 'captioner[scenes]'") from None
+    import logging
+
+    logging.getLogger("pyscenedetect").setLevel(logging.WARNING)  # not its "Detecting scenes..." per video
     video = open_video(str(path), backend="opencv")
     manager = SceneManager()
     manager.add_detector(ContentDetector(min_scene_len=max(1, int(min_seconds * float(video.frame_rate)))))

@@ -22,6 +22,9 @@ file that failed). score: the caption's mean log-probability per word (0 = certa
 similarity (0-1) of the video to the checkpoint's training videos; a video below the checkpoint's in-domain
 threshold gets a warning on stderr: its caption is unreliable.
 A directory stands for every video file directly inside it, sorted by name.
+With --segments, each video is cut into fixed windows of SECONDS or into scenes, and each segment is captioned:
+one line per segment, `path<TAB>start<TAB>end<TAB>caption` (seconds), or one JSON record per segment with
+"start" and "end"; --srt/--vtt write the captions as subtitles (see docs/caption.md).
 A file that cannot be read (missing, not a video, truncated, no frames) gets one line on stderr
 naming it and the reason; the other files are still captioned.
 
@@ -34,7 +37,19 @@ examples:
   captioner caption clip.mp4 --checkpoint runs/synthetic/logs/version_0/checkpoints/last.ckpt
   captioner caption videos/ --checkpoint model.ckpt --json > captions.json
   captioner caption a.mp4 b.mp4 --checkpoint model.ckpt --beam-size 1 --device cuda
-  captioner caption long_lecture.mp4 --checkpoint model.ckpt --fast-seek"""
+  captioner caption long_lecture.mp4 --checkpoint model.ckpt --fast-seek
+  captioner caption film.mp4 --checkpoint model.ckpt --segments 10 --vtt film.vtt --srt film.srt
+  captioner caption films/ --checkpoint model.ckpt --segments scenes --vtt subtitles/   # one .vtt per video"""
+
+
+def segments_option(text: str):
+    """`--segments`'s type: a positive number of seconds or `scenes`; anything else a one-line usage error."""
+    from captioner.segments import parse_segments
+
+    try:
+        return parse_segments(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds or 'scenes', got {text!r}") from None
 
 
 def build_parser():
@@ -64,6 +79,20 @@ def build_parser():
                         "(by up to half a keyframe interval, typically 1-2 s), so only keyframes are decoded, "
                         "often 10x faster or more; videos with fewer keyframes than sampled frames are read exactly "
                         "(default: exact sampling, or the checkpoint's own sampling if it was trained with keyframes)")
+    p.add_argument("--segments", type=segments_option, metavar="SECONDS|scenes",
+                   help="caption each segment of each video instead of the whole video: fixed windows of SECONDS, "
+                        "or scenes (shots between cuts; a scene shorter than 1 s joins its neighbour, one longer than "
+                        "30 s is split into windows) (default: off, one caption per video)")
+    p.add_argument("--scene-detector", default="auto", choices=("auto", "pyscenedetect", "cnn"),
+                   help="how --segments scenes finds cuts: pyscenedetect, PySceneDetect's content detector (pip "
+                        "install 'captioner[scenes]'); cnn, the frame CNN's features 4 times a second; auto, "
+                        "PySceneDetect where installed, else cnn (default: auto; docs/segments.md compares them)")
+    p.add_argument("--srt", metavar="PATH",
+                   help="with --segments, write the captions as SubRip subtitles: a file for one video; for several "
+                        "videos (or a folder argument, or PATH an existing folder or ending in /) a folder, created "
+                        "if missing, with one VIDEO_NAME.srt per video (default: none)")
+    p.add_argument("--vtt", metavar="PATH", help="as --srt, as WebVTT subtitles (.vtt: what an HTML5 <track> plays) "
+                   "(default: none)")
     p.add_argument("--json", action="store_true", help="print one JSON document instead of tab-separated lines "
                    "(default: off)")
     p.add_argument("--html", metavar="PATH",
@@ -129,6 +158,10 @@ def _run(args: argparse.Namespace) -> int:
 
         torch.set_num_threads(args.threads)
     try:
+        if (args.srt or args.vtt) and args.segments is None:
+            raise ValueError("--srt and --vtt need --segments SECONDS|scenes (subtitles are timed captions)")
+        subtitle_paths = {kind: subtitle_target(path, args.videos) for kind, path in (("srt", args.srt),
+                                                                                      ("vtt", args.vtt)) if path}
         if args.html:
             from captioner.report import check_report_path
 
@@ -183,26 +216,40 @@ def _run(args: argparse.Namespace) -> int:
 
         strips, shown = FrameStrips(), []  # the report's frames, kept as each video is read
     seek = None if args.fast_seek is None else ("keyframe" if args.fast_seek else "exact")
+    timed: dict[str, list] = {}  # video -> its segments' results, for --srt/--vtt
     for result in model.caption_results(args.videos, batch_size=args.batch_size, num_frames=args.frames, seek=seek,
                                         progress=args.progress, on_clip=strips.add if args.html else None,
-                                        generation=generation):
+                                        generation=generation, segments=args.segments,
+                                        scenes=args.scene_detector):
         total += 1
         if args.html:
             shown.append(result)
+        where = result.video if result.start is None else f"{result.video} [{result.start:.3f}-{result.end:.3f} s]"
         if not result.ok:
             failed += 1
-            tqdm.write(f"{PROG}: {result.video}: {result.error}", file=sys.stderr)
+            tqdm.write(f"{PROG}: {where}: {result.error}", file=sys.stderr)
         elif result.in_domain is False:
-            tqdm.write(f"{PROG}: warning: {result.video}: unlike this checkpoint's training videos (familiarity "
+            tqdm.write(f"{PROG}: warning: {where}: unlike this checkpoint's training videos (familiarity "
                        f"{result.familiarity:.2f}, in-domain >= {model.domain.threshold:.2f}): the caption is "
                        "unreliable", file=sys.stderr)
         elif args.verbose:
             extra = "" if result.familiarity is None else f", familiarity {result.familiarity:.2f}"
-            tqdm.write(f"{PROG}: {result.video}: score {result.score:.2f}{extra}", file=sys.stderr)
+            tqdm.write(f"{PROG}: {where}: score {result.score:.2f}{extra}", file=sys.stderr)
+        if result.start is not None and result.ok:
+            timed.setdefault(result.video, []).append((result.start, result.end, result.caption))
         if args.json:
             records.append(result.to_dict())
+        elif result.ok and result.start is not None:
+            print(f"{result.video}\t{result.start:.3f}\t{result.end:.3f}\t{result.caption}", flush=True)
         elif result.ok:
             print(f"{result.video}\t{result.caption}", flush=True)
+    if subtitle_paths:
+        from captioner.subtitles import write_subtitles
+
+        for kind, target in subtitle_paths.items():
+            for video, cues in timed.items():
+                written = write_subtitles(target(video, kind), cues, kind)
+                print(f"{PROG}: {kind} {written}", file=sys.stderr, flush=True)
     if args.json:
         json.dump(records, sys.stdout, indent=2, ensure_ascii=False)
         sys.stdout.write("\n")
@@ -214,5 +261,39 @@ def _run(args: argparse.Namespace) -> int:
                                       progress=args.progress is not False)
         print(f"{PROG}: report {report}", file=sys.stderr, flush=True)
     if failed:
-        print(f"{PROG}: {failed} of {total} videos could not be captioned", file=sys.stderr, flush=True)
+        what = "segments" if args.segments is not None else "videos"
+        print(f"{PROG}: {failed} of {total} {what} could not be captioned", file=sys.stderr, flush=True)
     return EXIT_SOME_FAILED if failed else EXIT_OK
+
+
+def subtitle_target(path: str, videos: list[str]):
+    """Where `--srt`/`--vtt PATH` puts each video's file: `(video, kind) -> path`.
+
+    PATH is a file for one video file; a folder (created now if missing) holding `<video name>.<kind>` per video
+    when it is an existing folder or ends in `/`, or when several videos or a folder of them are captioned. Two
+    videos of one name in different folders get `name-2.srt`, ...
+    """
+    from pathlib import Path
+
+    target = Path(path)
+    folder = (target.is_dir() or path.endswith(("/", os.sep)) or len(videos) > 1
+              or any(Path(v).is_dir() for v in videos))
+    if not folder:
+        if not target.parent.is_dir():
+            raise ValueError(f"{path}: the folder {target.parent} does not exist (create it first)")
+        return lambda video, kind: target
+    if target.exists() and not target.is_dir():
+        raise ValueError(f"{path} is a file, but several videos need a folder for one subtitle file each")
+    target.mkdir(parents=True, exist_ok=True)
+    names: dict[str, str] = {}  # video -> its file name
+
+    def name(video: str, kind: str) -> Path:
+        if video not in names:
+            stem, n = Path(video).stem, 1
+            candidate = lambda n: stem if n == 1 else f"{stem}-{n}"  # noqa: E731
+            while candidate(n) in names.values():
+                n += 1
+            names[video] = candidate(n)
+        return target / f"{names[video]}.{kind}"
+
+    return name
