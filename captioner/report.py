@@ -55,6 +55,16 @@ class Card:
     in_domain: Optional[bool] = None
     strip: Optional[str] = None  # base64 JPEG of the sampled frames side by side
     strip_error: Optional[str] = None  # why there are no frames to show
+    start: Optional[float] = None  # a segment's time, seconds (`captioner caption --segments`)
+    end: Optional[float] = None
+
+    @property
+    def time(self) -> str:
+        """`0:00:10.0 – 0:00:20.0` for a segment, "" for a whole video."""
+        if self.start is None:
+            return ""
+        clock = lambda t: f"{int(t // 3600)}:{int(t % 3600 // 60):02d}:{t % 60:04.1f}"  # noqa: E731
+        return f"{clock(self.start)} – {clock(self.end)}"
 
     @property
     def sort_values(self) -> dict[str, str]:
@@ -173,7 +183,7 @@ def render(cards: Sequence[Card], title: str, meta: Iterable[tuple[str, str]] = 
             sort_options += [(f"{key}-asc", f"{label}: lowest first"), (f"{key}-desc", f"{label}: highest first")]
     return env.from_string(template).render(
         title=title, meta=list(meta), metrics=metrics or {}, notes=list(notes), cards=cards,
-        sort_options=sort_options)
+        sort_options=sort_options, timeline=any(c.start is not None for c in cards))
 
 
 def write_page(path: PathLike, html: str) -> Path:
@@ -231,13 +241,15 @@ def write_caption_report(path: PathLike, results: Sequence["CaptionResult"], mod
                          strips: Optional[FrameStrips], generation: dict, num_frames: Optional[int] = None,
                          progress: bool = True) -> Path:
     """The page of `captioner caption --html`: one card per video given, failures with their error."""
-    cards = [Card(r.video, r.video, caption=r.caption, error=r.error, score=r.score, familiarity=r.familiarity,
-                  in_domain=r.in_domain) for r in results]
+    cards = [Card(r.video, r.key, caption=r.caption, error=r.error, score=r.score, familiarity=r.familiarity,
+                  in_domain=r.in_domain, start=r.start, end=r.end) for r in results]
     add_strips(cards, strips, lambda p: model.read_clip(p, num_frames), progress,
                strips.height if strips else None)
     failed = sum(1 for r in results if not r.ok)
+    timeline = any(r.start is not None for r in results)
+    what = f"{len({r.video for r in results})} videos, {len(results)} segments" if timeline else f"{len(results)}"
     meta = [("checkpoint", str(model.checkpoint_path)),
-            ("videos", f"{len(results)}" + (f", {failed} could not be captioned" if failed else "")),
+            ("videos", what + (f", {failed} could not be captioned" if failed else "")),
             ("generation", _generation_text(generation)),
             ("frames", f"{num_frames or model.spec.num_frames} per video, as the model sampled them")]
     if model.domain is not None:
@@ -245,4 +257,6 @@ def write_caption_report(path: PathLike, results: Sequence["CaptionResult"], mod
     meta.append(("written", _written()))
     notes = ["score: mean log-probability per word (0 = certain). familiarity: similarity (0-1) to the training "
              "videos."]
+    if timeline:
+        notes.append("A timeline: one row per segment, with its time in the video and the frames the model saw.")
     return write_page(path, render(cards, "captioner caption", meta, None, notes))
