@@ -133,7 +133,7 @@ class VideoCaptioner(Pretrained, CaptionModel):
             return [r.caption for r in results]
         return [ScoredCaption(r.caption, r.score, r.familiarity, r.in_domain) for r in results]
 
-    def caption_segments(self, path: PathLike, segments: SegmentsSpec = 10.0, batch_size: int = 8,
+    def caption_segments(self, path: PathLike, segments: SegmentsSpec = 10.0, batch_size: int = 2,
                          seek: Optional[str] = None, scenes: str = SCENE_DETECTOR,
                          **overrides: Any) -> list[CaptionResult]:
         """Timed captions of one video: a `CaptionResult` (`start`, `end` in seconds, `caption`, `score`,
@@ -143,6 +143,8 @@ class VideoCaptioner(Pretrained, CaptionModel):
             segments: fixed windows of this many seconds, or `"scenes"`: the shots between cuts (see
                 `captioner.segments`: scenes shorter than `MIN_SEGMENT_SECONDS` join a neighbour, longer than
                 `MAX_SCENE_SECONDS` are split into windows). A window longer than the video gives one segment.
+            batch_size: segments encoded together; memory grows with it (a 10-minute 720p video, 8 frames a
+                segment, 2 threads: 8 segments peak at 1.96 GB, 2 at 1.58 GB: benchmarks/segments.py).
             seek: `"keyframe"` samples each segment's frames at the nearest keyframes (faster, approximate).
             scenes: how cuts are found: `"pyscenedetect"` (its content detector, `pip install 'captioner[scenes]'`),
                 `"cnn"` (the frame CNN's features, `SCENE_FPS` frames a second), or `"auto"`: PySceneDetect where
