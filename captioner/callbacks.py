@@ -114,19 +114,30 @@ def _settings(cb: ModelCheckpoint) -> tuple:
 
 
 def with_user_checkpoints(trainer, *own: ModelCheckpoint) -> list[ModelCheckpoint]:
-    """A system's own checkpoint callbacks followed by the `ModelCheckpoint`s the user gave the Trainer.
+    """A system's own checkpoint callbacks followed by the `ModelCheckpoint`s the user gave the Trainer, which
+    no longer holds any `ModelCheckpoint` itself: for `configure_callbacks`, which Lightning calls as each stage
+    (`fit`, then `test`) starts.
 
-    For `configure_callbacks`: Lightning replaces every Trainer callback of a type that method returns, so a
-    system returning only its own `ModelCheckpoint`s would silently drop one given in `--trainer.callbacks`.
-    Returned here, the user's are kept. Left out: Lightning's default (an unconfigured `ModelCheckpoint()`, which
-    the system's supersede) and the system's own from an earlier call (`fit`, then `test`). The system's come
-    first, so `trainer.checkpoint_callback`, whose best checkpoint training tests, stays the system's.
+    Lightning replaces every Trainer callback of a type that method returns, so a system returning only its own
+    `ModelCheckpoint`s would silently drop one given in `--trainer.callbacks`: returned here, the user's (of any
+    `ModelCheckpoint` class) are kept. Left out: Lightning's default (an unconfigured `ModelCheckpoint()`, which
+    the system's supersede) and the system's own from an earlier call. The system's come first, so
+    `trainer.checkpoint_callback`, whose best checkpoint training tests, stays the system's.
+
+    Every `ModelCheckpoint` is taken out of `trainer.callbacks` here, rather than left for Lightning to replace: it
+    picks what to replace by the first superclass it meets in a set of types, whose order follows the types' ids,
+    so it differs from one process to the next. At `test` the trainer held the system's `BestCheckpoint` from
+    `fit` beside plain `ModelCheckpoint`s: one DDP process replaced it and another kept it, that one ran one more
+    `ModelCheckpoint.setup` broadcast than the others, and DDP hung at the start of the test.
     """
     for cb in own:
         setattr(cb, _OWN, True)
+    if trainer is None:
+        return list(own)
     default = _settings(ModelCheckpoint())
-    users = [cb for cb in (trainer.callbacks if trainer is not None else [])
-             if type(cb) is ModelCheckpoint and not getattr(cb, _OWN, False) and _settings(cb) != default]
+    users = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint) and not getattr(cb, _OWN, False)
+             and not (type(cb) is ModelCheckpoint and _settings(cb) == default)]
+    trainer.callbacks = [cb for cb in trainer.callbacks if not isinstance(cb, ModelCheckpoint)]
     return [*own, *users]
 
 

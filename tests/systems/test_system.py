@@ -94,21 +94,50 @@ def test_a_users_own_checkpoint_callback_runs_beside_the_systems(tiny_datamodule
 def test_with_user_checkpoints_keeps_only_the_users_own():
     from types import SimpleNamespace
 
-    from pytorch_lightning.callbacks import ModelCheckpoint
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 
     from captioner.callbacks import with_user_checkpoints
 
-    class Subclass(ModelCheckpoint):  # Lightning does not replace it: it must not be returned a second time
+    class Subclass(ModelCheckpoint):  # a user's own kind of checkpoint: kept, once
         pass
 
-    users = ModelCheckpoint(monitor="val/loss")
+    other, users, theirs = Callback(), ModelCheckpoint(monitor="val/loss"), Subclass(monitor="a")
     first = ModelCheckpoint(monitor="val/bleu4")
-    trainer = SimpleNamespace(callbacks=[ModelCheckpoint(), users, Subclass(monitor="a")])  # + Lightning's default
-    assert with_user_checkpoints(trainer, first) == [first, users]
-    trainer.callbacks = [first, users]  # after fit: the next call (test) makes new ones
+    trainer = SimpleNamespace(callbacks=[ModelCheckpoint(), other, users, theirs])  # + Lightning's default
+    assert with_user_checkpoints(trainer, first) == [first, users, theirs]
+    assert trainer.callbacks == [other]  # Lightning has no ModelCheckpoint of the trainer's left to replace
+    trainer.callbacks = [other, first, users, theirs]  # after fit: the next call (test) makes new ones
     again = ModelCheckpoint(monitor="val/bleu4")
-    assert with_user_checkpoints(trainer, again) == [again, users]
+    assert with_user_checkpoints(trainer, again) == [again, users, theirs] and trainer.callbacks == [other]
     assert with_user_checkpoints(None, again) == [again]
+
+
+def test_every_process_tests_with_the_same_checkpoint_callbacks():
+    """Lightning replaces a trainer callback of a type `configure_callbacks` returns by the first superclass it meets
+    in a set of types, an order that follows the types' ids and so differs between processes: at `test` after `fit`,
+    the system's `BestCheckpoint` from `fit` was replaced in one DDP process and kept in another, whose extra
+    `ModelCheckpoint.setup` broadcast hung both at the start of the test. Here every layout of that set (other
+    callback types beside them) gives the same callbacks: the system's new ones and the user's, once."""
+    import pytorch_lightning as pl
+    from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+
+    from captioner.systems.captioning import BestCheckpoint, CaptioningSystem
+
+    for n in range(48):
+        others = [type(f"Other{i}", (Callback,), {})() for i in range(n)]  # new types: new ids, new set layouts
+        users = ModelCheckpoint(monitor="val/loss", filename="mine")
+        trainer = pl.Trainer(accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+                             enable_model_summary=False, callbacks=[*others, users])
+        system = CaptioningSystem()
+        trainer.strategy.connect(system)
+        system.trainer = trainer
+        for stage in ("fit", "test"):
+            trainer._callback_connector._attach_model_callbacks()  # as `trainer.fit`, then `trainer.test`, do
+            checkpoints = [cb for cb in trainer.callbacks if isinstance(cb, ModelCheckpoint)]
+            assert [type(cb) for cb in checkpoints] == [BestCheckpoint, ModelCheckpoint, ModelCheckpoint], (n, stage)
+            assert checkpoints[2] is users and checkpoints[1].filename == "last", (n, stage)
+            assert trainer.checkpoint_callback is checkpoints[0]
+        assert all(cb in trainer.callbacks for cb in others)
 
 
 def _lr_per_step(root: Path, version: int = 0) -> dict[int, float]:
