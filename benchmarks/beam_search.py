@@ -5,7 +5,8 @@
     python benchmarks/beam_search.py --smoke          # a tiny untrained decoder: checks the script runs
 
 Both searches must give the same captions; the batched one should be at least 10x faster at 64 videos.
-The video features are the checkpoint's cached features (`data/features/**/<spec>/`) when present, else random.
+The video features are the checkpoint's cached features (`data/features/**/<spec>/`, or `--features-dir`) when
+present, else random.
 
 A third figure is the bound: the matrix products the batched search cannot avoid (per step and layer `h W_hh^T`
 and the output layer, at the rows that step carried) timed alone. It says how much of the batched time is
@@ -96,7 +97,8 @@ def matmul_bound(decoder, rows: list[int], repeats: int, sync) -> float:
 
 
 def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", checkpoint: Path | None = None,
-        videos: int = 64, beam_size: int = 5, max_len: int | None = None, repeats: int = 3) -> list[Row]:
+        videos: int = 64, beam_size: int = 5, max_len: int | None = None, repeats: int = 3,
+        features_dir: Path | None = None) -> list[Row]:
     import torch
 
     from captioner import VideoCaptioner
@@ -115,7 +117,7 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
         else:
             model, source = tiny_captioner(), "tiny untrained decoder (no checkpoint found: run scripts/train.py)"
     model = model.to(device).eval()
-    feats, feats_source = video_features(model, videos, REPO / "data" / "features")
+    feats, feats_source = video_features(model, videos, Path(features_dir or REPO / "data" / "features"))
     feats = feats.to(device)
     settings = model.generation.merged(beam_size=beam_size, max_len=max_len)  # the checkpoint's, where not given
     kwargs = dict(beam_size=settings.beam_size, max_len=settings.max_len, length_penalty=settings.length_penalty,
@@ -173,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--checkpoint", type=Path, default=None, help=f"checkpoint (default: the newest {RUNS_GLOB})")
+    p.add_argument("--features-dir", type=Path, default=None,
+                   help="root of cached features, searched for <root>/**/<the checkpoint's spec>/*.npy "
+                        "(default: data/features of the repo; random features when there are too few)")
     p.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
     p.add_argument("--videos", type=int, default=64, help="videos searched")
     p.add_argument("--beam-size", type=int, default=5)
@@ -186,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     rows = run(args.smoke, args.threads or None, args.device, args.checkpoint, args.videos, args.beam_size,
-               args.max_len, args.repeats)
+               args.max_len, args.repeats, args.features_dir)
     print(f"machine: {machine_line(args.device)}\n")
     print(format_table(rows))
     return 0

@@ -283,68 +283,97 @@ class CaptionDecoder(nn.Module):
             token ids `(B, <=max_len)` of the best hypothesis, `<pad>` after `<eos>`; with `return_scores`, also
             its mean log-probability per word, `<eos>` included `(B,)`.
         """
-        b, k, dev = video.shape[0], beam_size, video.device
+        b, k, v, dev = video.shape[0], beam_size, self.vocab_size, video.device
         ctx, (h, c) = self.start(video, memory, memory_mask)
         table, ctx = self._generation_inputs(ctx, b * k, max_len)
-        # The first step starts from one hypothesis per video (K identical beams would pick duplicates) and runs on
-        # B rows; its top K words open the K beams. `width` is the hypotheses per video: 1, then K.
+        # Slots: `width` hypotheses per video still searching, finished ones included. The first step starts from
+        # one hypothesis per video (K identical beams would pick duplicates) and its top K words open the K beams:
+        # `width` is 1, then K. Only the open slots go through the LSTM: `h`, `c` and `step_ctx` hold a row per open
+        # slot, `open_slots` says which ones they are (None: all of them); a finished one only extends with <pad>.
         width = 1
-        scores = torch.zeros(b, 1, device=dev)
-        tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=dev)
+        videos = torch.arange(b, device=dev)  # (n,): the input video each group of `width` slots searches for
+        scores = torch.zeros(b, 1, device=dev)  # (n, width)
+        tokens = torch.full((b,), self.bos_id, dtype=torch.long, device=dev)  # (n * width,), as `done`, `lengths`
         done = torch.zeros(b, dtype=torch.bool, device=dev)
         lengths = torch.zeros(b, device=dev)
-        history = torch.empty(b, 0, dtype=torch.long, device=dev)
-        finished_row = torch.full((self.vocab_size,), float("-inf"), device=dev)
-        finished_row[self.pad_id] = 0.0
-        videos = torch.arange(b, device=dev)  # which input video each row of `scores` still searches for
-        best: list[Optional[torch.Tensor]] = [None] * b
+        history = torch.empty(b, 0, dtype=torch.long, device=dev)  # (n * width, step)
+        open_slots, row_videos, step_ctx = None, videos, ctx
+        out = torch.full((b, max(max_len, 1)), self.pad_id, dtype=torch.long, device=dev)
         best_score = torch.zeros(b, device=dev)
         for step in range(max_len):
             n = len(videos)
-            logp, (h, c) = self._step(ctx, table, tokens, (h, c))
+            step_tokens, step_history = (tokens, history) if open_slots is None else (tokens[open_slots],
+                                                                                      history[open_slots])
+            logp, (h, c) = self._step(step_ctx, table, step_tokens, (h, c))
             if no_repeat_ngram > 0 and step > 0:
-                block_repeats(logp, history, no_repeat_ngram, self.pad_id)
+                block_repeats(logp, step_history, no_repeat_ngram, self.pad_id)
             if step < min_len:
                 self.forbid_eos(logp)
-            logp = torch.where(done.unsqueeze(1), finished_row, logp)  # finished beams only extend with <pad>
-            cand = (scores.view(-1, 1) + logp).view(n, width * self.vocab_size)
+            if open_slots is None:
+                cand = scores.view(-1, 1) + logp
+            else:  # a finished slot's only candidate: itself extended with <pad>, at no cost
+                cand = torch.full((len(done), v), float("-inf"), device=dev, dtype=logp.dtype)
+                cand[:, self.pad_id] = scores.view(-1)
+                cand.index_copy_(0, open_slots, scores.view(-1)[open_slots].unsqueeze(1) + logp)
+            cand = cand.view(n, width * v)
             few = cand.shape[1] < k  # a vocabulary smaller than the beam, at the first step: pad with dead hypotheses
             scores, flat = (F.pad(cand, (0, k - cand.shape[1]), value=float("-inf")) if few else cand).topk(k, dim=1)
             if few:
                 flat = flat.clamp_max(cand.shape[1] - 1)
-            src = (flat // self.vocab_size + torch.arange(n, device=dev).unsqueeze(1) * width).view(-1)
-            tokens = (flat % self.vocab_size).view(-1)
-            h, c = h.index_select(1, src), c.index_select(1, src)  # (faster than h[:, src] on CPU)
-            lengths = lengths[src] + (~done[src]).float()
-            done = done[src] | (tokens == self.eos_id)
-            history = torch.cat([history.index_select(0, src), tokens.unsqueeze(1)], dim=1)
-            if width == 1:  # hypotheses never move between videos: the context only needs widening once
-                ctx = ctx.repeat(k) if isinstance(ctx, _Memory) else ctx.repeat_interleave(k, 0)
-                width = k
+            parents = (flat // v + torch.arange(n, device=dev).unsqueeze(1) * width).view(-1)  # slots extended
+            tokens = (flat % v).view(-1)
+            was_done = done[parents]
+            lengths = lengths[parents] + (~was_done).float()
+            done = was_done | (tokens == self.eos_id)
+            history = torch.cat([history[parents], tokens.unsqueeze(1)], dim=1)
+            width = k
             over = done.view(n, k).all(1)
             if length_penalty == 0:  # an unfinished hypothesis can only lose probability: none can overtake
                 over |= self._settled(scores, done.view(n, k))
             if step == max_len - 1:
                 over[:] = True
-            if not over.any():
-                continue
-            ranked = (scores / lengths.view(n, k).clamp_min(1.0).pow(length_penalty)).argmax(1)  # (n,)
-            mean = scores / lengths.view(n, k).clamp_min(1.0)
-            for i in over.nonzero().flatten().tolist():
-                best[int(videos[i])] = history[i * k + int(ranked[i])]
-                best_score[int(videos[i])] = mean[i, int(ranked[i])]
-            keep = (~over).nonzero().flatten()
-            if len(keep) == 0:
-                break
-            rows = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)  # the kept videos' K rows
-            videos, scores = videos[keep], scores[keep]
-            tokens, done, lengths, history = tokens[rows], done[rows], lengths[rows], history[rows]
-            h, c = h.index_select(1, rows), c.index_select(1, rows)
-            ctx = ctx.select(rows) if isinstance(ctx, _Memory) else ctx.index_select(0, rows)
-        out = nn.utils.rnn.pad_sequence(best, batch_first=True, padding_value=self.pad_id)
+            if over.any():  # those videos' best hypotheses are their results; they leave the batch
+                ended = over.nonzero().flatten()
+                length = lengths.view(n, k)[ended].clamp_min(1.0)
+                ranked = (scores[ended] / length.pow(length_penalty)).argmax(1, keepdim=True)  # (ended, 1)
+                out[videos[ended], : step + 1] = history[ended * k + ranked.squeeze(1)]
+                best_score[videos[ended]] = (scores[ended] / length).gather(1, ranked).squeeze(1)
+                keep = (~over).nonzero().flatten()
+                if len(keep) == 0:
+                    break
+                slots = (keep.unsqueeze(1) * k + torch.arange(k, device=dev)).view(-1)  # the kept videos' K slots
+                videos, scores = videos[keep], scores[keep]
+                tokens, done, lengths, history, parents = (tokens[slots], done[slots], lengths[slots], history[slots],
+                                                           parents[slots])
+            h, c, open_slots = self._next_open_rows(h, c, open_slots, parents, done)
+            rows = videos.repeat_interleave(k) if open_slots is None else videos[open_slots // k]
+            if rows.shape != row_videos.shape or not torch.equal(rows, row_videos):  # else the context rows stand
+                row_videos = rows
+                step_ctx = ctx.select(rows) if isinstance(ctx, _Memory) else ctx.index_select(0, rows)
         width = int((out != self.pad_id).sum(1).max().clamp_min(1))
         out = out[:, :width]  # drop the columns that only hold padding
         return (out, best_score) if return_scores else out
+
+    @staticmethod
+    def _next_open_rows(h: torch.Tensor, c: torch.Tensor, open_slots: Optional[torch.Tensor], parents: torch.Tensor,
+                        done: torch.Tensor):
+        """The LSTM state rows of the next step's open slots, and those slots (None: all open).
+
+        Args:
+            h, c: `(L, M, H)`, a row per slot open at this step (`open_slots`, or all slots when None).
+            parents: `(N,)` the slot of this step each new slot extends.
+            done: `(N,)` which new slots are finished: they leave the LSTM (an open slot's parent was open).
+        """
+        if done.any():
+            new_open = (~done).nonzero().flatten()
+            parents = parents[new_open]
+        else:
+            new_open = None
+        if open_slots is not None:  # parents are slots; the state holds the open ones' rows in order
+            row_of = torch.full((int(open_slots.max()) + 1,), -1, dtype=torch.long, device=parents.device)
+            row_of[open_slots] = torch.arange(len(open_slots), device=parents.device)
+            parents = row_of[parents]
+        return h.index_select(1, parents), c.index_select(1, parents), new_open  # (faster than h[:, rows] on CPU)
 
     def sample(self, video: torch.Tensor, num_samples: int = 5, max_len: int = GENERATION.max_len,
                memory: Optional[torch.Tensor] = None, memory_mask: Optional[torch.Tensor] = None,
