@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RUNS_GLOB, Row, format_table, machine_line, newest_checkpoint, timed  # noqa: E402
+from common import RUNS_GLOB, Row, format_table, machine_line, newest_checkpoint, timed, verdict  # noqa: E402
 
 
 def write_clip(path: Path, index: int, side: int, num_frames: int, fps: int) -> Path:
@@ -34,10 +34,14 @@ def write_clip(path: Path, index: int, side: int, num_frames: int, fps: int) -> 
     return path
 
 
-def run_cli(args: list[str]) -> float:
+COLD_TARGET = 1.5  # a cold `captioner caption` within this many times `python -c "import torch, torchvision"`
+HELP_TARGET_S = 1.0  # `captioner --help`
+
+
+def run_cli(args: list[str], command: tuple[str, ...] = ("-m", "captioner", "caption")) -> float:
     """Wall time of one `python -m captioner caption ...` process (fails loudly if the command fails)."""
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, "-m", "captioner", "caption", *args], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, *command, *args], capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if proc.returncode != 0:
         raise RuntimeError(f"the CLI failed ({proc.returncode}):\n{proc.stderr.strip()}")
@@ -120,10 +124,15 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
         folder_s = timed(lambda: (list(model.caption_results([folder], batch_size=batch_size)), sync()), 1)[0]
         cli_args = ["--checkpoint", str(ckpt), "--device", device.type, "--batch-size", str(batch_size)]
         cli_args += ["--threads", str(threads)] if threads else []
-        cold = [run_cli([str(long_clip), *cli_args]) for _ in range(cold_repeats)]
+        cold, imports, helps = [], [], []
+        for _ in range(cold_repeats):  # interleaved: a busy moment of a shared machine hits all three alike
+            imports.append(run_cli([], ("-c", "import torch, torchvision")))
+            cold.append(run_cli([str(long_clip), *cli_args]))
+            helps.append(run_cli(["--help"], ("-m", "captioner")))
         cli_folder_s = run_cli([str(folder), *cli_args])
 
     n = num_clips
+    cold_ratio = statistics.median(cold) / statistics.median(imports)
     long_desc = f"{clip_seconds:g} s clip, {side}x{side} @ {fps} fps"
     if header is not None:
         header += [f"checkpoint: {ckpt}",
@@ -137,8 +146,15 @@ def run(smoke: bool = False, threads: int | None = None, device: str = "auto", c
         Row("  of which: open + decode the sampled frames", f"{statistics.median(read):.3f} s",
             f"{statistics.median(read) / statistics.median(warm):.0%} of the warm latency", "decord, CPU"),
         Row(f"cold start, CLI, one {long_desc}", f"{statistics.median(cold):.2f} s",
-            f"{statistics.median(cold) / statistics.median(warm):.0f}x the warm latency",
-            f"median of {len(cold)} `python -m captioner caption` processes"),
+            f"{cold_ratio:.2f}x importing torch + torchvision (target <= {COLD_TARGET}x): "
+            f"{verdict(cold_ratio, COLD_TARGET, higher_is_better=False)}",
+            f"median of {len(cold)} `python -m captioner caption` processes; "
+            f"{statistics.median(cold) / statistics.median(warm):.0f}x the warm latency"),
+        Row("  baseline: `python -c \"import torch, torchvision\"`", f"{statistics.median(imports):.2f} s", "",
+            f"median of {len(imports)}, interleaved with the CLI's"),
+        Row("`captioner --help`", f"{statistics.median(helps):.2f} s",
+            f"target < {HELP_TARGET_S:g} s: {verdict(statistics.median(helps), HELP_TARGET_S, higher_is_better=False)}",
+            f"median of {len(helps)} `python -m captioner --help` processes"),
         Row(f"folder of {n} clips, in process", f"{n / folder_s:.1f} videos/s", "",
             f"{folder_s:.2f} s, batch size {batch_size}; clips {short_frames / 12:.2g} s, {short_side}px"),
         Row(f"folder of {n} clips, CLI", f"{n / cli_folder_s:.1f} videos/s",

@@ -142,7 +142,7 @@ def read_checkpoint(path: str | os.PathLike, map_location: Any = "cpu", mmap: bo
 def build_model(hp: Mapping[str, Any], config: CaptionerConfig, model_class: type[Model] = CaptionModel) -> Model:
     """A new model of the architecture `config` for flat hyperparameters `hp` (the training system's, or a
     checkpoint's `hyper_parameters`): their vocabulary, feature spec and generation settings, read here only."""
-    return model_class.from_config(config, Vocabulary(hp["vocab"]), FeatureSpec(**hp["feature_spec"]),
+    return model_class.from_config(config, Vocabulary(hp["vocab"]), FeatureSpec.from_dict(hp["feature_spec"]),
                                    GenerationConfig.from_hparams(hp))
 
 

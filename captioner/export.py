@@ -203,7 +203,7 @@ def _description(spec: FeatureSpec, arch: CaptionerConfig, generation: Generatio
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "feature_spec": {**spec.to_dict(), "seek": spec.seek},
+        "feature_spec": {**spec.to_dict(), "seek": spec.seek, "precision": spec.precision},
         "model": arch.to_dict(),
         "generation": generation.to_dict(),
         "vocab_size": vocab_size,
@@ -248,7 +248,7 @@ def describe(path: str | os.PathLike) -> dict[str, Any]:
     ckpt = read_checkpoint(file, mmap=True)
     hp = ckpt["hyper_parameters"]
     try:
-        spec = FeatureSpec(**hp["feature_spec"])
+        spec = FeatureSpec.from_dict(hp["feature_spec"])
         stored = ckpt.get(CONFIG_KEY)
         arch = CaptionerConfig(**stored) if isinstance(stored, dict) else CaptionerConfig.from_hparams(hp)
         generation = GenerationConfig.from_hparams(hp)
@@ -429,7 +429,7 @@ def load_folder(folder: str | os.PathLike, model_class: type[Model] = CaptionMod
     config = read_config(folder)
     vocab = read_vocab(folder, config)
     try:
-        spec = FeatureSpec(**config["feature_spec"])
+        spec = FeatureSpec.from_dict(config["feature_spec"])
         arch = CaptionerConfig(**config["model"])
         generation = GenerationConfig(**config["generation"])
     except (KeyError, TypeError, ValueError) as err:

@@ -49,7 +49,7 @@ class OnnxCaptioner:
             raise ExportError(f"{folder}: holds no {missing[0]}: export it with `captioner export ... --onnx`")
         self.checkpoint_path = folder
         self.vocab: Vocabulary = read_vocab(folder, config)
-        self.spec = FeatureSpec(**config["feature_spec"])
+        self.spec = FeatureSpec.from_dict(config["feature_spec"])
         self.generation = GenerationConfig(**config["generation"])
         self.preprocessing = Preprocessing(**{k: (tuple(v) if isinstance(v, list) else v)
                                               for k, v in config["backbone"]["preprocessing"].items()})

@@ -46,7 +46,7 @@ def test_training_benchmark_smoke(single_thread, capsys):
 
 def test_extraction_benchmark_smoke(single_thread, capsys):
     bench = _benchmark_module("extraction")
-    rows = bench.run(smoke=True, threads=1)
+    rows = bench.run(smoke=True, threads=1, cnn_precisions=("32",))
     assert [r.measurement.split(" (")[0] for r in rows] == [
         "extraction end to end", "extraction warm-up: first batch", "extraction: CNN alone",
         "extraction: decode + crop alone"]
@@ -54,9 +54,21 @@ def test_extraction_benchmark_smoke(single_thread, capsys):
     assert rows[1].result.endswith(" s") and _number(rows[1].result) > 0
     assert _number(rows[0].ratio) > 0 and "of the bound" in rows[0].ratio and "steady state" in rows[0].notes
     assert sum(r.ratio == "the bound" for r in rows) == 1  # the slower of decoding and the CNN
-    assert bench.main(["--smoke", "--workers", "0"]) == 0
+    assert bench.main(["--smoke", "--workers", "0", "--cnn-precision", "32", "bf16"]) == 0
     out = capsys.readouterr().out
     assert "machine:" in out and "extraction end to end (cpu, 32-true, batch 2 clips x 2 frames, 0 workers)" in out
+    assert "extraction: CNN alone (cpu, bf16 CNN, batch 2 clips x 2 frames)" in out  # side by side, one run
+    assert "resnet18-random-2f-32px-bf16" in out  # bf16 features have a cache of their own
+
+
+def test_backbones_benchmark_smoke(single_thread, capsys):
+    bench = _benchmark_module("backbones")
+    rows = bench.run(smoke=True, threads=1)
+    names = [r.measurement for r in rows]
+    assert "efficientnet_lite0, float32" in names and "mobilenet_v2, float32" in names
+    assert all(_number(r.result) > 0 for r in rows if r.result.endswith("frames/s"))
+    trained = [r for r in rows if r.measurement == "resnet18, float32 features"]
+    assert len(trained) == 1 and trained[0].result.startswith("BLEU-4 ") and "CIDEr-D" in trained[0].ratio
 
 
 def test_frame_sampling_benchmark_smoke(single_thread, capsys):
@@ -179,8 +191,10 @@ def test_extraction_bound_is_the_slower_of_decoding_and_the_cnn():
     assert which == "CNN" and text.endswith("MISS)")
     _, _, text = extraction.bound_row_text(4000, 4610, 20000, "cuda", batches=3)  # too few batches to judge
     assert "INVALID: 3 steady-state batches" in text
-    _, _, text = extraction.bound_row_text(4000, 4610, 20000, "cpu", batches=3)
-    assert text.endswith("(on CPU: reported, no target)")
+    _, which, text = extraction.bound_row_text(300, 1234, 330, "cpu", batches=11)  # a CPU is CNN-bound: 91 %
+    assert which == "CNN" and text.endswith("(target >= 80%: PASS)")
+    _, _, text = extraction.bound_row_text(300, 1234, 330, "cpu", batches=3)
+    assert "INVALID: 3 steady-state batches" in text
 
 
 def test_training_reference_times_each_step_on_an_asynchronous_device():

@@ -78,7 +78,8 @@ def lines(info: dict[str, Any]) -> list[tuple[str, str]]:
         ("data", f"{data.get('dataset') or 'unrecorded'}: {splits} clips"),
         ("features", f"{spec['backbone']} (weights {spec['weights'] or 'random'}), "
                      f"{spec['num_frames']} frames per clip, "
-                     f"{spec.get('seek', 'exact')} sampling{crop}{size}{grid}"),
+                     f"{spec.get('seek', 'exact')} sampling{crop}{size}{grid}, CNN in "
+                     f"{'bfloat16' if spec.get('precision') == 'bf16' else 'float32'}"),
         ("sizes", f"{arch['temporal']} temporal encoder{rnn}, LSTM decoder {arch['num_layers']} x "
                   f"{arch['hidden_dim']} (words {arch['embed_dim']}), features {arch['feature_dim']}; "
                   f"{trained:,} trained parameters{backbone}"),

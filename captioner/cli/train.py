@@ -204,7 +204,7 @@ def check_resume_settings(ckpt_path: Optional[str], model, data) -> None:
     spec = getattr(data, "spec", None)
     if isinstance(hp.get("feature_spec"), dict) and isinstance(spec, FeatureSpec):
         try:
-            stored = FeatureSpec(**hp["feature_spec"])
+            stored = FeatureSpec.from_dict(hp["feature_spec"])
         except (TypeError, ValueError):
             stored = None  # a spec this version cannot read: loading the checkpoint will say so
         if stored is not None:

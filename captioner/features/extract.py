@@ -125,15 +125,12 @@ class FeatureExtractor(pl.LightningModule):
 
     Args:
         spec: backbone, weights, frame count and image size; the cache folder is named after it.
-        channels_last: keep the CNN's weights in channels-last layout (faster convolutions with AMP on GPU).
     """
 
-    def __init__(self, spec: FeatureSpec, channels_last: bool = True):
+    def __init__(self, spec: FeatureSpec):
         super().__init__()
         self.spec = spec
-        self.encoder = FrameEncoder.from_spec(spec)
-        if channels_last:
-            self.encoder.to(memory_format=torch.channels_last)
+        self.encoder = FrameEncoder.from_spec(spec)  # channels-last weights; bf16 autocast when the spec says so
 
     @property
     def preprocessing(self) -> Preprocessing:
@@ -255,7 +252,8 @@ def _on_gpu(accelerator: str) -> bool:
 
 
 def resolve_precision(precision: str, accelerator: str) -> str:
-    """`auto`: fp16 mixed precision on GPU (features are stored in float16 anyway), full fp32 on CPU."""
+    """`auto`: fp16 mixed precision on GPU (features are stored in float16 anyway), full fp32 on CPU. A spec whose
+    `precision` is `bf16` runs its CNN under bfloat16 autocast whatever this says (`FrameEncoder.encode_cropped`)."""
     if precision != "auto":
         return precision
     return "16-mixed" if _on_gpu(accelerator) else "32-true"
@@ -295,7 +293,7 @@ def run_extraction(
         benchmark=on_gpu or None,  # fixed input shapes: let cuDNN pick its fastest kernels
         default_root_dir=str(cache.dir),
     )
-    model = FeatureExtractor(spec, channels_last=True)
+    model = FeatureExtractor(spec)
     data = ExtractionData(items, cache, model.preprocessing, batch_size, num_workers, pin_memory=on_gpu)
     trainer.predict(model, datamodule=data, return_predictions=False)
     return writer.merged_failures if trainer.is_global_zero else None

@@ -134,6 +134,10 @@ class FrameEncoder(nn.Module):
         spatial_grid: average the last feature map over a `g x g` grid instead of the whole frame and
             concatenate the cells (D = C * g * g): keeps where things are, which motion needs. 1 = the
             backbone's own global pooling.
+        precision: `32` or `bf16`: the arithmetic of `encode_cropped` (the frozen path every feature comes from):
+            `bf16` runs the CNN under bfloat16 autocast (about 2x faster on a CPU with AVX-512-BF16 or AMX) and
+            returns float32 features. `forward` (fine-tuning) is left to the caller's autocast. The weights are
+            kept in channels-last layout, which CPU and GPU convolutions both prefer.
 
     Raises:
         SettingsError: an unknown backbone or weights name (the message lists close valid names).
@@ -143,7 +147,8 @@ class FrameEncoder(nn.Module):
     @classmethod
     def from_spec(cls, spec: FeatureSpec) -> "FrameEncoder":
         """The frozen encoder the features of `spec` come from."""
-        return cls(spec.backbone, weights=spec.weights, image_size=spec.image_size, spatial_grid=spec.spatial_grid)
+        return cls(spec.backbone, weights=spec.weights, image_size=spec.image_size, spatial_grid=spec.spatial_grid,
+                   precision=spec.precision)
 
     def __init__(
         self,
@@ -153,9 +158,13 @@ class FrameEncoder(nn.Module):
         trainable: bool = False,
         image_size: Optional[int] = None,
         spatial_grid: int = 1,
+        precision: str = "32",
     ):
         super().__init__()
+        if precision not in ("32", "bf16"):
+            raise ValueError(f"precision must be 32 or bf16, got {precision!r}")
         self.backbone_name = backbone
+        self.precision = precision
         check_backbone(backbone, weights)
         if weights_path is None:
             ensure_weights(backbone, weights)  # a missing download says so, in one line, before anything else
@@ -188,7 +197,7 @@ class FrameEncoder(nn.Module):
             setattr(net, pool_name, nn.AdaptiveAvgPool2d(spatial_grid))
             self.feature_dim *= spatial_grid * spatial_grid
         self.spatial_grid = spatial_grid
-        self.net = net
+        self.net = net.to(memory_format=torch.channels_last)
         self.trainable = trainable
         if not trainable:
             self.net.requires_grad_(False)
@@ -224,7 +233,11 @@ class FrameEncoder(nn.Module):
     def encode_cropped(self, cropped: torch.Tensor) -> torch.Tensor:
         """Cropped uint8 clips `(B, T, 3, S, S)` -> features `(B, T, D)`: the one way frames become features
         (training's cache, `captioner extract`, evaluation and captioning all come here)."""
-        return self(self.normalize(cropped.to(self.device)))
+        x = self.normalize(cropped.to(self.device))
+        if self.precision != "bf16":  # not `autocast(enabled=False)`: that would undo a caller's (GPU 16-mixed)
+            return self(x).float()
+        with torch.autocast(x.device.type, torch.bfloat16):
+            return self(x).float()
 
     @torch.no_grad()
     def encode_clips(self, clips) -> torch.Tensor:

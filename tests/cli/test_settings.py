@@ -60,10 +60,26 @@ def test_bad_names_are_one_line_with_the_valid_ones(kwargs, message):
 
 
 def test_good_names_still_make_their_cache_folders():
-    assert FeatureSpec().key == "efficientnet_lite0-DEFAULT-8f"
-    assert FeatureSpec(weights=None).key == "efficientnet_lite0-random-8f"
-    assert FeatureSpec("resnet152", "IMAGENET1K_V1", 20).key == "resnet152-IMAGENET1K_V1-20f"
-    assert FeatureSpec("resnet18", None, 4, seek="keyframe").key == "resnet18-random-4f-keyframe"
+    f32 = dict(precision="32")  # float32 features keep the names caches had before `precision` existed
+    assert FeatureSpec(**f32).key == "efficientnet_lite0-DEFAULT-8f"
+    assert FeatureSpec(weights=None, **f32).key == "efficientnet_lite0-random-8f"
+    assert FeatureSpec("resnet152", "IMAGENET1K_V1", 20, **f32).key == "resnet152-IMAGENET1K_V1-20f"
+    assert FeatureSpec("resnet18", None, 4, seek="keyframe", **f32).key == "resnet18-random-4f-keyframe"
+    assert FeatureSpec("resnet18", None, 4, seek="keyframe", precision="bf16").key == "resnet18-random-4f-keyframe-bf16"
+
+
+@pytest.mark.parametrize("native, resolved", [(True, "bf16"), (False, "32")])
+def test_auto_precision_is_decided_once_by_the_cpu_and_stored_resolved(monkeypatch, native, resolved):
+    import captioner.config
+
+    monkeypatch.setattr(captioner.config, "cpu_has_native_bf16", lambda: native)
+    spec = FeatureSpec("resnet18", None, 4)
+    assert spec.precision == resolved and FeatureSpec("resnet18", None, 4, precision=32).precision == "32"
+    assert FeatureSpec.from_dict(spec.to_dict()) == spec  # what a checkpoint stores reads back the same
+    # a spec stored before `precision` existed meant float32, whatever this machine would choose now
+    assert FeatureSpec.from_dict({"backbone": "resnet18", "weights": None, "num_frames": 4}).precision == "32"
+    with pytest.raises(SettingsError, match="precision must be one of auto, 32, bf16"):
+        FeatureSpec("resnet18", None, 4, precision="fp16")
 
 
 def test_train_with_a_bad_name_is_one_line_and_exit_2(tiny_datamodule_args, tmp_path, capsys):
