@@ -54,3 +54,26 @@ def test_offline_lite0_is_really_pretrained(image, classes):
         feats = enc(x.unsqueeze(0))  # (1, 1, 1280): the same network cut before its classifier
         assert torch.allclose(classifier._fc(feats[0]), classifier(x), atol=1e-4)
     assert top1 in classes
+
+
+@pytest.mark.slow
+def test_bf16_features_are_float32_and_close_on_real_photos():
+    """`precision="bf16"` runs the frozen CNN under bfloat16 autocast: float32 features out, close to float32's on
+    real photos (the main job's 160 px), and a caller's own autocast is left alone by a float32 encoder."""
+    skdata = pytest.importorskip("skimage.data")
+    photos = torch.stack([torch.from_numpy(getattr(skdata, name)()[:300, :300].copy())
+                          for name in ("chelsea", "coffee", "astronaut")])  # (3, 300, 300, 3) uint8
+    f32, bf16 = (FrameEncoder(image_size=160, precision=p) for p in ("32", "bf16"))
+    cropped = f32.crop(photos).unsqueeze(0)  # (1, 3, 3, 160, 160): one clip of three frames
+    a, b = f32.encode_cropped(cropped), bf16.encode_cropped(cropped)
+    assert a.dtype == b.dtype == torch.float32 and a.shape == b.shape == (1, 3, 1280)
+    assert torch.nn.functional.cosine_similarity(a[0], b[0]).min() > 0.995
+    assert not torch.equal(a, b)  # bf16 really ran
+    seen = []
+    hook = f32.net._conv_stem.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    with torch.autocast("cpu", torch.bfloat16):  # e.g. Lightning's 16-mixed around `captioner extract` on a GPU
+        f32.encode_cropped(cropped)
+    hook.remove()
+    assert seen == [torch.bfloat16]
+    with pytest.raises(ValueError, match="precision must be 32 or bf16"):
+        FrameEncoder("resnet18", weights=None, precision="16")
