@@ -184,6 +184,8 @@ class CaptionDecoder(nn.Module):
         The same LSTM as in `forward`, written out cell by cell to use `_generation_inputs` (gate order i, f, g, o
         as `nn.LSTM`); no dropout, which generation never applies. Written for few passes over the `(N, 4H)` gates:
         they accumulate in one buffer (`addmm_`, no copy of the input term) and the nonlinearities run in place.
+        `tanh(x)` is computed as `2 sigmoid(2x) - 1` (equal to within 2e-7): PyTorch's CPU tanh costs five times a
+        sigmoid, two of them per step were a quarter of a batched beam search's time past its matrix products.
         """
         h, c = state
         lstm, hid = self.lstm, self.hidden_dim
@@ -198,11 +200,11 @@ class CaptionDecoder(nn.Module):
                 gates = F.linear(h_new[layer - 1], getattr(lstm, f"weight_ih_l{layer}"),
                                  getattr(lstm, f"bias_ih_l{layer}") + getattr(lstm, f"bias_hh_l{layer}"))
             gates.addmm_(h[layer], getattr(lstm, f"weight_hh_l{layer}").t())  # += h W_hh^T, no copy
-            gates[:, : 2 * hid].sigmoid_()  # i, f
-            gates[:, 3 * hid :].sigmoid_()  # o
             i, f, g, o = gates.chunk(4, dim=1)
-            cell = torch.mul(f, c[layer], out=c_new[layer]).addcmul_(i, g.tanh_())  # f c + i tanh(g)
-            torch.mul(o, torch.tanh(cell), out=h_new[layer])
+            g.mul_(2)
+            gates.sigmoid_()  # i, f, o, and sigmoid(2 g): tanh(g) = 2 sigmoid(2 g) - 1
+            cell = torch.mul(f, c[layer], out=c_new[layer]).addcmul_(i, g.mul_(2).sub_(1))  # f c + i tanh(g)
+            torch.mul(cell, 2, out=h_new[layer]).sigmoid_().mul_(2).sub_(1).mul_(o)  # o tanh(c)
         logits = self.out(h_new[-1])  # (N, V)
         logits[:, self.never_generated] = float("-inf")
         return F.log_softmax(logits, dim=-1), (h_new, c_new)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from captioner.models.decoder import CaptionDecoder
+from captioner.models.decoder import CaptionDecoder, block_repeats
 from captioner.vocab import Vocabulary
 
 V, D = 10, 6  # a 10-word vocabulary (ids 0-3 are <pad> <bos> <eos> <unk>)
@@ -110,6 +110,71 @@ def test_videos_leave_the_beam_batch_when_done_without_changing_results(length_p
     assert len(lengths) > 1  # the searches end at different steps, so videos really leave the batch early
 
 
+def _plain_beam_search(dec: CaptionDecoder, video, memory, k: int, max_len: int, length_penalty: float):
+    """One video's beam search written plainly: each hypothesis (words, score, length, state) stepped alone, a
+    finished one kept with its score; the candidates ranked in the batched search's order (hypothesis, then word)."""
+    ctx, state = dec.start(video, memory)
+    table, ctx = dec._generation_inputs(ctx, k, max_len)
+    hyps = [([], torch.tensor(0.0), 0, state, False)]
+    for step in range(max_len):
+        rows, states = [], []
+        for words, score, _, st, finished in hyps:
+            if finished:  # extends with <pad> only, at no cost
+                logp = torch.full((1, V), float("-inf"))
+                logp[0, dec.pad_id] = 0.0
+            else:
+                logp, st = dec._step(ctx, table, torch.tensor([words[-1] if words else dec.bos_id]), st)
+                block_repeats(logp, torch.tensor([words], dtype=torch.long), 3, dec.pad_id)
+                if step < 1:
+                    dec.forbid_eos(logp)
+            rows.append(score + logp[0])
+            states.append(st)
+        top, flat = torch.cat(rows).topk(k)
+        new = []
+        for score, i in zip(top, flat.tolist()):
+            words, _, length, _, finished = hyps[i // V]
+            word = i % V
+            new.append((words + [word], score, length + (not finished), states[i // V],
+                        finished or word == dec.eos_id))
+        hyps = new
+        best_done = max([h[1] for h in hyps if h[4]], default=float("-inf"))
+        best_open = max([h[1] for h in hyps if not h[4]], default=float("-inf"))
+        if all(h[4] for h in hyps) or (length_penalty == 0 and best_done >= best_open):
+            break
+    ranked = torch.stack([h[1] / max(h[2], 1) ** length_penalty for h in hyps]).argmax()
+    return [w for w in hyps[ranked][0] if w != dec.pad_id], hyps[ranked][1] / max(hyps[ranked][2], 1)
+
+
+@pytest.mark.parametrize("length_penalty", [0.0, 1.0])
+@pytest.mark.parametrize("attention", [False, True])
+def test_batched_beam_search_is_the_plain_search(length_penalty, attention):
+    """The batched search (slots, finished hypotheses out of the LSTM, videos leaving the batch) gives, for every
+    video, the hypothesis and score of a plain search over that video alone; finished hypotheses are not stepped."""
+    dec = make_decoder(**({"memory_dim": 5} if attention else {})).eval()
+    with torch.no_grad():  # make <eos> depend strongly on the state, so that hypotheses finish at different steps
+        dec.out.weight[dec.eos_id] *= 8
+        dec.out.bias[dec.eos_id] -= 0.2
+    torch.manual_seed(3)
+    video, memory = torch.randn(8, D) * 3, (torch.randn(8, 4, 5) if attention else None)
+    rows, step = [], dec._step
+
+    def counting(ctx, table, tokens, state):
+        rows.append(len(tokens))
+        return step(ctx, table, tokens, state)
+
+    dec._step = counting
+    with torch.no_grad():
+        ids, scores = dec.beam_search(video, 4, 9, length_penalty, memory, return_scores=True)
+    del dec._step
+    assert any(n % 4 for n in rows[1:])  # some step carried fewer than K rows for a video: a finished hypothesis
+    for i in range(8):
+        with torch.no_grad():
+            words, score = _plain_beam_search(dec, video[i : i + 1], None if memory is None else memory[i : i + 1],
+                                              4, 9, length_penalty)
+        assert [w for w in ids[i].tolist() if w != dec.pad_id] == words
+        torch.testing.assert_close(scores[i], score, rtol=1e-5, atol=1e-5)
+
+
 def test_beam_search_finds_at_least_the_greedy_log_probability():
     dec = make_decoder().eval()
     video = torch.randn(6, D) * 3
@@ -155,7 +220,7 @@ def test_beam_wider_than_the_vocabulary():
 
 
 def test_unknown_words_and_specials_at_inference():
-    from captioner.models.decoder import CaptionDecoder
+    from captioner.models.decoder import CaptionDecoder, block_repeats
 
     vocab = Vocabulary.build(["a red ball"])
     assert vocab.decode(vocab.encode("a purple ball")) == "a <unk> ball"  # unknown words map to <unk>
