@@ -272,10 +272,10 @@ class CaptionDecoder(nn.Module):
                     min_len: int = MIN_LEN):
         """Beam search batched over videos (all `B * K` open hypotheses advance in one LSTM call per step).
 
-        A finished hypothesis keeps its slot and score; at the end each video's hypotheses are ranked by
-        `log p / length ** length_penalty` (0 = plain log-probability, 1 = per-word average). A video whose
-        search is over leaves the batch at once, so the others' steps get cheaper: the result for each video is
-        the one a search over that video alone gives.
+        A finished hypothesis keeps its slot and score but leaves the LSTM call; at the end each video's hypotheses
+        are ranked by `log p / length ** length_penalty` (0 = plain log-probability, 1 = per-word average). A video
+        whose search is over leaves the batch at once, so the others' steps get cheaper: the result for each video
+        is the one a search over that video alone gives.
 
         `no_repeat_ngram` blocks repeats in every hypothesis (see `block_repeats`; 0 = off). `<eos>` is forbidden
         before `min_len` words (see `forbid_eos`): without it a search whose first step puts `<eos>` in the beam
