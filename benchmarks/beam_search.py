@@ -161,7 +161,8 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", check
     speedup_off = t_single_off / t_batched_off
     steps = rows_per_step(model.decoder, batched)
     t_bound = matmul_bound(model.decoder, steps, max(repeats, 3), sync)
-    notes = f"beam {beam_size}, max length {kwargs['max_len']}, no_repeat_ngram {kwargs['no_repeat_ngram']}; {source}; {feats_source}; median of {repeats}, batched and one at a time timed in turns"
+    notes = (f"beam {beam_size}, max length {kwargs['max_len']}, no_repeat_ngram {kwargs['no_repeat_ngram']}; {source}; "
+             f"{feats_source}; median of {repeats}, batched and one at a time timed in turns")
     return [
         Row(f"beam search, {videos} videos batched", f"{videos / t_batched:.0f} videos/s",
             f"{speedup:.1f}x one video at a time (target >= 10x): {verdict(speedup, 10)}",

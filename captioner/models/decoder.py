@@ -188,7 +188,7 @@ class CaptionDecoder(nn.Module):
         sigmoid, two of them per step were a quarter of a batched beam search's time past its matrix products.
         """
         h, c = state
-        lstm, hid = self.lstm, self.hidden_dim
+        lstm = self.lstm
         attend = isinstance(ctx, _Memory)
         if table is None or attend:  # what `_generation_inputs` could not hoist out of the loop
             w_word, w_ctx, bias = self._first_layer_input()

@@ -220,7 +220,7 @@ def test_beam_wider_than_the_vocabulary():
 
 
 def test_unknown_words_and_specials_at_inference():
-    from captioner.models.decoder import CaptionDecoder, block_repeats
+    from captioner.models.decoder import CaptionDecoder
 
     vocab = Vocabulary.build(["a red ball"])
     assert vocab.decode(vocab.encode("a purple ball")) == "a <unk> ball"  # unknown words map to <unk>
