@@ -17,9 +17,9 @@ from captioner.checkpointing import find_checkpoint, load_model, read_checkpoint
 from captioner.config import GenerationConfig
 from captioner.export import Pretrained, is_export_folder
 from captioner.models.captioner import CaptionModel, ScoredCaption
-from captioner.segments import (CUT_BATCH, SCENE_DETECTOR, SCENE_DETECTORS, SCENE_FPS, SCENES, SegmentReader,
-                                 SegmentsSpec, feature_cuts, parse_segments, plan_segments, pyscenedetect_cuts,
-                                 scene_detector)
+from captioner.segments import (CNN_FRAMES, CUT_BATCH, SCENE_DETECTOR, SCENE_DETECTORS, SCENE_FPS, SCENES,
+                                 SegmentReader, SegmentsSpec, feature_cuts, parse_segments, plan_segments,
+                                 pyscenedetect_cuts, read_ahead, scene_detector)
 from captioner.video import VideoReadError, list_videos
 
 PathLike = Union[str, os.PathLike]
@@ -143,8 +143,9 @@ class VideoCaptioner(Pretrained, CaptionModel):
             segments: fixed windows of this many seconds, or `"scenes"`: the shots between cuts (see
                 `captioner.segments`: scenes shorter than `MIN_SEGMENT_SECONDS` join a neighbour, longer than
                 `MAX_SCENE_SECONDS` are split into windows). A window longer than the video gives one segment.
-            batch_size: segments encoded together; memory grows with it (a 10-minute 720p video, 8 frames a
-                segment, 2 threads: 8 segments peak at 1.96 GB, 2 at 1.58 GB: benchmarks/segments.py).
+            batch_size: segments captioned together, and decoded ahead (in a background thread, while the CNN
+                encodes the batch before); the CNN takes at most `CNN_FRAMES` frames a call, so memory hardly grows
+                with it (docs/segments.md has the measurements).
             seek: `"keyframe"` samples each segment's frames at the nearest keyframes (faster, approximate).
             scenes: how cuts are found: `"pyscenedetect"` (its content detector, `pip install 'captioner[scenes]'`),
                 `"cnn"` (the frame CNN's features, `SCENE_FPS` frames a second), or `"auto"`: PySceneDetect where
@@ -218,7 +219,7 @@ class VideoCaptioner(Pretrained, CaptionModel):
         items = _work_items(inputs, strict)
         if progress is None:
             progress = len(items) > PROGRESS_MIN_VIDEOS and sys.stderr.isatty()
-        units = _clip_units(self, items, num_frames, seek, strict, segments, scenes)
+        units = _clip_units(self, items, num_frames, seek, strict, segments, scenes, batch_size)
         with tqdm(total=len(items), desc=desc, unit="video", file=sys.stderr, disable=not progress,
                   dynamic_ncols=True) as bar:
             while chunk := list(itertools.islice(units, batch_size)):
@@ -241,8 +242,8 @@ class VideoCaptioner(Pretrained, CaptionModel):
                         on_clip(unit.key, clips[i])
                 clips = {i: clip for i, clip in clips.items() if clip is not None}
                 if clips:
-                    encoded = self.encoder.eval().encode_clips(list(clips.values()))  # (B, T, H, W, 3) -> (B, T, D)
-                    feats.update(zip(clips, encoded))
+                    encoded = _encode(self.encoder.eval(), list(clips.values()), segments is not None)
+                    feats.update(zip(clips, encoded))  # (B, T, H, W, 3) -> (B, T, D)
                 if feats:
                     order = sorted(feats)
                     batch = torch.stack([feats[i].to(self.device, torch.float32) for i in order])  # (B, T, D)
@@ -287,13 +288,22 @@ class _ClipUnit:
 
 def _clip_units(model: Any, items: list[tuple[str, Optional[str]]], num_frames: Optional[int],
                 seek: Optional[str], strict: bool, segments: Optional[SegmentsSpec],
-                scenes: str) -> Iterator[_ClipUnit]:
+                scenes: str, batch_size: int) -> Iterator[_ClipUnit]:
     """The loop's clips, lazily: each video whole, or each segment of each video (planned when reached)."""
     for path, error in items:
         if error is not None or segments is None:
             yield _ClipUnit(path, error, lambda p=path: model._read_one(p, num_frames, seek, strict))
         else:
-            yield from _segment_units(model, path, segments, num_frames, seek, strict, scenes)
+            yield from _segment_units(model, path, segments, num_frames, seek, strict, scenes, batch_size)
+
+
+def _encode(encoder: Any, clips: list[torch.Tensor], segments: bool) -> torch.Tensor:
+    """`encoder.encode_clips(clips)`; for segments `CNN_FRAMES` frames a call at most, so the CNN's activations
+    do not grow with the batch of segments (`--batch-size`)."""
+    step = max(1, CNN_FRAMES // max(1, len(clips[0]))) if segments else len(clips)
+    if step >= len(clips):
+        return encoder.encode_clips(clips)
+    return torch.cat([encoder.encode_clips(clips[b : b + step]) for b in range(0, len(clips), step)])
 
 
 def _failure(path: str, err: Exception, strict: bool) -> str:
@@ -307,8 +317,9 @@ def _failure(path: str, err: Exception, strict: bool) -> str:
 
 
 def _segment_units(model: Any, path: str, segments: SegmentsSpec, num_frames: Optional[int], seek: Optional[str],
-                   strict: bool, scenes: str) -> Iterator[_ClipUnit]:
-    """A video's segments as clips, their frames from one forward decode (`SegmentReader.segment_frames`)."""
+                   strict: bool, scenes: str, batch_size: int) -> Iterator[_ClipUnit]:
+    """A video's segments as clips, their frames from one forward decode (`SegmentReader.segment_frames`) in a
+    background thread up to a batch of segments ahead (`read_ahead`): decoding overlaps the CNN."""
     try:
         model.encoder  # the backbone before the video: a missing download is not the file's fault
         reader = SegmentReader(path, model.encoder.preprocessing.resize_size)
@@ -319,7 +330,8 @@ def _segment_units(model: Any, path: str, segments: SegmentsSpec, num_frames: Op
             raise  # PySceneDetect missing: the same for every video
         yield _ClipUnit(path, _failure(path, err, strict))
         return
-    frames = reader.segment_frames(plan, num_frames or model.spec.num_frames, seek or model.spec.seek)
+    frames = read_ahead(reader.segment_frames(plan, num_frames or model.spec.num_frames, seek or model.spec.seek),
+                        batch_size)
     broken: list[str] = []  # once decoding fails, the video's later segments fail with the same reason
 
     def read() -> tuple[Optional[torch.Tensor], Optional[str]]:
@@ -345,8 +357,17 @@ def detect_cuts(model: Any, reader: SegmentReader, scenes: str = SCENE_DETECTOR)
     feats = []
     for b in range(0, len(indices), CUT_BATCH):
         frames = reader.frames(indices[b : b + CUT_BATCH])  # (N, H, W, 3), decoded forward
-        feats.append(model.encoder.eval().encode_clips([frames])[0].float().cpu())  # (1, N, D) -> (N, D)
+        feats.append(_frame_features(model.encoder.eval(), frames).float().cpu())  # (N, H, W, 3) -> (N, D)
     return feature_cuts(torch.cat(feats), reader.times[indices].tolist())
+
+
+def _frame_features(encoder: Any, frames: torch.Tensor) -> torch.Tensor:
+    """A vector per frame `(N, D)`: the CNN's features (`encode_clips` of one clip), or for `--runtime onnx`,
+    whose graph ends in the video vector, each frame's vector as a clip of one (`OnnxCaptioner.encode_frames`)."""
+    encode_frames = getattr(encoder, "encode_frames", None)
+    if encode_frames is not None:
+        return encode_frames(frames)
+    return encoder.encode_clips([frames])[0]  # (1, N, D) -> (N, D)
 
 
 def expand_video_paths(inputs: Iterable[PathLike]) -> list[Path]:

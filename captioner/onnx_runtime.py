@@ -90,6 +90,15 @@ class OnnxCaptioner:
         cropped = np.stack([self.preprocessing.crop(torch.as_tensor(clip)).numpy() for clip in clips])
         return torch.from_numpy(self.encode(cropped))
 
+    def encode_frames(self, frames) -> Any:
+        """uint8 RGB frames `(N, H, W, 3)` -> a vector per frame `(N, Dv)`: each frame encoded as a clip of one
+        (the graph's frame axis is dynamic), what `--segments scenes --scene-detector cnn` compares for cuts (the
+        graph gives no per-frame CNN features)."""
+        import torch
+
+        cropped = self.preprocessing.crop(torch.as_tensor(frames)).numpy()  # (N, 3, S, S)
+        return torch.from_numpy(self.encode(cropped[:, None]))
+
     def encode(self, cropped: np.ndarray) -> np.ndarray:
         """Cropped uint8 clips `(B, T, 3, S, S)` -> video vectors `(B, Dv)`."""
         return self._encoder.run(None, {"frames": np.ascontiguousarray(cropped, dtype=np.uint8)})[0]

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import math
 import os
+import queue
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Literal, Optional, Sequence, Union
+from typing import Iterator, Literal, Optional, Sequence, TypeVar, Union
 
 import numpy as np
 import torch
@@ -16,6 +18,7 @@ from captioner.video import (VideoReadError, decode_size, probe_video, sample_fr
 PathLike = Union[str, os.PathLike]
 SCENES = "scenes"
 SegmentsSpec = Union[float, Literal["scenes"]]
+T = TypeVar("T")
 
 MIN_SEGMENT_SECONDS = 1.0  # a scene or a last window shorter than this joins its neighbour
 MAX_SCENE_SECONDS = 30.0  # a longer scene is split into equal windows no longer than this
@@ -28,7 +31,9 @@ CUT_DISTANCE, CUT_RATIO, CUT_CONTEXT, CUT_FLOOR = 0.15, 5.0, 8, 0.002
 CUT_BATCH = 32  # frames decoded and encoded together to find cuts
 SCENE_DETECTORS = ("auto", "pyscenedetect", "cnn")
 SCENE_DETECTOR = "auto"  # PySceneDetect where installed, else the CNN: docs/segments.md has the measurements
-SEGMENT_BATCH = 8  # segments whose frames are decoded together: memory holds this many segments' frames
+SEGMENT_BATCH = 8  # segments decord decodes together (`--fast-seek`, a rotated video): memory holds their frames
+CNN_FRAMES = 32  # frames the CNN encodes together when captioning segments: its activations (~8 MB a frame at
+# 160 px) bound the memory of a large --batch-size; fewer costs time (16 frames a call: ~15 % slower on 2 cores)
 
 
 @dataclass(frozen=True)
@@ -243,20 +248,149 @@ class SegmentReader:
                        batch: int = SEGMENT_BATCH) -> Iterator[torch.Tensor]:
         """Each segment's `num_frames` frames `(T, H, W, 3)`, in order, from one forward decode.
 
-        `seek="keyframe"`: each sample moves to the nearest keyframe, so only keyframes are decoded (`--fast-seek`).
+        Exact sampling (the default): one forward pass by PyAV, each sampled frame scaled the moment it is decoded
+        (`stream_frames`); a segment is yielded as soon as its last frame is decoded, so memory holds one segment's
+        small frames, never a full-size frame more than the decoder's own. `seek="keyframe"`: each sample moves to
+        the nearest keyframe, so only keyframes are decoded (`--fast-seek`), by decord, `batch` segments at a time
+        (as a rotated video, which decord turns upright).
         """
-        keys = []
-        if seek == "keyframe" and self._reader is not None:
-            keys = list(self._reader.get_key_indices())
-        for b in range(0, len(segments), batch):
-            wanted = [s.frame_indices(num_frames) for s in segments[b : b + batch]]
-            if keys:
-                wanted = [snap_to_keyframes(w, keys) for w in wanted]
-            order = sorted({i for w in wanted for i in w})
+        wanted = [s.frame_indices(num_frames) for s in segments]
+        if seek != "keyframe" and not self.rotation:
+            yield from _group(self.stream_frames(sorted({i for w in wanted for i in w})), wanted)
+            return
+        keys = list(self._reader.get_key_indices()) if seek == "keyframe" and self._reader is not None else []
+        for b in range(0, len(wanted), batch):
+            chunk = [snap_to_keyframes(w, keys) for w in wanted[b : b + batch]] if keys else wanted[b : b + batch]
+            order = sorted({i for w in chunk for i in w})
             decoded = self.frames(order)  # (N, H, W, 3)
             row = {i: k for k, i in enumerate(order)}
-            for w in wanted:
+            for w in chunk:
                 yield decoded[[row[i] for i in w]]
+
+    def stream_frames(self, indices: Sequence[int]) -> Iterator[tuple[int, np.ndarray]]:
+        """`(index, uint8 frame (H, W, 3))` for each of the sorted `indices`, from one forward decode by PyAV.
+
+        Each wanted frame is scaled (FFmpeg's bilinear scaler, as decord's: the same pixels) and converted to RGB
+        the moment it is decoded; the others are never converted. After a broken packet, or past the last
+        decodable frame, the remaining indices get the last frame decoded (as `frames` does).
+
+        Raises:
+            VideoReadError: not one frame could be decoded.
+        """
+        import av
+
+        try:
+            container = av.open(str(self.path))
+        except Exception:  # PyAV cannot open what decord opened: decord reads it, a batch of frames at a time
+            for b in range(0, len(indices), SEGMENT_BATCH * 8):
+                chunk = list(indices[b : b + SEGMENT_BATCH * 8])
+                yield from zip(chunk, self.frames(chunk).numpy())
+            return
+        k, last, scale = 0, None, _Scaler(*self.size)
+        with container:
+            stream = container.streams.video[0]
+            stream.thread_type, stream.codec_context.thread_count = "SLICE", 1  # the CNN has the other cores
+            try:
+                for i, frame in enumerate(container.decode(stream)):
+                    if k == len(indices):
+                        break
+                    if i == indices[k]:
+                        last = scale(frame)
+                        while k < len(indices) and indices[k] == i:
+                            yield i, last
+                            k += 1
+            except Exception:  # a broken packet ends the readable part
+                pass
+        if last is None and k < len(indices):
+            raise VideoReadError(self.path, "no frame could be decoded (truncated or corrupt video)")
+        for i in indices[k:]:
+            yield i, last
+
+
+class _Scaler:
+    """A decoded `av.VideoFrame` -> uint8 RGB `(H, W, 3)` at `(width, height)` (`-1`: the frame's own), through
+    the filter graph decord uses (`scale=W:H:flags=bilinear`, then `rgb24`), so frames equal decord's."""
+
+    def __init__(self, width: int, height: int):
+        self.size = (width, height)
+        self.key: Optional[tuple] = None
+        self.graph = None
+
+    def __call__(self, frame) -> np.ndarray:
+        import av
+
+        key = (frame.width, frame.height, frame.format.name)
+        if key != self.key:  # the first frame, or a stream whose frame size changes
+            width, height = (w if w > 0 else f for w, f in zip(self.size, key[:2]))
+            graph = av.filter.Graph()
+            chain = [graph.add_buffer(width=key[0], height=key[1], format=key[2], time_base=frame.time_base),
+                     graph.add("scale", f"{width}:{height}:flags=bilinear"), graph.add("format", "rgb24"),
+                     graph.add("buffersink")]
+            for a, b in zip(chain, chain[1:]):
+                a.link_to(b)
+            graph.configure()
+            self.key, self.graph = key, graph
+        self.graph.push(frame)
+        return self.graph.pull().to_ndarray()
+
+
+def _group(frames: Iterator[tuple[int, np.ndarray]], wanted: Sequence[Sequence[int]]) -> Iterator[torch.Tensor]:
+    """Each of `wanted`'s index lists (in order, ascending) as a clip `(T, H, W, 3)` from the `(index, frame)`
+    stream, yielded once its last frame arrives; frames no later list needs are let go."""
+    held: dict[int, np.ndarray] = {}
+    pending = iter(wanted)
+    current = next(pending, None)
+    for i, frame in frames:
+        held[i] = frame
+        while current is not None and i >= max(current):
+            yield torch.from_numpy(np.stack([held[j] for j in current]))
+            current = next(pending, None)
+            floor = min(current) if current is not None else math.inf
+            held = {j: f for j, f in held.items() if j >= floor}
+
+
+def read_ahead(items: Iterator[T], depth: int) -> Iterator[T]:
+    """`items`, produced by a background thread up to `depth` ahead of the consumer (a bounded queue): decoding
+    (PyAV and decord release the GIL) overlaps the CNN encoding what was read before. An error in `items` is
+    raised at the item it replaced; closing this generator stops the thread."""
+    slots: queue.Queue = queue.Queue(maxsize=max(1, depth))
+    stop = threading.Event()
+
+    def put(entry: tuple) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def work() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((False, None))
+        except BaseException as err:  # handed to the consumer, raised there
+            put((False, err))
+        finally:
+            close = getattr(items, "close", None)
+            if close is not None:
+                close()
+
+    thread = threading.Thread(target=work, name="captioner-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            more, item = slots.get()
+            if not more:
+                if item is not None:
+                    raise item
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
 
 
 def plan_segments(reader: SegmentReader, segments: SegmentsSpec, cuts: Optional[Sequence[float]] = None,

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import subprocess
 import sys
@@ -14,7 +13,7 @@ import torch
 
 from captioner.segments import (SegmentReader, parse_segments, plan_segments, scene_bounds, segments_of,
                                 window_bounds)
-from captioner.subtitles import srt_text, timestamp, vtt_text, write_subtitles
+from captioner.subtitles import srt_text, timestamp, write_subtitles
 from experiments.scene_cuts import make_film, match
 
 REPO = Path(__file__).resolve().parents[1]
@@ -92,22 +91,83 @@ def test_srt_and_webvtt_read_back_with_real_parsers(tmp_path):
 
 # --- one pass over the video ----------------------------------------------------------------------------------------
 
-def test_every_segment_from_one_open_decoded_forward_a_batch_at_a_time(film, monkeypatch):
+def test_every_segment_from_one_forward_decode_let_go_as_soon_as_complete(film, monkeypatch):
+    import av
     import decord
 
-    opened, batches = [], []
-    real = decord.VideoReader
-    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: opened.append(a) or real(*a, **k))
+    opened = []
+    real_reader, real_open = decord.VideoReader, av.open
+    monkeypatch.setattr(decord, "VideoReader", lambda *a, **k: opened.append("decord") or real_reader(*a, **k))
+    monkeypatch.setattr(av, "open", lambda *a, **k: opened.append("av") or real_open(*a, **k))
     reader = SegmentReader(film[0], 64)
-    frames = reader.frames
-    monkeypatch.setattr(reader, "frames", lambda indices: batches.append(list(indices)) or frames(indices))
     segments = plan_segments(reader, 1.0)
-    clips = list(reader.segment_frames(segments, 4, batch=8))
-    assert len(opened) == 1 and len(segments) == 22 and len(clips) == 22
-    assert [len(b) for b in batches] == [32, 32, 24]  # memory: 8 segments' frames at a time, never the video
-    flat = [i for b in batches for i in b]
-    assert flat == sorted(flat) and len(set(flat)) == len(flat)  # forward, each frame once
+    stream, events = reader.stream_frames, []
+
+    def logged(indices):
+        for i, frame in stream(indices):
+            events.append(("frame", i))
+            yield i, frame
+
+    monkeypatch.setattr(reader, "stream_frames", logged)
+    clips = []
+    for clip in reader.segment_frames(segments, 4):
+        events.append(("clip", len(clips)))
+        clips.append(clip)
+    # the header probe, decord's index of frame times, then the one decode
+    assert opened == ["av", "decord", "av"] and len(segments) == 22 and len(clips) == 22
+    flat = [i for kind, i in events if kind == "frame"]
+    assert flat == sorted(set(flat))  # forward, each frame once
+    wanted = [s.frame_indices(4) for s in segments]
+    # memory: a segment leaves the moment its last frame is decoded, never held for a batch or the video
+    assert [events[events.index(("clip", k)) - 1] for k in range(22)] == [("frame", max(w)) for w in wanted]
     assert clips[0].shape == (4, 64, 64, 3) and clips[0].dtype == torch.uint8
+    # the same pixels as decord's decode (and so as `read_clip`): captions do not change with the reader
+    for clip, w in zip(clips, wanted):
+        assert torch.equal(clip, reader.frames(w))
+
+
+@pytest.mark.parametrize("short_side", [None, 56])
+def test_frames_are_scaled_as_decoded_to_decords_pixels(tmp_path, short_side):
+    from badinputs import _gradient, write_video
+
+    path = write_video(tmp_path / "wide.mp4", _gradient(30, 96, 160), options={"g": "10"})  # 3 keyframes
+    reader = SegmentReader(path, short_side)
+    segments = plan_segments(reader, 1.0)
+    clips = list(reader.segment_frames(segments, 5))
+    assert len(clips) == 2 and clips[0].shape == ((5, 56, 94, 3) if short_side else (5, 96, 160, 3))  # even sides
+    for clip, segment in zip(clips, segments):
+        assert torch.equal(clip, reader.frames(segment.frame_indices(5)))  # decord's scaler and colour conversion
+
+
+def test_read_ahead_is_bounded_in_order_and_raises_where_the_error_was():
+    import threading
+    import time
+
+    from captioner.segments import read_ahead
+
+    made = []
+
+    def items():
+        for i in range(10):
+            made.append(i)
+            if i == 6:
+                raise ValueError("broken packet")
+            yield i
+
+    got = read_ahead(items(), 2)
+    assert [next(got) for _ in range(3)] == [0, 1, 2]
+    deadline = time.monotonic() + 5
+    while len(made) < 6 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.3)  # time to run on, were it not bounded
+    assert len(made) == 6  # 3 taken, 2 queued, 1 waiting for a slot: never the whole stream
+    assert [next(got) for _ in range(3)] == [3, 4, 5]
+    with pytest.raises(ValueError, match="broken packet"):
+        next(got)
+    closed = read_ahead(iter(range(100)), 1)
+    assert next(closed) == 0
+    closed.close()  # the thread stops with its consumer
+    assert not any(t.name == "captioner-read-ahead" for t in threading.enumerate())
 
 
 def test_fast_seek_reads_keyframes_only(film):
@@ -139,6 +199,23 @@ def test_scenes_find_the_cuts_and_caption_as_the_clips_alone(film, model, detect
     same = [r.caption == a.text for r, a in zip(results, alone)]
     assert sum(same) >= 2 / 3 * len(alone) and sum(own) >= 2 / 3 * len(alone), (same, own)
     assert results[-1].end == pytest.approx(22.0, abs=0.1)
+
+
+@pytest.mark.slow
+def test_cnn_scenes_with_the_onnx_runtime(film, model, trained, tmp_path):
+    pytest.importorskip("onnx", reason="the ONNX graphs need onnx: pip install -e '.[dev]'")
+    pytest.importorskip("onnxruntime", reason="--runtime onnx needs onnxruntime: pip install -e '.[dev]'")
+    from captioner.export import export_checkpoint
+    from captioner.onnx_runtime import OnnxCaptioner
+
+    onnx_model = OnnxCaptioner(export_checkpoint(trained[2], tmp_path / "exported", onnx=True))
+    path, clips, cuts = film
+    results = onnx_model.caption_results([path], segments="scenes", scenes="cnn", strict=True)
+    starts = [r.start for r in results]
+    recall, precision = match(starts[1:], cuts)  # each frame's video vector (a clip of one) tells the shots apart
+    assert recall >= 0.9 and precision >= 0.9, starts
+    ours = model.caption_segments(path, "scenes", scenes="cnn")
+    assert len(ours) == len(starts)
 
 
 @pytest.mark.slow

@@ -157,6 +157,10 @@ def _run(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
+    elif args.segments is not None:  # segments are decoded in a thread of their own: leave it a core
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() - 1))
     try:
         if (args.srt or args.vtt) and args.segments is None:
             raise ValueError("--srt and --vtt need --segments SECONDS|scenes (subtitles are timed captions)")
