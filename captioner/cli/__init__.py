@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Optional
 
@@ -19,8 +20,22 @@ COMMANDS: dict[str, str] = {
 }
 
 
+SIGPIPE_EXIT = 141  # what a shell reports for a command stopped by SIGPIPE: 128 + 13
+
+
 def main(argv: Optional[list[str]] = None) -> int:
-    """The `captioner` command: dispatch to a subcommand."""
+    """The `captioner` command: dispatch to a subcommand. A reader that leaves early (`captioner info X | head`)
+    ends it quietly, exit status 141 as for any command stopped by SIGPIPE, instead of with a traceback."""
+    try:
+        code = _dispatch(argv)
+        sys.stdout.flush()  # a closed pipe shows here, inside the handler, not in the interpreter's exit
+        return code
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the exit's own flush must not fail again
+        return SIGPIPE_EXIT
+
+
+def _dispatch(argv: Optional[list[str]]) -> int:
     import importlib
 
     argv = list(sys.argv[1:] if argv is None else argv)

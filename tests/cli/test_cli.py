@@ -295,3 +295,14 @@ def test_caption_cli_over_the_corpus(bad_corpus, trained):
             assert reason in line
     bad = sum(not c.readable for c in bad_corpus.values())
     assert errors[-1] == f"captioner caption: {bad} of {len(NAMES)} videos could not be captioned"
+
+
+def test_a_reader_that_leaves_early_ends_the_command_quietly():
+    """`captioner ... | head`: the pipe closed before the command writes gives exit 141, no traceback."""
+    import subprocess
+
+    proc = subprocess.Popen([sys.executable, "-m", "captioner", "--help"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    proc.stdout.close()  # before the interpreter has even started: every write meets a closed pipe
+    err = proc.stderr.read().decode()
+    assert proc.wait() == 141 and "Traceback" not in err and err == ""
