@@ -31,6 +31,7 @@ BENCHMARKS = {
     "beam_search": "batched beam search vs one video at a time",
     "memory": "peak memory, 10-minute vs 10-second video",
     "caption_latency": "caption latency: warm, cold CLI start, folder throughput",
+    "segments": "timed captions of a 10-minute 720p video in 10-s windows vs decoding its frames alone",
 }
 
 

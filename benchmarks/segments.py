@@ -76,7 +76,9 @@ def job(mode: str, checkpoint: Path, video: Path, seconds: float, threads: int, 
 
 
 def run(minutes: float = 10.0, window: float = 10.0, width: int = 1280, height: int = 720, fps: int = 25,
-        threads: int = 1, checkpoint: str | None = None) -> list[Row]:
+        threads: int = 1, checkpoint: str | None = None, smoke: bool = False) -> list[Row]:
+    """The rows; `smoke`: a 12-second video (what `run_all.py --smoke` runs)."""
+    minutes = 0.2 if smoke else minutes
     seconds = max(1, round(minutes * 60))
     video = long_video_path(seconds, width, height, fps, 3.0, folder=CACHE)
     with tempfile.TemporaryDirectory() as tmp:

@@ -44,7 +44,9 @@ def build_parser():
     h.add_argument("--num-nodes", type=int, default=1, help="nodes; on SLURM start with srun")
     h.add_argument("--strategy", default="auto", help="Lightning strategy; auto = ddp when more than one process")
     h.add_argument("--precision", default="auto",
-                   help="auto = 16-mixed on GPU, 32-true on CPU; or any Lightning precision such as bf16-mixed")
+                   help="Lightning's precision: auto = 16-mixed on GPU, 32-true on CPU; or any Lightning precision such "
+                        "as bf16-mixed. A feature spec with --data.features.precision bf16 (auto's choice on a CPU "
+                        "with native bf16) runs its CNN in bf16 whatever this says")
     h.add_argument("--batch-size", type=int, default=16, help="clips per CNN batch, per process")
     h.add_argument("--num-workers", type=int, default=4, help="DataLoader workers decoding video, per process")
     h.add_argument("--no-progress", action="store_true", help="hide the progress bar")
