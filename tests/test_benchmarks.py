@@ -67,7 +67,7 @@ def test_backbones_benchmark_smoke(single_thread, capsys):
     names = [r.measurement for r in rows]
     assert "efficientnet_lite0, float32" in names and "mobilenet_v2, float32" in names
     assert all(_number(r.result) > 0 for r in rows if r.result.endswith("frames/s"))
-    trained = [r for r in rows if r.measurement == "resnet18, float32 features"]
+    trained = [r for r in rows if r.measurement == "resnet18, float32 features, seed 0"]
     assert len(trained) == 1 and trained[0].result.startswith("BLEU-4 ") and "CIDEr-D" in trained[0].ratio
 
 
