@@ -449,7 +449,7 @@ def load_folder(folder: str | os.PathLike, model_class: type[Model] = CaptionMod
                           f"({reason})") from None
     backbone = {k[len(ENCODER_PREFIX):]: v for k, v in weights.items() if k.startswith(ENCODER_PREFIX)}
     if config["backbone"].get("included"):
-        model._encoder = _encoder_of(folder, config, spec, backbone)  # the constructor's `encoder`, built late
+        model.attach_encoder(_encoder_of(folder, config, spec, backbone))  # the constructor's `encoder`, built late
     if (folder / DOMAIN).is_file() and config.get("domain"):
         d = config["domain"]
         model.domain = DomainSummary(_load_safetensors(folder / DOMAIN)["prototypes"], float(d["threshold"]),
@@ -462,7 +462,8 @@ def load_folder(folder: str | os.PathLike, model_class: type[Model] = CaptionMod
 def _encoder_of(folder: Path, config: dict, spec: FeatureSpec, state: dict[str, torch.Tensor]) -> FrameEncoder:
     """The frozen CNN from the folder's weights: built without its pretrained weights (nothing is downloaded),
     then given the folder's, and the preprocessing config.json records."""
-    encoder = FrameEncoder(spec.backbone, weights=None, image_size=None, spatial_grid=spec.spatial_grid)
+    encoder = FrameEncoder(spec.backbone, weights=None, image_size=None, spatial_grid=spec.spatial_grid,
+                           precision=spec.precision)
     pre = config["backbone"].get("preprocessing") or {}
     try:
         encoder.preprocessing = Preprocessing(int(pre["resize_size"]), int(pre["crop_size"]), tuple(pre["mean"]),

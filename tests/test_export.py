@@ -101,6 +101,15 @@ def test_save_pretrained_round_trip(trained, tmp_path):
     feats = torch.randn(3, 4, model.config.feature_dim)
     assert again.caption_features(feats, with_scores=True) == model.caption_features(feats, with_scores=True)
     assert isinstance(again, VideoCaptioner) and again.domain.threshold == model.domain.threshold
+    # the CNN's precision travels: a bf16 model's folder computes its features in bf16 again (and float32 stays)
+    import dataclasses
+
+    for precision in ("bf16", "32"):
+        model.spec = dataclasses.replace(model.spec, precision=precision)
+        model.encoder.precision = precision
+        model.save_pretrained(tmp_path / precision)
+        again = VideoCaptioner.from_pretrained(tmp_path / precision)
+        assert again.spec.precision == again.encoder.precision == precision
 
 
 @pytest.mark.slow

@@ -82,7 +82,7 @@ class CaptionModel(nn.Module):
         self.pool = pool if pool is not None else TemporalEncoder("mean", decoder.video_norm.normalized_shape[0])
         self.generation = generation or GenerationConfig()
         self.domain: Optional[DomainSummary] = None
-        self._encoder = encoder  # not a registered child: its (frozen, pretrained) weights are not checkpointed
+        self.attach_encoder(encoder)
 
     @classmethod
     def from_config(cls, config: CaptionerConfig, vocab: Vocabulary, spec: FeatureSpec,
@@ -99,12 +99,17 @@ class CaptionModel(nn.Module):
         model.config = config
         return model
 
+    def attach_encoder(self, encoder: Optional[FrameEncoder]) -> None:
+        """Use `encoder` as the frame CNN (`None`: built from the spec when first needed). It is kept out of the
+        registered children, so its (frozen, pretrained) weights are in no `state_dict`: not checkpointed, and not
+        saved twice by `save_pretrained` (which writes them apart) once captioning has built it."""
+        object.__setattr__(self, "_encoder", encoder)  # nn.Module's own __setattr__ would register it
+
     @property
     def encoder(self) -> FrameEncoder:
         """The frozen frame CNN: preprocessed frames `(B, T, 3, S, S)` -> features `(B, T, D)`."""
         if self._encoder is None:
-            self._encoder = FrameEncoder.from_spec(self.spec)
-            self._encoder.to(self.device)
+            self.attach_encoder(FrameEncoder.from_spec(self.spec).to(self.device))
         return self._encoder
 
     @property
