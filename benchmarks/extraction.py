@@ -1,6 +1,6 @@
 """Benchmark feature extraction: frames/s end to end (decode + preprocess + CNN) against the CNN alone in memory.
 
-    python benchmarks/extraction.py                                   # CPU, EfficientNet-Lite0, 48 clips
+    python benchmarks/extraction.py                                   # CPU, the main job's MobileNetV2, 96 clips
     python benchmarks/extraction.py --device cuda --workers 8 --batch-size 32 --num-clips 400
     python benchmarks/extraction.py --smoke                           # tiny sizes: checks the script runs
 
@@ -187,6 +187,16 @@ def bound_row_text(e2e: float, decoded: float, cnn: float, device: str, batches:
     return ratio, which, f"{ratio:.0%} of the bound, {which} alone ({target})"
 
 
+def main_cnn(backbone: str | None, num_frames: int, image_size: int | None):
+    """The spec of `backbone` with its ImageNet weights; by default the main job's CNN (FeatureSpec's default)."""
+    from captioner.config import OFFLINE_BACKBONE, FeatureSpec
+
+    if backbone is None or backbone == FeatureSpec.backbone:
+        return FeatureSpec(num_frames=num_frames, image_size=image_size)
+    weights = "DEFAULT" if backbone == OFFLINE_BACKBONE else "IMAGENET1K_V1"
+    return FeatureSpec(backbone=backbone, weights=weights, num_frames=num_frames, image_size=image_size)
+
+
 def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", num_clips: int | None = None,
         batch_size: int | None = None, workers: int | None = None, precision: str | None = None,
         backbone: str | None = None, image_size: int | None = None, num_frames: int = 8, width: int = 320,
@@ -218,11 +228,11 @@ def run(smoke: bool = False, threads: int | None = 1, device: str = "cpu", num_c
     elif device == "cuda":  # enough batches for a steady state: the first 400-clip runs had 12 of them
         num_clips, batch_size = num_clips or 1600, batch_size or 32
         workers = min(12, max((os.cpu_count() or 2) - 2, 1)) if workers is None else workers
-        spec = FeatureSpec(backbone=backbone or "efficientnet_lite0", num_frames=num_frames, image_size=image_size)
+        spec = main_cnn(backbone, num_frames, image_size)
     else:
         num_clips, batch_size = num_clips or 96, batch_size or 8
         workers = 2 if workers is None else workers
-        spec = FeatureSpec(backbone=backbone or "efficientnet_lite0", num_frames=num_frames, image_size=image_size)
+        spec = main_cnn(backbone, num_frames, image_size)
     precision = resolve_precision(precision or "auto", "gpu" if device == "cuda" else "cpu")
     modes = {"on": [True], "off": [False], "both": [True, False]}[cudnn_benchmark] if device == "cuda" else [None]
     pl.seed_everything(0, verbose=False)
@@ -287,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cnn-precision", nargs="+", default=None, choices=("auto", "32", "bf16"),
                    help="the feature spec's CNN precision(s), side by side (default on CPU: 32 and, where the CPU "
                         "has it natively, bf16)")
-    p.add_argument("--backbone", default=None, help="CNN (default: efficientnet_lite0; smoke: random resnet18)")
+    p.add_argument("--backbone", default=None,
+                   help="CNN, with its ImageNet weights (default: the main job's, mobilenet_v2; smoke: random resnet18)")
     p.add_argument("--image-size", type=int, default=None, help="CNN input size (default: the weights' own)")
     p.add_argument("--width", type=int, default=320)
     p.add_argument("--height", type=int, default=240)
