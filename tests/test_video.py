@@ -279,8 +279,8 @@ def test_feature_spec_seek_has_its_own_cache_key():
     from captioner.config import FeatureSpec
 
     exact, fast = FeatureSpec(precision="32"), FeatureSpec(seek="keyframe", precision="32")
-    assert exact.key == "efficientnet_lite0-DEFAULT-8f"  # unchanged: caches made before `seek` existed still match
-    assert fast.key == "efficientnet_lite0-DEFAULT-8f-keyframe"
+    assert exact.key == "mobilenet_v2-IMAGENET1K_V1-8f"  # no suffix: caches made before `seek` existed still match
+    assert fast.key == "mobilenet_v2-IMAGENET1K_V1-8f-keyframe"
     assert "seek" not in exact.to_dict() and fast.to_dict()["seek"] == "keyframe"
     assert FeatureSpec.from_dict(exact.to_dict()) == exact and FeatureSpec.from_dict(fast.to_dict()) == fast
     with pytest.raises(ValueError, match="seek"):
