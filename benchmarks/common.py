@@ -18,6 +18,14 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` puts benchmarks/ on th
 RUNS_GLOB = "runs/synthetic/logs/version_*/checkpoints/epoch*.ckpt"  # the main job's best checkpoints
 
 
+def imagenet_weights(backbone: str) -> str:
+    """The ImageNet weights name the benchmarks use for `backbone`: the offline Lite0's `DEFAULT` (its only ones),
+    else torchvision's `IMAGENET1K_V1` (MobileNetV2's offline file; ResNets' original weights)."""
+    from captioner.config import OFFLINE_BACKBONE
+
+    return "DEFAULT" if backbone == OFFLINE_BACKBONE else "IMAGENET1K_V1"
+
+
 def newest_checkpoint() -> Path | None:
     """The newest best checkpoint of the main job (`python scripts/train.py`, its latest run), or None before it ran.
 

@@ -87,8 +87,8 @@ class FeatureSpec:
             cached separately and recorded in the checkpoint, so captioning samples the same way).
         precision: the frozen CNN's arithmetic: `32` (float32, the default) or `bf16` (bfloat16 autocast: 2-3x
             faster on a CPU with native bf16, features within cosine 0.99 of float32, but the main job trained on
-            them scored 0.017 BLEU-4 lower (mean of 3 seeds), and half its captions change: docs/results.md). `auto` is decided
-            once, when the spec is made: `bf16` on a CPU with AVX-512-BF16 or AMX (`cpu_has_native_bf16`), `32`
+            them scored 0.017 BLEU-4 lower (mean of 3 seeds) and half its captions change: docs/results.md).
+            `auto` is decided once, when the spec is made: `bf16` on a CPU with AVX-512-BF16 or AMX (`cpu_has_native_bf16`), `32`
             elsewhere. The resolved value names the cache (`-bf16`) and is stored in checkpoints, so captioning
             computes features as training did. A spec stored without it (before it existed) is `32`.
     """

@@ -3,6 +3,7 @@ card, written from a checkpoint and read back without running any code from it (
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -179,7 +180,6 @@ def _file_record(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": sha256_of(path)}
 
 
-
 def _config_of(model: CaptionModel, facts: dict, encoder: Optional[FrameEncoder], include_backbone: bool,
                weights: dict) -> dict[str, Any]:
     """config.json's content (less the files' records): everything needed to rebuild and describe the model."""
@@ -203,7 +203,7 @@ def _description(spec: FeatureSpec, arch: CaptionerConfig, generation: Generatio
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "feature_spec": {**spec.to_dict(), "seek": spec.seek, "precision": spec.precision},
+        "feature_spec": dataclasses.asdict(spec),  # every field, defaults included: readers need not know them
         "model": arch.to_dict(),
         "generation": generation.to_dict(),
         "vocab_size": vocab_size,

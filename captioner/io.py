@@ -56,4 +56,3 @@ def write_json_atomic(path: str | os.PathLike, data) -> None:
     """Write `data` as indented UTF-8 JSON to `path` atomically, creating its folder: readers never see part of it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     write_text_atomic(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")
-

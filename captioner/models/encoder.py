@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -234,10 +235,11 @@ class FrameEncoder(nn.Module):
         """Cropped uint8 clips `(B, T, 3, S, S)` -> features `(B, T, D)`: the one way frames become features
         (training's cache, `captioner extract`, evaluation and captioning all come here)."""
         x = self.normalize(cropped.to(self.device))
-        if self.precision != "bf16":  # not `autocast(enabled=False)`: that would undo a caller's (GPU 16-mixed)
-            return self(x).float()
-        with torch.autocast(x.device.type, torch.bfloat16):
-            return self(x).float()
+        bf16 = self.precision == "bf16"
+        # float32: no autocast context at all (`enabled=False` would undo a caller's, e.g. GPU 16-mixed extraction)
+        with torch.autocast(x.device.type, torch.bfloat16) if bf16 else contextlib.nullcontext():
+            feats = self(x)
+        return feats.float() if bf16 else feats
 
     @torch.no_grad()
     def encode_clips(self, clips) -> torch.Tensor:
